@@ -1,0 +1,224 @@
+"""Argument checking and normalisation shared by every backend: SPEC §5 lives here, once.
+
+`make_options` checks the keyword options (no tensors needed, so `SCCLoss` can check them at
+construction); `prepare` checks the tensors against them and returns the normalised problem
+every backend receives: a dense float target `(B, C, *S)`, or an integer label map `(B, *S)`.
+`check_labels` is the one data-dependent check; it runs inside the backends' op so that it
+never breaks a `torch.compile` graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Callable, Sequence
+
+import torch
+
+SPECTRA = ("amplitude", "complex")
+REDUCTIONS = ("mean", "sum", "none")
+BACKEND_NAMES = ("auto", "reference", "torch", "triton", "cuda", "cupy")
+ACTIVATIONS = ("none", "softmax", "sigmoid")  # what backends see; `other_act` is applied before
+
+
+@dataclasses.dataclass(frozen=True)
+class SCCOptions:
+    spectrum: str = "amplitude"
+    bands: int | None = None
+    band_weights: tuple[float, ...] | None = None
+    activation: str = "none"  # "none", "softmax" or "sigmoid"
+    other_act: Callable | None = None
+    to_onehot_y: bool = False
+    include_background: bool = True
+    ignore_index: int | None = None
+    batch: bool = False
+    eps: float = 1e-5
+    reduction: str = "mean"
+    backend: str = "auto"
+
+    @property
+    def num_bands(self) -> int:
+        return 1 if self.bands is None else self.bands
+
+
+def make_options(
+    *,
+    spectrum: str = "amplitude",
+    bands: int | None = None,
+    band_weights: Sequence[float] | torch.Tensor | None = None,
+    sigmoid: bool = False,
+    softmax: bool = False,
+    other_act: Callable | None = None,
+    to_onehot_y: bool = False,
+    include_background: bool = True,
+    ignore_index: int | None = None,
+    batch: bool = False,
+    eps: float = 1e-5,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> SCCOptions:
+    """Check the keyword options of SPEC §2 and return them normalised."""
+    if spectrum not in SPECTRA:
+        raise ValueError(f"spectrum must be one of {SPECTRA}, got {spectrum!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+    if bands is not None:
+        if isinstance(bands, bool) or not isinstance(bands, int) or bands < 1:
+            raise ValueError(f"bands must be None or an int >= 1, got {bands!r}")
+    if band_weights is not None:
+        band_weights = _check_band_weights(band_weights, 1 if bands is None else bands)
+    if other_act is not None and not callable(other_act):
+        raise TypeError(f"other_act must be callable, got {type(other_act).__name__}")
+    if int(bool(sigmoid)) + int(bool(softmax)) + int(other_act is not None) > 1:
+        raise ValueError("at most one of sigmoid=True, softmax=True and other_act may be given")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or math.isinf(eps):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise ValueError(f"ignore_index must be None or an int, got {ignore_index!r}")
+    activation = "softmax" if softmax else "sigmoid" if sigmoid else "none"
+    return SCCOptions(
+        spectrum=spectrum,
+        bands=bands,
+        band_weights=band_weights,
+        activation=activation,
+        other_act=other_act,
+        to_onehot_y=bool(to_onehot_y),
+        include_background=bool(include_background),
+        ignore_index=ignore_index,
+        batch=bool(batch),
+        eps=float(eps),
+        reduction=reduction,
+        backend=backend,
+    )
+
+
+def _check_band_weights(weights, num_bands: int) -> tuple[float, ...]:
+    if isinstance(weights, torch.Tensor):
+        weights = weights.detach().cpu().reshape(-1).tolist()
+    try:
+        values = tuple(float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise ValueError(f"band_weights must be a sequence of numbers, got {weights!r}") from None
+    if len(values) != num_bands:
+        raise ValueError(f"band_weights needs {num_bands} value(s) (one per band), got {len(values)}")
+    if any(not math.isfinite(w) or w < 0 for w in values):
+        raise ValueError(f"band_weights must be finite and >= 0, got {values}")
+    if not any(w > 0 for w in values):
+        raise ValueError("band_weights must not all be zero")
+    return values
+
+
+def prepare(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
+    """Check `input` and `target` against `opts` (SPEC §1 and §5).
+
+    Returns `(input, target, opts)`: `target` is either a float tensor shaped like `input`
+    (dense) or an integer label map `(B, *S)`; `opts` has the options that are meaningless
+    for this input switched off, each with a warning, as MONAI does.
+    """
+    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError("input and target must be torch.Tensors")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating tensor, got {input.dtype}")
+    if input.dim() < 3:
+        raise ValueError(
+            f"input must have the layout (B, C, *spatial) with at least one spatial dim, "
+            f"got shape {tuple(input.shape)}"
+        )
+    if input.device != target.device:
+        raise ValueError(f"input is on {input.device} but target is on {target.device}")
+    if target.is_complex():
+        raise TypeError("target must be real")
+
+    num_classes = input.shape[1]
+    if num_classes == 1:
+        opts = _single_channel(opts)
+
+    batch_size, spatial = input.shape[0], tuple(input.shape[2:])
+    if target.shape == input.shape:
+        if opts.ignore_index is not None:
+            raise ValueError(
+                "ignore_index needs an integer label map target (B, *spatial) or (B, 1, *spatial); "
+                f"got a dense target of shape {tuple(target.shape)}"
+            )
+        if not target.is_floating_point():
+            target = target.to(torch.float32)
+        return input, target, opts
+
+    is_label_shape = target.shape == (batch_size, *spatial) or target.shape == (batch_size, 1, *spatial)
+    is_integer = not target.is_floating_point() and target.dtype != torch.bool
+    if is_label_shape and (is_integer or (opts.to_onehot_y and target.dim() == input.dim())):
+        if target.dim() == input.dim():
+            target = target.squeeze(1)
+        return input, target, opts
+    hint = ""
+    if is_label_shape and target.is_floating_point():
+        hint = " (a floating (B, 1, *spatial) label map needs to_onehot_y=True)"
+    raise ValueError(
+        f"target shape {tuple(target.shape)} does not fit input shape {tuple(input.shape)}: expected "
+        f"{tuple(input.shape)} (dense), or an integer label map {(batch_size, *spatial)} or "
+        f"{(batch_size, 1, *spatial)}{hint}"
+    )
+
+
+def _single_channel(opts: SCCOptions) -> SCCOptions:
+    changes = {}
+    if opts.activation == "softmax":
+        warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=4)
+        changes["activation"] = "none"
+    if not opts.include_background:
+        warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=4)
+        changes["include_background"] = True
+    if opts.to_onehot_y:
+        warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=4)
+        changes["to_onehot_y"] = False
+    return dataclasses.replace(opts, **changes) if changes else opts
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
+    """Labels must lie in [0, C) or equal ignore_index (SPEC §5); returns them as integers.
+
+    CPU: a ValueError. CUDA: an asynchronous device-side assert, so the hot path never syncs.
+    A floating label map (`to_onehot_y=True`) must hold integral values and comes back as int64.
+    """
+    valid = (labels >= 0) & (labels < num_classes)
+    if labels.is_floating_point():
+        valid &= labels == labels.round()
+    if ignore_index is not None:
+        valid |= labels == ignore_index
+    if labels.device.type == "cpu":
+        if not bool(valid.all()):
+            bad = labels[~valid][:5].tolist()
+            raise ValueError(
+                f"label map values must be integers in [0, {num_classes}) or ignore_index="
+                f"{ignore_index}; found {bad}"
+            )
+    else:
+        torch._assert_async(valid.all(), "scc_kernels: label outside [0, C) and not ignore_index")
+    return labels.long() if labels.is_floating_point() else labels
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What a fast backend needs to know besides the two tensors (the op's static arguments).
+
+    The target is an integer label map `(B, *S)` when `target.dim() == input.dim() - 1`,
+    else a float tensor shaped like `input`. Output channels are `offset:C`.
+    """
+
+    spectrum: str
+    num_bands: int
+    activation: str
+    ignore_index: int | None
+    include_background: bool
+
+    @property
+    def offset(self) -> int:
+        return 0 if self.include_background else 1
+
+    @property
+    def parseval(self) -> bool:
+        """Complex spectrum, one band: SPEC's transform-free closed form applies."""
+        return self.spectrum == "complex" and self.num_bands == 1

@@ -1,0 +1,78 @@
+"""The fast backends: one module each, loaded lazily, each one room of its own.
+
+A backend module provides (see torch_backend.py for the plainest example):
+
+    unavailable_reason(device) -> str | None   why it cannot run on `device` (None: it can)
+    band_sums(input, target, problem) -> list  [sums (B, C', K, 5), *saved]  (_sums.SUMS layout)
+    band_sums_fake(input, target, problem)     the same list as empty tensors (torch.compile)
+    band_sums_backward(grad_sums, input, target, saved, problem) -> grad of input, input's dtype
+
+`input` is the raw input (the backend applies `problem.activation`); `target` is prepared by
+_options.prepare (dense float or integer label map, already checked). Nothing outside this
+package knows how a backend computes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+FAST_BACKENDS = ("triton", "cuda", "cupy", "torch")  # "auto" on CUDA: first that can run
+_INSTALL_HINT = {
+    "triton": "pip install 'scc_kernels[triton]'",
+    "cupy": "pip install cupy-cuda12x or cupy-cuda13x (the wheel matching your CUDA)",
+    "cuda": "SCC_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation . (or let it JIT-compile: needs nvcc and ninja)",
+}
+
+
+def load(name: str):
+    """The backend's module; ImportError when its dependency is missing."""
+    return importlib.import_module(f"scc_kernels.backends.{name}_backend")
+
+
+def unavailable_reason(name: str, device: torch.device | str | None = None) -> str | None:
+    """Why backend `name` cannot run on `device` (default: cuda if present, else cpu); None if it can."""
+    if name == "reference":
+        return None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        module = load(name)
+    except ImportError as error:
+        return f"{error}; install it with: {_INSTALL_HINT.get(name, 'pip install scc_kernels')}"
+    return module.unavailable_reason(torch.device(device))
+
+
+def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend to run: `name`, or for "auto" $SCC_KERNELS_BACKEND or the fastest that can run.
+
+    An explicitly named backend that cannot run raises RuntimeError saying why (SPEC §5).
+    """
+    if name == "auto":
+        name = os.environ.get("SCC_KERNELS_BACKEND", "auto") or "auto"
+    if name == "auto":
+        if device.type != "cuda":
+            return "torch"
+        for candidate in FAST_BACKENDS:
+            if _supports_dtype(candidate, dtype) and unavailable_reason(candidate, device) is None:
+                return candidate
+        return "torch"
+    if name not in ("reference", *FAST_BACKENDS):
+        raise ValueError(f"unknown backend {name!r} (from SCC_KERNELS_BACKEND?)")
+    reason = unavailable_reason(name, device)
+    if reason is None and not _supports_dtype(name, dtype):
+        reason = f"{dtype} inputs are supported by the reference and torch backends only"
+    if reason is not None:
+        raise RuntimeError(f"backend {name!r} cannot run on {device}: {reason}")
+    return name
+
+
+def _supports_dtype(name: str, dtype: torch.dtype) -> bool:
+    return dtype != torch.float64 or name in ("reference", "torch")
+
+
+def info() -> dict[str, str | None]:
+    """For every backend, None if it can run here, else why not."""
+    return {name: unavailable_reason(name) for name in ("reference", *FAST_BACKENDS)}

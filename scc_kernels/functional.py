@@ -1,0 +1,180 @@
+"""Functional API and the one dispatch point.
+
+options → (checked tensors) → backend: the reference computes r directly with autograd; a
+fast backend runs as the custom op `scc_kernels::band_sums` (registered with torch.library,
+with a fake implementation and its own autograd, so torch.compile keeps one graph), and
+_sums.correlation_from_sums turns its band sums into r.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from . import backends, reference
+from ._options import Problem, SCCOptions, check_labels, make_options, prepare
+from ._sums import correlation_from_sums
+
+
+def spectral_correlation(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    spectrum: str = "amplitude",
+    bands: int | None = None,
+    band_weights: Sequence[float] | torch.Tensor | None = None,
+    sigmoid: bool = False,
+    softmax: bool = False,
+    other_act: Callable | None = None,
+    to_onehot_y: bool = False,
+    include_background: bool = True,
+    ignore_index: int | None = None,
+    batch: bool = False,
+    eps: float = 1e-5,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The spectral correlation r in [-1, 1]: shape (B, C'), or (C',) with `batch=True`.
+
+    Arguments as in `scc_loss` (SPEC §2), without `reduction`.
+    """
+    opts = make_options(
+        spectrum=spectrum, bands=bands, band_weights=band_weights, sigmoid=sigmoid, softmax=softmax,
+        other_act=other_act, to_onehot_y=to_onehot_y, include_background=include_background,
+        ignore_index=ignore_index, batch=batch, eps=eps, backend=backend,
+    )  # fmt: skip
+    return correlation(input, target, opts)
+
+
+def scc_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    spectrum: str = "amplitude",
+    bands: int | None = None,
+    band_weights: Sequence[float] | torch.Tensor | None = None,
+    sigmoid: bool = False,
+    softmax: bool = False,
+    other_act: Callable | None = None,
+    to_onehot_y: bool = False,
+    include_background: bool = True,
+    ignore_index: int | None = None,
+    batch: bool = False,
+    eps: float = 1e-5,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """SCC loss `1 - r` (SPEC §3), reduced by `reduction` over (B, C') or (C',) with `batch=True`.
+
+    input: (B, C, *spatial) logits or probabilities. target: the same shape (one-hot, soft or
+    binary masks), or an integer label map (B, *spatial) / (B, 1, *spatial).
+    """
+    opts = make_options(
+        spectrum=spectrum, bands=bands, band_weights=band_weights, sigmoid=sigmoid, softmax=softmax,
+        other_act=other_act, to_onehot_y=to_onehot_y, include_background=include_background,
+        ignore_index=ignore_index, batch=batch, eps=eps, reduction=reduction, backend=backend,
+    )  # fmt: skip
+    return loss(input, target, opts)
+
+
+def loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
+    per_item = 1 - correlation(input, target, opts)
+    if opts.reduction == "mean":
+        return per_item.mean()
+    if opts.reduction == "sum":
+        return per_item.sum()
+    return per_item
+
+
+def correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
+    input, target, opts = prepare(input, target, opts)
+    if opts.other_act is not None:
+        input = opts.other_act(input)
+    name = backends.resolve(opts.backend, input.device, input.dtype)
+    with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
+        if name == "reference":
+            return reference.spectral_correlation(input, target, opts)
+        sums, *_ = torch.ops.scc_kernels.band_sums(
+            input, target, name, opts.spectrum, opts.num_bands, opts.activation,
+            opts.ignore_index, opts.include_background,
+        )  # fmt: skip
+        return correlation_from_sums(sums, tuple(input.shape[2:]), opts)
+
+
+# ----------------------------------------------------------------------------------------------
+# the custom op: band sums of one backend, with a hand-written backward
+
+
+def _problem(spectrum, num_bands, activation, ignore_index, include_background) -> Problem:
+    return Problem(spectrum, num_bands, activation, ignore_index, include_background)
+
+
+def _label_map(input: torch.Tensor, target: torch.Tensor, ignore_index, check: bool) -> torch.Tensor:
+    if target.dim() != input.dim() - 1:
+        return target
+    if check:
+        return check_labels(target, input.shape[1], ignore_index)
+    return target.long() if target.is_floating_point() else target
+
+
+@torch.library.custom_op("scc_kernels::band_sums", mutates_args=())
+def _band_sums(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    backend: str,
+    spectrum: str,
+    num_bands: int,
+    activation: str,
+    ignore_index: Optional[int],
+    include_background: bool,
+) -> list[torch.Tensor]:
+    """[sums (B, C', K, 5), *tensors the backend saves for its backward]."""
+    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
+    target = _label_map(input, target, ignore_index, check=True)
+    return backends.load(backend).band_sums(input, target, problem)
+
+
+@_band_sums.register_fake
+def _(input, target, backend, spectrum, num_bands, activation, ignore_index, include_background):
+    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
+    return backends.load(backend).band_sums_fake(input, target, problem)
+
+
+@torch.library.custom_op("scc_kernels::band_sums_backward", mutates_args=())
+def _band_sums_backward(
+    grad_sums: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    saved: list[torch.Tensor],
+    backend: str,
+    spectrum: str,
+    num_bands: int,
+    activation: str,
+    ignore_index: Optional[int],
+    include_background: bool,
+) -> torch.Tensor:
+    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
+    target = _label_map(input, target, ignore_index, check=False)
+    return backends.load(backend).band_sums_backward(grad_sums.contiguous(), input, target, saved, problem)
+
+
+@_band_sums_backward.register_fake
+def _(grad_sums, input, target, saved, *args):
+    return torch.empty_like(input)
+
+
+def _setup_context(ctx, inputs, output):
+    input, target, *static = inputs
+    ctx.static = static
+    ctx.save_for_backward(input, target, *output[1:])
+
+
+def _backward(ctx, grads):
+    input, target, *saved = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.ops.scc_kernels.band_sums_backward(grads[0], input, target, saved, *ctx.static)
+    return (grad_input, None, *([None] * len(ctx.static)))
+
+
+_band_sums.register_autograd(_backward, setup_context=_setup_context)

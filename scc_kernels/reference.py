@@ -1,0 +1,83 @@
+"""The executable definition: SPEC §3, step by step, in torch.fft with autograd.
+
+Slow on purpose and kept plain: full complex spectra, a mask per band, two-pass centred sums.
+Every other backend is tested against this one in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._options import SCCOptions, check_labels
+from ._sums import weighted_band_mean
+from .bands import band_index
+
+
+def spectral_correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
+    """Band-weighted r, shape (B, C') or (C',) with `batch=True`, for prepared arguments."""
+    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    num_classes = input.shape[1]
+    spatial = tuple(input.shape[2:])
+    spatial_dims = tuple(range(2, input.dim()))
+
+    # 1. activation; target as float, one-hot for a label map
+    x = input.to(compute_dtype)
+    if opts.activation == "softmax":
+        x = torch.softmax(x, dim=1)
+    elif opts.activation == "sigmoid":
+        x = torch.sigmoid(x)
+    label_map = target.dim() == input.dim() - 1
+    if label_map:
+        labels = check_labels(target, num_classes, opts.ignore_index).long()
+        valid = torch.ones_like(labels, dtype=torch.bool)
+        if opts.ignore_index is not None:
+            valid = labels != opts.ignore_index
+        y = F.one_hot(torch.where(valid, labels, 0), num_classes).movedim(-1, 1).to(compute_dtype)
+        # 2. ignored positions are zero in prediction and target
+        valid = valid.unsqueeze(1)
+        x = x * valid
+        y = y * valid
+    else:
+        y = target.to(compute_dtype)
+
+    # 3. drop the background channel
+    if not opts.include_background:
+        x, y = x[:, 1:], y[:, 1:]
+
+    # 4. full complex spectra
+    X = torch.fft.fftn(x, dim=spatial_dims, norm="ortho")
+    Y = torch.fft.fftn(y, dim=spatial_dims, norm="ortho")
+    if opts.spectrum == "amplitude":
+        u, v = X.abs(), Y.abs()
+    else:
+        u, v = X, Y
+
+    # 5.-6. one r per band, per slice (b, c) or per class when batch=True
+    bins = band_index(spatial, opts.num_bands).to(input.device)
+    per_band = []
+    for band in range(opts.num_bands):
+        in_band = bins == band
+        ub, vb = u[..., in_band], v[..., in_band]  # (B, C', |band|)
+        if opts.batch:
+            ub = ub.transpose(0, 1).reshape(ub.shape[1], -1)
+            vb = vb.transpose(0, 1).reshape(vb.shape[1], -1)
+        per_band.append(_correlation(ub, vb, opts.eps))
+    r = torch.stack(per_band, dim=-1)
+
+    # 7. band weights
+    return weighted_band_mean(r, opts)
+
+
+def _correlation(u: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """r over the last axis; 1 for an empty band, or where nothing varies and eps = 0."""
+    if u.shape[-1] == 0:
+        return torch.ones(u.shape[:-1], dtype=u.real.dtype, device=u.device)
+    du = u - u.mean(-1, keepdim=True)
+    dv = v - v.mean(-1, keepdim=True)
+    s_uv = (du * dv.conj()).real.sum(-1)
+    s_uu = (du * du.conj()).real.sum(-1)
+    s_vv = (dv * dv.conj()).real.sum(-1)
+    denominator = torch.sqrt((s_uu + eps) * (s_vv + eps))
+    degenerate = denominator == 0  # eps = 0 and a constant u or v: then s_uv = 0 too
+    return torch.where(degenerate, 1.0, (s_uv + eps) / torch.where(degenerate, 1.0, denominator))
