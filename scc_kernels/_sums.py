@@ -36,6 +36,8 @@ def correlation_from_sums(sums: torch.Tensor, spatial: tuple[int, ...], opts: SC
     denominator = torch.sqrt((s_uu + opts.eps) * (s_vv + opts.eps))
     degenerate = (denominator == 0) | (counts == 0)  # empty band, or nothing varies and eps = 0
     r = torch.where(degenerate, 1.0, (s_uv + opts.eps) / torch.where(degenerate, 1.0, denominator))
+    # NaN/Inf in the input must reach the loss as NaN (SPEC §5), even where a gather skipped 0·inf
+    r = torch.where(torch.isfinite(sums).all(-1), r, torch.nan)
     return weighted_band_mean(r, opts)
 
 

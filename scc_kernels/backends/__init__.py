@@ -45,6 +45,7 @@ def unavailable_reason(name: str, device: torch.device | str | None = None) -> s
     return module.unavailable_reason(torch.device(device))
 
 
+@torch.compiler.assume_constant_result  # decided once when torch.compile traces, not per step
 def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend to run: `name`, or for "auto" $SCC_KERNELS_BACKEND or the fastest that can run.
 
@@ -61,8 +62,9 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
         return "torch"
     if name not in ("reference", *FAST_BACKENDS):
         raise ValueError(f"unknown backend {name!r} (from SCC_KERNELS_BACKEND?)")
-    reason = unavailable_reason(name, device)
-    if reason is None and not _supports_dtype(name, dtype):
+    if _supports_dtype(name, dtype):
+        reason = unavailable_reason(name, device)
+    else:
         reason = f"{dtype} inputs are supported by the reference and torch backends only"
     if reason is not None:
         raise RuntimeError(f"backend {name!r} cannot run on {device}: {reason}")

@@ -1,0 +1,55 @@
+"""Triton backend: the fused kernels behind the backend contract (see backends/__init__.py).
+
+- complex spectrum, one band: the one-pass Parseval kernels of triton_kernels.py (nothing saved);
+- amplitude or banded spectra: the DFT-as-matmul kernels of triton_dft.py.
+
+Runs on CUDA tensors, and on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton  # noqa: F401  (a missing triton makes backends.load raise ImportError, with a hint)
+
+from .._options import Problem
+from .triton_kernels import parseval_backward, parseval_sums
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        return None
+    # Triton reads the variable when a kernel is decorated, i.e. when this module is imported.
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return (
+        f"the triton backend runs on CUDA tensors, or on CPU with TRITON_INTERPRET=1 set before "
+        f"triton is imported (got a {device.type} tensor)"
+    )
+
+
+def _dft():
+    # imported here so the Parseval path does not depend on the transform kernels
+    from . import triton_dft
+
+    return triton_dft
+
+
+def band_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+    if problem.parseval:
+        return [parseval_sums(input, target, problem)]
+    return _dft().band_sums(input, target, problem)
+
+
+def band_sums_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+    if problem.parseval:
+        batch, channels = input.shape[:2]
+        return [input.new_empty((batch, channels - problem.offset, 1, 5), dtype=torch.float32)]
+    return _dft().band_sums_fake(input, target, problem)
+
+
+def band_sums_backward(grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
+    if problem.parseval:
+        return parseval_backward(grad_sums, input, target, problem)
+    return _dft().band_sums_backward(grad_sums, input, target, saved, problem)
