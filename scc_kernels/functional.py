@@ -12,7 +12,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import backends, reference
+from . import reference
+from .backends import load, resolve
 from ._options import Problem, SCCOptions, check_labels, make_options, prepare
 from ._sums import correlation_from_sums
 
@@ -90,7 +91,7 @@ def correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
     input, target, opts = prepare(input, target, opts)
     if opts.other_act is not None:
         input = opts.other_act(input)
-    name = backends.resolve(opts.backend, input.device, input.dtype)
+    name = resolve(opts.backend, input.device, input.dtype)
     with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
         if name == "reference":
             return reference.spectral_correlation(input, target, opts)
@@ -131,13 +132,13 @@ def _band_sums(
     """[sums (B, C', K, 5), *tensors the backend saves for its backward]."""
     problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
     target = _label_map(input, target, ignore_index, check=True)
-    return backends.load(backend).band_sums(input, target, problem)
+    return load(backend).band_sums(input, target, problem)
 
 
 @_band_sums.register_fake
 def _(input, target, backend, spectrum, num_bands, activation, ignore_index, include_background):
     problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
-    return backends.load(backend).band_sums_fake(input, target, problem)
+    return load(backend).band_sums_fake(input, target, problem)
 
 
 @torch.library.custom_op("scc_kernels::band_sums_backward", mutates_args=())
@@ -155,7 +156,7 @@ def _band_sums_backward(
 ) -> torch.Tensor:
     problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
     target = _label_map(input, target, ignore_index, check=False)
-    return backends.load(backend).band_sums_backward(grad_sums.contiguous(), input, target, saved, problem)
+    return load(backend).band_sums_backward(grad_sums.contiguous(), input, target, saved, problem)
 
 
 @_band_sums_backward.register_fake

@@ -39,10 +39,12 @@ def _activate(input: torch.Tensor, problem: Problem) -> torch.Tensor:
 
 
 def _activation_backward(grad_p: torch.Tensor, p: torch.Tensor, problem: Problem) -> torch.Tensor:
-    if problem.activation == "softmax":
-        return p * (grad_p - (p * grad_p).sum(1, keepdim=True))
-    if problem.activation == "sigmoid":
-        return grad_p * p * (1 - p)
+    """The activation's Jacobian, in place on `grad_p` (a fresh tensor): no input-sized temporaries."""
+    if problem.activation == "softmax":  # p·(g − Σ_c p_c g_c)
+        grad_p.mul_(p)
+        return grad_p.addcmul_(p, grad_p.sum(1, keepdim=True), value=-1)
+    if problem.activation == "sigmoid":  # g·p·(1 − p)
+        return grad_p.mul_(p).addcmul_(grad_p, p, value=-1)
     return grad_p
 
 
@@ -86,7 +88,7 @@ def _pad_channels(x: torch.Tensor, problem: Problem) -> torch.Tensor:
 def band_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     if problem.parseval:
         return [_parseval_sums(input, target, problem)]
-    return _spectral_sums(input, target, problem)
+    return _per_sample(_spectral_sums, input, target, problem=problem)
 
 
 def band_sums_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
@@ -102,14 +104,36 @@ def band_sums_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) 
 
 
 def band_sums_backward(grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
-    p = _activate(input, problem)
     if problem.parseval:
+        p = _activate(input, problem)
         grad_x = _parseval_backward(grad_sums, p, input, target, problem)
-    else:
-        grad_x = _spectral_backward(grad_sums, input, saved, problem)
-    if _is_label_map(input, target) and problem.ignore_index is not None:
+        return _finish_backward(grad_x, p, target, problem).to(input.dtype)
+    (grad,) = _per_sample(_spectral_backward, grad_sums, input, target, *saved, problem=problem)
+    return grad
+
+
+def _finish_backward(grad_x, p, target, problem: Problem) -> torch.Tensor:
+    """Gradient w.r.t. the probabilities → w.r.t. the input: ignored positions, activation."""
+    if _is_label_map(p, target) and problem.ignore_index is not None:
         grad_x = grad_x * _labels(target, problem)[1].unsqueeze(1)
-    return _activation_backward(grad_x, p, problem).to(input.dtype)
+    return _activation_backward(grad_x, p, problem)
+
+
+def _per_sample(fn, *tensors, problem: Problem) -> list[torch.Tensor]:
+    """`fn` on one batch element at a time, its outputs gathered into preallocated tensors.
+
+    The transform paths make several spectrum-sized temporaries; per sample they stay a 1/B
+    share of the input, which halves the peak memory of a typical batch.
+    """
+    batch = tensors[0].shape[0]
+    outputs = None
+    for b in range(batch):
+        parts = fn(*(t[b : b + 1] for t in tensors), problem)
+        if outputs is None:
+            outputs = [part.new_empty((batch, *part.shape[1:])) for part in parts]
+        for output, part in zip(outputs, parts):
+            output[b : b + 1] = part
+    return outputs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,34 +187,57 @@ def _spectral_sums(input, target, problem: Problem) -> list[torch.Tensor]:
     x = p[:, problem.offset :]
     if _is_label_map(input, target) and problem.ignore_index is not None:
         x = x * _labels(target, problem)[1].unsqueeze(1)
-    X = torch.fft.rfftn(x, dim=dims, norm="ortho")
-    Y = torch.fft.rfftn(_dense_target(input, target, problem, p.dtype), dim=dims, norm="ortho")
+    # real views of the half spectra: |X|² = Xr² + Xi² is much cheaper than complex abs (hypot)
+    X = torch.view_as_real(torch.fft.rfftn(x, dim=dims, norm="ortho"))
+    del p, x
+    Y = torch.view_as_real(torch.fft.rfftn(_dense_target(input, target, problem, X.dtype), dim=dims, norm="ortho"))
+    band_matrix = half_band_matrix(spatial, problem.num_bands).to(device=X.device, dtype=X.dtype)
+    batch, channels = input.shape[0], input.shape[1] - problem.offset
+
+    def band_sum(stat):  # Σ over each band of the full spectrum, (B·C', K)
+        return stat.reshape(batch * channels, -1) @ band_matrix
+
+    power_x, power_y = _power(X), _power(Y)
+    sum_uu, sum_vv = band_sum(power_x), band_sum(power_y)
     if problem.spectrum == "amplitude":
-        u, v = X.abs(), Y.abs()
-        stats = (u, v, u * v, u * u, v * v)
+        u, v = power_x.sqrt_(), power_y.sqrt_()
+        sums = [band_sum(u), band_sum(v), band_sum(u * v), sum_uu, sum_vv]
         saved_v = v
     else:
-        stats = (X.real, Y.real, X.real * Y.real + X.imag * Y.imag, X.abs().square(), Y.abs().square())
-        saved_v = torch.view_as_real(Y)
-    band_matrix = half_band_matrix(spatial, problem.num_bands).to(device=p.device, dtype=p.dtype)
-    batch, channels = x.shape[:2]
-    sums = torch.stack([s.reshape(batch * channels, -1) @ band_matrix for s in stats], dim=-1)
-    return [sums.view(batch, channels, problem.num_bands, 5), torch.view_as_real(X), saved_v]
+        cross = torch.addcmul(X[..., 0] * Y[..., 0], X[..., 1], Y[..., 1])
+        sums = [band_sum(X[..., 0]), band_sum(Y[..., 0]), band_sum(cross), sum_uu, sum_vv]
+        saved_v = Y
+    sums = torch.stack(sums, dim=-1).view(batch, channels, problem.num_bands, 5)
+    return [sums, X, saved_v]
 
 
-def _spectral_backward(grad_sums, input, saved, problem: Problem) -> torch.Tensor:
-    X_real, saved_v = saved
-    X = torch.view_as_complex(X_real)
+def _power(X: torch.Tensor) -> torch.Tensor:
+    """|X|² of a real view (..., 2); two strided products beat a reduction over a size-2 axis."""
+    return torch.addcmul(X[..., 0] * X[..., 0], X[..., 1], X[..., 1])
+
+
+def _spectral_backward(grad_sums, input, target, X, saved_v, problem: Problem) -> list[torch.Tensor]:
+    """X, saved_v: real views (..., 2) of the saved half spectra; saved_v is |Y| for amplitude."""
     spatial = tuple(input.shape[2:])
     dims = tuple(range(2, input.dim()))
-    # per-bin coefficients of SUMS' gradient: band value spread to each bin of the band
-    in_band = band_index(spatial, problem.num_bands, half=True).to(input.device)
-    grad_u, _, grad_uv, grad_uu, _ = grad_sums.to(X_real.dtype)[:, :, in_band].unbind(-1)
-    if problem.spectrum == "amplitude":
-        u = X.abs()
-        phase = torch.where(u > 0, X / torch.where(u > 0, u, 1), 0)
-        grad_X = (grad_u + grad_uv * saved_v + 2 * grad_uu * u) * phase
+    grad_sums = grad_sums.to(X.dtype)
+    # the gradient of each band sum, spread over the bins of its band (a broadcast for one band)
+    if problem.num_bands == 1:
+        grad_sums = grad_sums.view(*grad_sums.shape[:2], *([1] * len(spatial)), 5)
     else:
-        grad_X = grad_u + grad_uv * torch.view_as_complex(saved_v) + 2 * grad_uu * X
-    grad_x = torch.fft.irfftn(grad_X, s=spatial, dim=dims, norm="ortho")
-    return _pad_channels(grad_x, problem)
+        grad_sums = grad_sums[:, :, band_index(spatial, problem.num_bands, half=True).to(X.device)]
+    grad_u, _, grad_uv, grad_uu, _ = grad_sums.unbind(-1)
+    if problem.spectrum == "amplitude":
+        u = _power(X).sqrt_()
+        # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
+        nonzero = u > 0
+        scale = torch.addcmul(grad_u, grad_uv, saved_v).div_(u.masked_fill_(~nonzero, 1)).add_(2 * grad_uu)
+        grad_X = X * scale.masked_fill_(~nonzero, 0).unsqueeze(-1)
+        del u, nonzero, scale
+    else:
+        grad_X = grad_uv.unsqueeze(-1) * saved_v + 2 * grad_uu.unsqueeze(-1) * X
+        grad_X[..., 0] += grad_u
+    grad_x = torch.fft.irfftn(torch.view_as_complex(grad_X), s=spatial, dim=dims, norm="ortho")
+    del grad_X
+    grad_x = _finish_backward(_pad_channels(grad_x, problem), _activate(input, problem), target, problem)
+    return [grad_x.to(input.dtype)]

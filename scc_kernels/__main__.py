@@ -1,0 +1,132 @@
+"""python -m scc_kernels [info | verify | bench]; with no command: info, verify and a short bench."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import torch
+
+# Without a GPU the triton backend runs in Triton's interpreter (must be set before triton loads).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import scc_kernels  # noqa: E402
+from scc_kernels.backends import load as _load_backend  # noqa: E402
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except Exception as error:  # noqa: BLE001 - any failure means "not usable here"
+        return f"not available ({type(error).__name__})"
+
+
+def info(_args=None) -> int:
+    print(f"scc_kernels {scc_kernels.__version__}  python {platform.python_version()}  {platform.machine()}")
+    print(f"torch {torch.__version__}  triton {_version('triton')}  cupy {_version('cupy')}  numpy {_version('numpy')}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            print(f"cuda:{i} {props.name}, {props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, CUDA {torch.version.cuda}")
+    else:
+        print(f"no CUDA device; {os.cpu_count()} CPU cores" + (", triton runs interpreted" if os.environ.get("TRITON_INTERPRET") == "1" else ""))
+    print("backends:")
+    for name, entry in scc_kernels.backends().items():
+        status = "available" if entry["available"] else f"unavailable: {entry['reason']}"
+        if name == "cuda":
+            status += f" [{_cuda_build_status()}]"
+        print(f"  {name:<10} {status}")
+    return 0
+
+
+def _cuda_build_status() -> str:
+    try:
+        return _load_backend("cuda").build_status()
+    except ImportError as error:
+        return f"unavailable: {error}"
+
+
+def verify(args) -> int:
+    from scc_kernels import verify as checks
+
+    device = _device()
+    dtypes = [getattr(torch, name) for name in args.dtype]
+    names = args.backend or None
+    print(f"verify on {device} against the float64 reference (SPEC §4 tolerances: loss rel 1e-4, grad rel 1e-3 in float32)")
+    start = time.perf_counter()
+    results = checks.run(device, names, dtypes)
+    print(f"{'backend':<8} {'loss err':>9} {'grad err':>9}  result  case")
+    for check in results:
+        print(f"{check.backend:<8} {check.loss_error:>9.1e} {check.grad_error:>9.1e}  {'ok' if check.ok else 'FAIL':<6}  {check.case}")
+    failed = sum(not c.ok for c in results)
+    print(f"{len(results) - failed} passed, {failed} failed ({time.perf_counter() - start:.2f} s)")
+    return 1 if failed else 0
+
+
+def bench(args) -> int:
+    from scc_kernels import bench as timing
+
+    device = _device()
+    names = args.backend or [
+        n for n, why in scc_kernels.backends().items() if why["available"] and n != "reference"
+        and not (n == "triton" and device.type == "cpu")  # interpreted Triton times are meaningless
+    ]  # fmt: skip
+    shapes = [tuple(int(s) for s in text.split("x")) for text in args.shapes] if args.shapes else (
+        timing.QUICK_SHAPES if args.quick else timing.SHAPES)[device.type]  # fmt: skip
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    title = f"{time.strftime('%Y-%m-%d')} {gpu}, torch {torch.__version__}, triton {_version('triton')}"
+    print(f"bench on {title}; median of {args.repeats} runs after warm-up; speed-up = reference fwd+bwd / fwd+bwd")
+    print(timing.HEADER)
+    rows = timing.run(names, device, shapes, modes=args.modes, repeats=args.repeats, memory=not args.no_memory,
+                      progress=lambda line: print(line, flush=True))  # fmt: skip
+    if args.csv:
+        timing.write_csv(rows, args.csv)
+    if args.png:
+        timing.write_png(rows, args.png, title)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scc_kernels", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("info", help="versions, devices, each backend and why it is unavailable")
+    p_verify = sub.add_parser("verify", help="every available backend against the float64 reference")
+    p_verify.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    p_verify.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"])
+    p_bench = sub.add_parser("bench", help="forward and forward+backward times next to the reference")
+    p_bench.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    p_bench.add_argument("--quick", action="store_true", help="smaller default shapes")
+    p_bench.add_argument("--shapes", nargs="+", help="e.g. 8x4x256x256 2x4x64x64x64")
+    p_bench.add_argument("--modes", nargs="+", default=["complex", "amplitude", "amplitude-4bands"],
+                         choices=["complex", "amplitude", "amplitude-4bands"])  # fmt: skip
+    p_bench.add_argument("--repeats", type=int, default=10)
+    p_bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p_bench.add_argument("--csv", help="write the table to this CSV file")
+    p_bench.add_argument("--png", help="write a bar chart to this PNG file (matplotlib)")
+    args = parser.parse_args(argv)
+
+    if args.command == "info":
+        return info(args)
+    if args.command == "verify":
+        return verify(args)
+    if args.command == "bench":
+        return bench(args)
+    # the main job: info, verify, and a short bench
+    status = info()
+    print()
+    status |= verify(parser.parse_args(["verify"]))
+    print()
+    status |= bench(parser.parse_args(["bench", "--quick", "--repeats", "5", "--modes", "complex", "amplitude"]))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Side-by-side timings behind `python -m scc_kernels bench`: every backend next to the reference.
+
+Forward and forward+backward time (median of repeated runs after warm-up; CUDA events on the
+GPU), and the peak extra memory of one forward+backward (CUDA: the caching allocator's peak;
+CPU: the peak resident set of a fresh subprocess, above what it held with the inputs made).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from .functional import scc_loss
+
+MODES = {  # name → options; softmax logits and an integer label map, the usual training setup
+    "complex": dict(spectrum="complex", softmax=True),
+    "amplitude": dict(spectrum="amplitude", softmax=True),
+    "amplitude-4bands": dict(spectrum="amplitude", softmax=True, bands=4),
+}
+SHAPES = {
+    "cpu": [(8, 4, 256, 256), (2, 4, 48, 48, 48)],
+    "cuda": [(16, 4, 512, 512), (16, 4, 256, 256), (2, 4, 128, 128, 128)],
+}
+QUICK_SHAPES = {"cpu": [(4, 4, 128, 128), (1, 4, 32, 32, 32)], "cuda": [(16, 4, 256, 256), (2, 4, 64, 64, 64)]}
+
+
+@dataclasses.dataclass
+class Row:
+    backend: str
+    mode: str
+    shape: str
+    dtype: str
+    forward_ms: float
+    forward_backward_ms: float
+    peak_extra_mib: float | None
+    speedup: float | None = None  # forward+backward, reference time / this time
+
+
+def make_inputs(shape, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g).to(device)
+    return logits, labels
+
+
+def _timer(device: torch.device):
+    if device.type == "cuda":
+        def measure(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+    else:
+        def measure(fn):
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+    return measure
+
+
+def time_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of `fn` in ms, after `warmup` untimed calls (compilation never counts)."""
+    measure = _timer(device)
+    for _ in range(warmup):
+        fn()
+    return statistics.median(measure(fn) for _ in range(repeats))
+
+
+def peak_extra_mib(backend, mode, shape, dtype, device: torch.device) -> float:
+    if device.type == "cuda":
+        logits, labels = make_inputs(shape, dtype, device)
+        logits.requires_grad_(True)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        scc_loss(logits, labels, backend=backend, **MODES[mode]).backward()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # CPU: a fresh process; reset the kernel's peak-RSS mark (clear_refs 5) after the inputs exist
+    code = (
+        "import json, re, sys, torch; from scc_kernels.bench import make_inputs, MODES; "
+        "from scc_kernels import scc_loss; a = json.loads(sys.argv[1]); "
+        "x, y = make_inputs(tuple(a['shape']), getattr(torch, a['dtype']), 'cpu'); "
+        "x.requires_grad_(True); scc_loss(x[:1, :, :2], y[:1, :2], backend=a['backend'], **MODES[a['mode']]).backward(); "
+        "status = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+        "open('/proc/self/clear_refs', 'w').write('5'); base = status('VmRSS'); "
+        "scc_loss(x, y, backend=a['backend'], **MODES[a['mode']]).backward(); "
+        "print(status('VmHWM') - base)"
+    )
+    args = json.dumps(dict(backend=backend, mode=mode, shape=shape, dtype=str(dtype)[6:]))
+    # a fixed mmap threshold: every large tensor is its own mapping, returned when freed, so the
+    # peak RSS follows the live tensors instead of glibc's heap high-water mark
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True, env=env)
+    return int(out.stdout.split()[-1]) / 1024  # /proc/self/status counts KiB
+
+
+def run(backend_names, device: torch.device, shapes, modes=tuple(MODES), dtype=torch.float32, repeats=10,
+        memory=True, progress=print) -> list[Row]:  # fmt: skip
+    rows = []
+    for shape in shapes:
+        for mode in modes:
+            logits, labels = make_inputs(shape, dtype, device)
+            reference_time = None
+            for name in ["reference", *backend_names]:
+                x = logits.clone().requires_grad_(True)
+
+                def forward():
+                    with torch.no_grad():
+                        scc_loss(x, labels, backend=name, **MODES[mode])
+
+                def forward_backward():
+                    scc_loss(x, labels, backend=name, **MODES[mode]).backward()
+                    x.grad = None
+
+                fwd = time_ms(forward, device, repeats)
+                fwd_bwd = time_ms(forward_backward, device, repeats)
+                reference_time = reference_time or fwd_bwd
+                peak = peak_extra_mib(name, mode, shape, dtype, device) if memory else None
+                row = Row(name, mode, "x".join(map(str, shape)), str(dtype)[6:], fwd, fwd_bwd, peak, reference_time / fwd_bwd)
+                rows.append(row)
+                progress(format_row(row))
+    return rows
+
+
+HEADER = f"{'backend':<10} {'mode':<17} {'shape':<17} {'dtype':<8} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9} {'speed-up':>9}"
+
+
+def format_row(row: Row) -> str:
+    peak = "-" if row.peak_extra_mib is None else f"{row.peak_extra_mib:.1f}"
+    return (f"{row.backend:<10} {row.mode:<17} {row.shape:<17} {row.dtype:<8} {row.forward_ms:>9.2f} "
+            f"{row.forward_backward_ms:>11.2f} {peak:>9} {row.speedup:>8.1f}x")  # fmt: skip
+
+
+def write_csv(rows: list[Row], path: str) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclasses.fields(Row)])
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(row) for row in rows)
+
+
+def write_png(rows: list[Row], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r.shape, r.mode) for r in rows}, key=lambda g: (g[0], g[1]))
+    names = list(dict.fromkeys(r.backend for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        times = [next((r.forward_backward_ms for r in rows if (r.shape, r.mode) == g and r.backend == name), 0) for g in groups]
+        ax.bar([j + i * width for j in range(len(groups))], times, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+    ax.set_xticklabels([f"{m}\n{s}" for s, m in groups], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("forward+backward, ms (median)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
