@@ -84,9 +84,13 @@ def bench(args) -> int:
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     title = f"{time.strftime('%Y-%m-%d')} {gpu}, torch {torch.__version__}, triton {_version('triton')}"
     print(f"bench on {title}; median of {args.repeats} runs after warm-up; speed-up = reference fwd+bwd / fwd+bwd")
+    floors = None
+    if args.floors:
+        floors = timing.Floors.measure(device)
+        print(f"floors: copy {floors.copy_gbps:.0f} GB/s, float32/TF32 matmul {floors.matmul_tflops:.3g} TFLOP/s")
     print(timing.HEADER)
     rows = timing.run(names, device, shapes, modes=args.modes, repeats=args.repeats, memory=not args.no_memory,
-                      progress=lambda line: print(line, flush=True))  # fmt: skip
+                      floors=floors, progress=lambda line: print(line, flush=True))  # fmt: skip
     if args.csv:
         timing.write_csv(rows, args.csv)
     if args.png:
@@ -109,6 +113,8 @@ def main(argv=None) -> int:
                          choices=["complex", "amplitude", "amplitude-4bands"])  # fmt: skip
     p_bench.add_argument("--repeats", type=int, default=10)
     p_bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p_bench.add_argument("--floors", action="store_true",
+                         help="measure copy bandwidth and matmul rate; report time as a fraction of the floor")  # fmt: skip
     p_bench.add_argument("--csv", help="write the table to this CSV file")
     p_bench.add_argument("--png", help="write a bar chart to this PNG file (matplotlib)")
     args = parser.parse_args(argv)

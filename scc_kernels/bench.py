@@ -1,14 +1,16 @@
 """Side-by-side timings behind `python -m scc_kernels bench`: every backend next to the reference.
 
 Forward and forward+backward time (median of repeated runs after warm-up; CUDA events on the
-GPU), and the peak extra memory of one forward+backward (CUDA: the caching allocator's peak;
-CPU: the peak resident set of a fresh subprocess, above what it held with the inputs made).
+GPU), the peak extra memory of one forward+backward (CUDA: the caching allocator's peak;
+CPU: the peak resident set of a fresh subprocess, above what it held with the inputs made),
+and optionally the time as a fraction of a floor measured on the same device (`Floors`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -41,6 +43,7 @@ class Row:
     forward_backward_ms: float
     peak_extra_mib: float | None
     speedup: float | None = None  # forward+backward, reference time / this time
+    floor_ms: float | None = None  # forward+backward floor: bytes / copy bandwidth, or DFT FLOPs / matmul rate
 
 
 def make_inputs(shape, dtype, device, seed=0):
@@ -104,13 +107,53 @@ def peak_extra_mib(backend, mode, shape, dtype, device: torch.device) -> float:
     return int(out.stdout.split()[-1]) / 1024  # /proc/self/status counts KiB
 
 
+@dataclasses.dataclass
+class Floors:
+    """The two hardware rates a kernel's time is compared with, measured on this device."""
+
+    copy_gbps: float  # bytes read + written per second by a large device copy, in GB/s
+    matmul_tflops: float  # float32 matmul with TF32 tensor cores allowed, 8192², in TFLOP/s
+
+    @staticmethod
+    def measure(device: torch.device) -> "Floors":
+        n = 2**28 if device.type == "cuda" else 2**24
+        a, b = torch.empty(n, device=device), torch.randn(n, device=device)
+        copy_ms = time_ms(lambda: a.copy_(b), device, repeats=20)
+        size = 8192 if device.type == "cuda" else 1024
+        x, y = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+        allow = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            matmul_ms = time_ms(lambda: x @ y, device, repeats=20)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = allow
+        return Floors(2 * n * 4 / copy_ms / 1e6, 2 * size**3 / matmul_ms / 1e9)
+
+    def forward_backward_ms(self, mode: str, shape: tuple[int, ...], dtype: torch.dtype) -> float:
+        """Reading logits and labels once and writing the gradient once; for transform modes,
+        at least the FLOPs of a dense DFT-as-matmul of x and y (forward) and of the gradient
+        (backward), if that takes longer."""
+        batch, channels, *spatial = shape
+        numel = batch * channels * math.prod(spatial)
+        element = torch.finfo(dtype).bits // 8
+        memory_ms = (2 * numel * element + numel // channels * 8) / (self.copy_gbps * 1e6)
+        if mode == "complex":
+            return memory_ms
+        half = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
+        # real → half-complex along the last axis (cos and sin), then complex along each other axis
+        macs = math.prod(spatial) * 2 * (spatial[-1] // 2 + 1) + sum(4 * half * n for n in spatial[:-1])
+        flop_ms = 3 * batch * channels * 2 * macs / (self.matmul_tflops * 1e9)
+        return max(memory_ms, flop_ms)
+
+
 def run(backend_names, device: torch.device, shapes, modes=tuple(MODES), dtype=torch.float32, repeats=10,
-        memory=True, progress=print) -> list[Row]:  # fmt: skip
+        memory=True, floors: Floors | None = None, progress=print) -> list[Row]:  # fmt: skip
     rows = []
     for shape in shapes:
         for mode in modes:
             logits, labels = make_inputs(shape, dtype, device)
             reference_time = None
+            floor = floors.forward_backward_ms(mode, shape, dtype) if floors else None
             for name in ["reference", *backend_names]:
                 x = logits.clone().requires_grad_(True)
 
@@ -126,19 +169,23 @@ def run(backend_names, device: torch.device, shapes, modes=tuple(MODES), dtype=t
                 fwd_bwd = time_ms(forward_backward, device, repeats)
                 reference_time = reference_time or fwd_bwd
                 peak = peak_extra_mib(name, mode, shape, dtype, device) if memory else None
-                row = Row(name, mode, "x".join(map(str, shape)), str(dtype)[6:], fwd, fwd_bwd, peak, reference_time / fwd_bwd)
+                row = Row(name, mode, "x".join(map(str, shape)), str(dtype)[6:], fwd, fwd_bwd, peak,
+                          reference_time / fwd_bwd, floor)  # fmt: skip
                 rows.append(row)
                 progress(format_row(row))
     return rows
 
 
-HEADER = f"{'backend':<10} {'mode':<17} {'shape':<17} {'dtype':<8} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9} {'speed-up':>9}"
+HEADER = (f"{'backend':<10} {'mode':<17} {'shape':<17} {'dtype':<8} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+          f"{'peak MiB':>9} {'speed-up':>9} {'floor ms':>9} {'of floor':>9}")  # fmt: skip
 
 
 def format_row(row: Row) -> str:
     peak = "-" if row.peak_extra_mib is None else f"{row.peak_extra_mib:.1f}"
+    floor = "-" if row.floor_ms is None else f"{row.floor_ms:.3f}"
+    share = "-" if row.floor_ms is None else f"{100 * row.floor_ms / row.forward_backward_ms:.1f}%"
     return (f"{row.backend:<10} {row.mode:<17} {row.shape:<17} {row.dtype:<8} {row.forward_ms:>9.2f} "
-            f"{row.forward_backward_ms:>11.2f} {peak:>9} {row.speedup:>8.1f}x")  # fmt: skip
+            f"{row.forward_backward_ms:>11.2f} {peak:>9} {row.speedup:>8.1f}x {floor:>9} {share:>9}")  # fmt: skip
 
 
 def write_csv(rows: list[Row], path: str) -> None:
