@@ -1,0 +1,157 @@
+"""Triton backend: the one-pass complex (Parseval) kernels against the float64 reference, and the
+backend glue. Runs on CUDA when present, else on CPU in Triton's interpreter (see conftest.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import scc_kernels
+from scc_kernels.backends import triton_backend
+
+from utils import GRAD_RTOL, LOSS_RTOL, assert_matches_reference, random_problem
+
+_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(
+    triton_backend.unavailable_reason(_DEVICE) is not None,
+    reason="needs CUDA, or TRITON_INTERPRET=1 set before triton is imported (tests/conftest.py sets it)",
+)
+
+
+@pytest.fixture
+def device():
+    return _DEVICE
+
+
+# Options combined rather than crossed. Sizes are odd, and some exceed one block of pixels
+# (BLOCK_N = 8192 / next_pow2(C), e.g. 2048 for C = 3, 256 for C = 17) so that the per-block
+# partial sums and the origin sample living in block 0 only are exercised.
+CASES = [
+    # (batch, channels, spatial, target, options, dtype)
+    (2, 3, (7, 9), "int64", dict(softmax=True, ignore_index=255, include_background=False, batch=True),
+     torch.float32),
+    (3, 2, (31,), "uint8", dict(sigmoid=True), torch.float32),
+    (1, 4, (5, 6, 7), "dense", dict(sigmoid=True, batch=True), torch.float32),
+    (2, 3, (45, 53), "uint8", dict(softmax=True, ignore_index=255, batch=True), torch.float32),
+    (2, 5, (9, 11, 13), "int64", dict(softmax=True, ignore_index=-100, include_background=False),
+     torch.float32),
+    (2, 17, (13, 21), "dense", dict(softmax=True, include_background=False), torch.float32),
+    (2, 2, (33, 65), "int32", dict(), torch.float32),
+    (2, 1, (11, 13), "dense", dict(sigmoid=True), torch.float32),
+    (2, 3, (17, 19), "uint8", dict(softmax=True, ignore_index=255), torch.bfloat16),
+    (2, 4, (7, 5, 9), "dense", dict(sigmoid=True, batch=True, include_background=False), torch.bfloat16),
+    (1, 3, (23,), "int64", dict(ignore_index=-100), torch.float16),
+]
+
+
+def _make(batch, channels, spatial, target_kind, options, dtype, device):
+    logits, target = random_problem(
+        batch, channels, spatial, label_map=target_kind != "dense",
+        ignore_index=options.get("ignore_index"), dtype=dtype, device=device,
+    )  # fmt: skip
+    if "ignore_index" in options and batch > 1:
+        # an ignored origin sample must drop its √N·g_u term, nonzero with batch=True when
+        # another item's origin is kept
+        target[0].view(-1)[0] = options["ignore_index"]
+        target[1].view(-1)[0] = 0
+    if target_kind in ("uint8", "int32"):
+        target = target.to(getattr(torch, target_kind))
+    return logits, target
+
+
+@pytest.mark.parametrize("batch, channels, spatial, target_kind, options, dtype", CASES)
+def test_parseval_matches_reference(device, batch, channels, spatial, target_kind, options, dtype):
+    logits, target = _make(batch, channels, spatial, target_kind, options, dtype, device)
+    assert_matches_reference("triton", logits, target, spectrum="complex", **options)
+
+
+def test_layouts_the_kernels_do_not_assume(device):
+    """A transposed (non-contiguous) input, a (B, 1, *S) label map and a float16 dense target."""
+    logits, labels = random_problem(2, 3, (9, 7), device=device)
+    assert_matches_reference("triton", logits.transpose(-1, -2), labels.transpose(-1, -2).unsqueeze(1),
+                             spectrum="complex", softmax=True)
+    logits, soft = random_problem(2, 3, (9, 7), label_map=False, device=device)
+    assert_matches_reference("triton", logits, soft.half(), spectrum="complex", sigmoid=True)
+
+
+def _assert_scalar_loss_matches_reference(run, logits, labels, **options):
+    """`run(x, y, **options)` → scalar loss of the triton backend, vs the reference's (and grads)."""
+    ref_logits = logits.double().cpu().requires_grad_(True)
+    ref = scc_kernels.scc_loss(ref_logits, labels.cpu(), backend="reference", **options)
+    ref.backward()
+    x = logits.clone().requires_grad_(True)
+    out = run(x, labels, **options)
+    out.backward()
+    assert out.shape == ()
+    assert abs(out.item() - ref.item()) <= LOSS_RTOL[torch.float32] * abs(ref.item())
+    grad_error = (x.grad.double().cpu() - ref_logits.grad).norm() / ref_logits.grad.norm()
+    assert grad_error <= GRAD_RTOL[torch.float32]
+
+
+def _triton_loss(x, y, **options):
+    return scc_kernels.scc_loss(x, y, backend="triton", **options)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reductions_and_backward(device, reduction):
+    logits, labels = random_problem(2, 4, (11, 13), ignore_index=255, device=device)
+    _assert_scalar_loss_matches_reference(
+        _triton_loss, logits, labels, spectrum="complex", softmax=True, ignore_index=255, reduction=reduction
+    )
+
+
+def test_compiles_to_one_graph(device):
+    """band_sums_fake must describe what the kernels return, or torch.compile breaks."""
+    logits, labels = random_problem(2, 3, (9, 7), ignore_index=255, device=device)
+    compiled = torch.compile(_triton_loss, backend="aot_eager", fullgraph=True)
+    _assert_scalar_loss_matches_reference(
+        compiled, logits, labels, spectrum="complex", softmax=True, ignore_index=255, include_background=False
+    )
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid", "none"])
+def test_nan_input_propagates(device, activation):
+    """Also from an ignored pixel: the reference zeroes those by a product, and NaN·0 is NaN."""
+    logits, labels = random_problem(3, 3, (8, 9), ignore_index=255, device=device)
+    logits[0, 1, 2, 3] = math.nan
+    labels[0, 2, 3] = 1
+    logits[1, 2, 4, 5] = math.nan
+    labels[1, 4, 5] = 255
+    options = dict(spectrum="complex", ignore_index=255, reduction="none")
+    options.update({} if activation == "none" else {activation: True})
+    nan = scc_kernels.scc_loss(logits, labels, backend="triton", **options).isnan().cpu()
+    ref_nan = scc_kernels.scc_loss(logits.double().cpu(), labels.cpu(), backend="reference", **options)
+    ref_nan = ref_nan.isnan()
+    assert torch.equal(nan, ref_nan)
+    assert nan[0, 1] and nan[1, 2] and not nan[2].any()  # (softmax: the item's other channels too)
+
+
+def test_unavailable_reason(monkeypatch):
+    assert triton_backend.unavailable_reason(torch.device("cuda")) is None
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert triton_backend.unavailable_reason(torch.device("cpu")) is None
+    monkeypatch.delenv("TRITON_INTERPRET")
+    reason = triton_backend.unavailable_reason(torch.device("cpu"))
+    assert isinstance(reason, str) and "TRITON_INTERPRET=1" in reason and "CUDA" in reason
+
+
+def test_non_parseval_routes_to_triton_dft(device, monkeypatch):
+    triton_dft = pytest.importorskip(
+        "scc_kernels.backends.triton_dft", reason="the amplitude/banded Triton kernels are not written yet"
+    )
+    calls = []
+    original = triton_dft.band_sums
+
+    def recording(input, target, problem):
+        calls.append(problem)
+        return original(input, target, problem)
+
+    monkeypatch.setattr(triton_dft, "band_sums", recording)
+    logits, labels = random_problem(1, 2, (6, 7), device=device)
+    scc_kernels.scc_loss(logits, labels, spectrum="complex", backend="triton")
+    assert calls == []
+    for options in (dict(spectrum="amplitude"), dict(spectrum="complex", bands=3)):
+        scc_kernels.scc_loss(logits, labels, backend="triton", **options)
+    assert [(p.spectrum, p.num_bands) for p in calls] == [("amplitude", 1), ("complex", 3)]
