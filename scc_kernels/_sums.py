@@ -23,7 +23,7 @@ SUMS = ("sum_u", "sum_v", "sum_uv", "sum_uu", "sum_vv")
 
 def correlation_from_sums(sums: torch.Tensor, spatial: tuple[int, ...], opts: SCCOptions) -> torch.Tensor:
     """`sums` (B, C', K, 5) → band-weighted r, (B, C') or (C',) with `batch=True`."""
-    counts = band_counts(spatial, opts.num_bands).to(device=sums.device, dtype=sums.dtype)
+    counts = torch.tensor(_band_counts(spatial, opts.num_bands), device=sums.device, dtype=sums.dtype)
     if opts.batch:
         counts = counts * sums.shape[0]
         sums = sums.sum(0)
@@ -39,6 +39,11 @@ def correlation_from_sums(sums: torch.Tensor, spatial: tuple[int, ...], opts: SC
     # NaN/Inf in the input must reach the loss as NaN (SPEC §5), even where a gather skipped 0·inf
     r = torch.where(torch.isfinite(sums).all(-1), r, torch.nan)
     return weighted_band_mean(r, opts)
+
+
+@torch.compiler.assume_constant_result  # a constant of the shape: torch.compile bakes it in
+def _band_counts(spatial: tuple[int, ...], num_bands: int) -> tuple[float, ...]:
+    return tuple(band_counts(spatial, num_bands).tolist())
 
 
 def weighted_band_mean(r: torch.Tensor, opts: SCCOptions) -> torch.Tensor:

@@ -119,7 +119,7 @@ def test_ignore_index_with_dense_target():
         scc_loss(LOGITS, torch.rand(2, 3, 6, 5), ignore_index=0)
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
 @pytest.mark.parametrize("spectrum,bands", [("complex", None), ("amplitude", None), ("complex", 3)])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_or_inf_input_gives_nan(backend, spectrum, bands, bad):
