@@ -6,7 +6,7 @@ from utils import assert_matches_reference, random_problem
 
 from scc_kernels import scc_loss
 
-SHAPES = [(2, 3, (47,)), (2, 3, (9, 10)), (3, 2, (7, 6)), (2, 4, (5, 6, 7))]
+SHAPES = [(2, 3, (47,)), (2, 3, (9, 10)), (3, 2, (7, 6)), (2, 4, (5, 6, 7)), (2, 2, (4, 5, 3, 6))]  # 1D to 4D
 OPTIONS = [
     dict(spectrum="complex", softmax=True),
     dict(spectrum="complex", softmax=True, ignore_index=255, include_background=False),
