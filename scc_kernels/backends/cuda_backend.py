@@ -1,0 +1,264 @@
+"""The csrc CUDA kernels (scc_kernels/csrc) through the torch extension `scc_kernels._C`.
+
+The extension is the one built by `SCC_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation .`
+when present, else it is compiled on first use with torch.utils.cpp_extension.load (nvcc +
+ninja, about a minute, cached in torch's extensions folder).
+
+- complex spectrum, one band: SPEC's Parseval form in one pass. `parseval_forward` reads the
+  logits and the target once (softmax/sigmoid, one-hot and ignore_index in registers) and
+  writes per-block partial sums that torch adds up (a fixed order: deterministic);
+  `activation_backward` recomputes the activation and writes the logits' gradient once.
+- amplitude or banded spectra: cuFFT (torch.fft.rfftn / irfftn) with fused kernels around it:
+  `activate` (prediction and one-hot target as float32, one pass), `band_stats` (the five band
+  sums from X, Y, the band table and the Hermitian weights; it also saves |Y| for the backward),
+  `spectral_grad` (the gradient of the half spectrum, one pass) and `activation_backward`.
+
+Why cuFFT and not a DFT in shared memory, as the Triton backend does for small sizes: the
+transform is the only step with real arithmetic. cuFFT does it in O(N log N) for every size,
+odd and prime ones included, batched over all B·C' slices, and at these sizes it is limited by
+memory traffic, not arithmetic. A DFT in shared memory is O(N·n) per axis and needs a whole
+slice on chip, which ends at about 128×128 complex64 (at most 227 KiB per block on H100/H200):
+512×512 or 128³ would need multi-pass DFTs through global memory, i.e. a slower FFT. Everything
+around the transform is elementwise or a reduction, so each of those steps is one fused pass.
+
+This module also holds the glue shared with the CuPy backend: `forward` and `backward` take a
+launcher (an object with the five kernel launches below); cupy_backend differs only in how the
+same kernels are compiled and launched.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from .._options import Problem
+from ..bands import band_index, hermitian_weights
+from . import torch_backend
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+THREADS = 256  # scc::THREADS in csrc/scc_kernels.cuh (tests/test_cuda.py checks they agree)
+BAND_ITEMS = 4  # scc::BAND_ITEMS
+ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}  # scc::Activation
+MAX_BLOCKS = 4096  # blocks per launch we aim for: fills any current GPU, keeps partials small
+# C++ types of the template kernels' instances: logits; label map (integer) or dense target (float)
+CPP_SCALAR_TYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+CPP_TARGET_TYPES = {torch.uint8: "unsigned char", torch.int32: "int", torch.int64: "long long", torch.float32: "float"}
+LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)  # label maps the kernels read as they are
+
+
+# ----------------------------------------------------------------------------------------------
+# the backend contract
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"needs a CUDA device, got {device.type}"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    status = build_status()
+    return status.removeprefix("unavailable: ") if status.startswith("unavailable") else None
+
+
+@functools.cache  # resolve("auto") asks on every call; the answer cannot change in a process
+def build_status() -> str:
+    """"prebuilt", "jit" (compiled on first use) or "unavailable: <why>"."""
+    if importlib.util.find_spec("scc_kernels._C") is not None:
+        return "prebuilt"
+    reason = _jit_unavailable_reason()
+    return "jit" if reason is None else f"unavailable: {reason}"
+
+
+def band_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+    return forward(_Launcher(_extension()), input, target, problem)
+
+
+band_sums_fake = torch_backend.band_sums_fake  # same outputs, same shapes
+
+
+def band_sums_backward(grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
+    return backward(_Launcher(_extension()), grad_sums, input, target, saved, problem)
+
+
+def kernel_names() -> list[str]:
+    """Every kernel instance of csrc/scc_kernels.cuh by its C++ name (CuPy's name_expressions)."""
+    names = [
+        f"scc::{kernel}<{scalar}, {target}>"
+        for kernel in ("parseval_forward", "activate", "activation_backward")
+        for scalar in CPP_SCALAR_TYPES.values()
+        for target in CPP_TARGET_TYPES.values()
+    ]
+    return names + ["scc::band_stats", "scc::spectral_grad"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the extension: prebuilt, or compiled once per machine
+
+
+def _jit_unavailable_reason() -> str | None:
+    if torch.version.cuda is None:
+        return "this torch build has no CUDA support"
+    from torch.utils.cpp_extension import CUDA_HOME, is_ninja_available
+
+    if CUDA_HOME is None or shutil.which(str(Path(CUDA_HOME) / "bin" / "nvcc")) is None:
+        return "no prebuilt scc_kernels._C, and no nvcc to compile it (install the CUDA toolkit or set CUDA_HOME)"
+    if not is_ninja_available():
+        return "no prebuilt scc_kernels._C, and no ninja to compile it (pip install ninja)"
+    return None
+
+
+@functools.cache
+def _extension():
+    if importlib.util.find_spec("scc_kernels._C") is not None:
+        try:
+            return importlib.import_module("scc_kernels._C")
+        except ImportError as error:  # e.g. built against another torch: compile a matching one
+            warnings.warn(f"scc_kernels: the prebuilt extension does not load ({error}); compiling it", stacklevel=3)
+    from torch.utils.cpp_extension import load
+
+    warnings.warn(
+        "scc_kernels: compiling the CUDA extension for this machine (first use only, about a minute)",
+        stacklevel=3,
+    )
+    return load(
+        name="scc_kernels_cuda",
+        sources=[str(CSRC / "scc_kernels.cu"), str(CSRC / "bindings.cpp")],
+        extra_cflags=["-O3"],
+        extra_cuda_cflags=["-O3"],  # no --use_fast_math: SPEC §4's accuracy comes first
+    )
+
+
+class _Launcher:
+    """Kernel launches through the extension (tensors in; it checks them and picks the stream)."""
+
+    def __init__(self, extension):
+        self.ext = extension
+
+    def parseval_forward(self, logits, target, partials, problem: Problem):
+        self.ext.parseval_forward(logits, target, partials, *_codes(problem))
+
+    def activate(self, logits, target, x, y, problem: Problem, blocks: int):
+        self.ext.activate(logits, target, x, y, *_codes(problem), blocks)
+
+    def activation_backward(self, logits, target, grad_sums, grad_x, grad_input, problem: Problem, blocks: int):
+        self.ext.activation_backward(logits, target, grad_sums, grad_x, grad_input, *_codes(problem), blocks)
+
+    def band_stats(self, X, Y, band, weight, partials, abs_y):
+        self.ext.band_stats(X, Y, band, weight, partials, abs_y)
+
+    def spectral_grad(self, X, abs_y, Y, band, grad_sums, G, blocks: int):
+        self.ext.spectral_grad(X, abs_y, Y, band, grad_sums, G, blocks)
+
+
+def _codes(problem: Problem) -> tuple[int, int, int | None]:
+    """(offset, activation code, ignore_index) as the kernels take them."""
+    return problem.offset, ACTIVATION_CODES[problem.activation], problem.ignore_index
+
+
+# ----------------------------------------------------------------------------------------------
+# glue shared with cupy_backend: layouts, launch sizes, cuFFT
+
+
+def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+    """The backend's band_sums with the kernels of `launcher`."""
+    if input.numel() == 0:  # nothing to launch over; the torch backend returns the empty sums
+        return torch_backend.band_sums(input, target, problem)
+    logits, target = _flat(input, target)
+    if problem.parseval:
+        batch, classes, n = logits.shape
+        blocks = _blocks(n, THREADS * _vec(logits), batch)
+        partials = logits.new_zeros((batch, blocks, classes - problem.offset, 5), dtype=torch.float32)
+        launcher.parseval_forward(logits, target, partials, problem)
+        return [partials.sum(1).unsqueeze(2)]
+    return _spectral_sums(launcher, input, logits, target, problem)
+
+
+def backward(launcher, grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
+    """The backend's band_sums_backward with the kernels of `launcher`."""
+    if input.numel() == 0:
+        return torch_backend.band_sums_backward(grad_sums, input, target, saved, problem)
+    logits, target = _flat(input, target)
+    batch, _, n = logits.shape
+    grad_sums = grad_sums.to(torch.float32).contiguous()
+    grad_input = torch.empty_like(logits)
+    blocks = _blocks(n, THREADS * _vec(logits), batch)
+    if problem.parseval:
+        launcher.activation_backward(logits, target, grad_sums[:, :, 0].contiguous(), None, grad_input, problem, blocks)
+    else:
+        grad_x = _spectral_grad_x(launcher, grad_sums, input, saved, problem)
+        launcher.activation_backward(logits, target, None, grad_x, grad_input, problem, blocks)
+    return grad_input.view(input.shape)
+
+
+def _spectral_sums(launcher, input, logits, target, problem: Problem) -> list[torch.Tensor]:
+    batch, classes, n = logits.shape
+    channels = classes - problem.offset
+    spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
+    x = logits.new_empty((batch, channels, *spatial), dtype=torch.float32)
+    y = torch.empty_like(x)
+    launcher.activate(logits, target, x.view(batch, channels, n), y.view(batch, channels, n), problem,
+                      _blocks(n, THREADS * _vec(logits), batch))  # fmt: skip
+    X = torch.fft.rfftn(x, dim=dims, norm="ortho")
+    Y = torch.fft.rfftn(y, dim=dims, norm="ortho")
+    slices, half = batch * channels, X.shape[2:]
+    bins = math.prod(half)
+    band, weight = _band_tables(spatial, problem.num_bands, input.device)
+    partials = x.new_empty((slices, _blocks(bins, THREADS * BAND_ITEMS, slices), problem.num_bands, 5))
+    abs_y = x.new_empty((slices, bins)) if problem.spectrum == "amplitude" else None
+    launcher.band_stats(X.reshape(slices, bins), Y.reshape(slices, bins), band, weight, partials, abs_y)
+    sums = partials.sum(1).view(batch, channels, problem.num_bands, 5)
+    saved_v = abs_y.view(batch, channels, *half) if abs_y is not None else torch.view_as_real(Y)
+    return [sums, torch.view_as_real(X), saved_v]
+
+
+def _spectral_grad_x(launcher, grad_sums, input, saved, problem: Problem) -> torch.Tensor:
+    """Gradient of the activated prediction's output channels, (B, C', N) float32."""
+    X = torch.view_as_complex(saved[0].contiguous())
+    batch, channels, *half = X.shape
+    slices, bins = batch * channels, math.prod(half)
+    spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
+    if problem.spectrum == "amplitude":
+        abs_y, Y = saved[1].contiguous().view(slices, bins), None
+    else:
+        abs_y, Y = None, torch.view_as_complex(saved[1].contiguous()).view(slices, bins)
+    band, _ = _band_tables(spatial, problem.num_bands, input.device)
+    G = torch.empty_like(X)
+    launcher.spectral_grad(X.view(slices, bins), abs_y, Y, band, grad_sums.view(slices, problem.num_bands, 5),
+                           G.view(slices, bins), _blocks(slices * bins, THREADS, 1))  # fmt: skip
+    grad_x = torch.fft.irfftn(G, s=spatial, dim=dims, norm="ortho")
+    return grad_x.reshape(batch, channels, -1).contiguous()
+
+
+def _flat(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, C, N) and the target as the kernels read it: labels (B, N) or float32 (B, C, N)."""
+    batch, classes = input.shape[:2]
+    logits = input.reshape(batch, classes, -1).contiguous()
+    if target.dim() == input.dim() - 1:
+        labels = target.reshape(batch, -1)
+        if labels.dtype not in LABEL_DTYPES:  # int8, int16, uint16...: widening keeps every value
+            labels = labels.to(torch.int64)
+        return logits, labels.contiguous()
+    return logits, target.reshape(batch, classes, -1).to(torch.float32).contiguous()
+
+
+def _vec(logits: torch.Tensor) -> int:
+    """Samples per thread in the activation kernels: one 16-byte load of logits."""
+    return 16 // logits.element_size()
+
+
+def _blocks(work: int, per_block: int, rows: int) -> int:
+    """Blocks per row (grid y): enough to cover `work` in one sweep, at most about MAX_BLOCKS in all."""
+    return max(1, min(-(-work // per_block), MAX_BLOCKS // rows, 65535))
+
+
+@functools.lru_cache(maxsize=64)
+def _band_tables(spatial: tuple[int, ...], num_bands: int, device: torch.device):
+    """Band index (int32) and Hermitian weight (float32) of every rfftn bin, flat, on `device`."""
+    band = band_index(spatial, num_bands, half=True).reshape(-1).to(device=device, dtype=torch.int32)
+    weight = hermitian_weights(spatial).reshape(-1).to(device=device, dtype=torch.float32)
+    return band, weight

@@ -1,0 +1,94 @@
+// Host launchers: raw pointers and a stream in, one kernel launch out. Only CUDA headers here,
+// so the torch extension (bindings.cpp) is the only file that sees torch.
+#include "scc_kernels.h"
+#include "scc_kernels.cuh"
+
+namespace scc {
+namespace {
+
+template <typename T>
+struct Type {
+    using type = T;
+};
+
+// Calls fn(Type<logits type>, Type<target type>) for the runtime dtypes.
+template <typename T, typename Fn>
+cudaError_t with_target(Target target_kind, Fn fn) {
+    switch (target_kind) {
+        case Target::u8: return fn(Type<T>{}, Type<unsigned char>{});
+        case Target::i32: return fn(Type<T>{}, Type<int>{});
+        case Target::i64: return fn(Type<T>{}, Type<long long>{});
+        case Target::dense_f32: return fn(Type<T>{}, Type<float>{});
+    }
+    return cudaErrorInvalidValue;
+}
+
+template <typename Fn>
+cudaError_t with_types(Scalar scalar, Target target_kind, Fn fn) {
+    switch (scalar) {
+        case Scalar::f32: return with_target<float>(target_kind, fn);
+        case Scalar::f16: return with_target<__half>(target_kind, fn);
+        case Scalar::bf16: return with_target<__nv_bfloat16>(target_kind, fn);
+    }
+    return cudaErrorInvalidValue;
+}
+
+dim3 grid_of(const ActivationArgs& a) { return dim3(a.batch, a.blocks); }
+
+}  // namespace
+
+cudaError_t launch_parseval_forward(Scalar scalar, Target target_kind, const void* logits, const void* target,
+                                    float* partials, const ActivationArgs& a, cudaStream_t stream) {
+    return with_types(scalar, target_kind, [&](auto t, auto l) {
+        using T = typename decltype(t)::type;
+        using L = typename decltype(l)::type;
+        parseval_forward<T, L><<<grid_of(a), THREADS, 0, stream>>>(
+            static_cast<const T*>(logits), static_cast<const L*>(target), partials, a.num_classes, a.n,
+            a.offset, a.activation, a.has_ignore, a.ignore_index, a.root_n);
+        return cudaGetLastError();
+    });
+}
+
+cudaError_t launch_activate(Scalar scalar, Target target_kind, const void* logits, const void* target,
+                            float* x, float* y, const ActivationArgs& a, cudaStream_t stream) {
+    return with_types(scalar, target_kind, [&](auto t, auto l) {
+        using T = typename decltype(t)::type;
+        using L = typename decltype(l)::type;
+        activate<T, L><<<grid_of(a), THREADS, 0, stream>>>(static_cast<const T*>(logits),
+                                                           static_cast<const L*>(target), x, y, a.num_classes,
+                                                           a.n, a.offset, a.activation, a.has_ignore,
+                                                           a.ignore_index);
+        return cudaGetLastError();
+    });
+}
+
+cudaError_t launch_activation_backward(Scalar scalar, Target target_kind, const void* logits,
+                                       const void* target, const float* grad_sums, const float* grad_x,
+                                       void* grad_input, const ActivationArgs& a, cudaStream_t stream) {
+    return with_types(scalar, target_kind, [&](auto t, auto l) {
+        using T = typename decltype(t)::type;
+        using L = typename decltype(l)::type;
+        activation_backward<T, L><<<grid_of(a), THREADS, 0, stream>>>(
+            static_cast<const T*>(logits), static_cast<const L*>(target), grad_sums, grad_x,
+            static_cast<T*>(grad_input), a.num_classes, a.n, a.offset, a.activation, a.has_ignore,
+            a.ignore_index, a.root_n);
+        return cudaGetLastError();
+    });
+}
+
+cudaError_t launch_band_stats(const float2* X, const float2* Y, const int* band, const float* weight,
+                              float* partials, float* abs_y, long long slices, long long m_bins,
+                              int num_bands, bool amplitude, int blocks, cudaStream_t stream) {
+    band_stats<<<dim3(slices, blocks), THREADS, 0, stream>>>(X, Y, band, weight, partials, abs_y, m_bins,
+                                                             num_bands, amplitude);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_spectral_grad(const float2* X, const float* abs_y, const float2* Y, const int* band,
+                                 const float* grad_sums, float2* G, long long slices, long long m_bins,
+                                 int num_bands, int blocks, cudaStream_t stream) {
+    spectral_grad<<<blocks, THREADS, 0, stream>>>(X, abs_y, Y, band, grad_sums, G, slices, m_bins, num_bands);
+    return cudaGetLastError();
+}
+
+}  // namespace scc

@@ -1,0 +1,38 @@
+// Host-side declarations of the launchers in scc_kernels.cu (raw pointers + stream), shared with
+// bindings.cpp. Shapes and layouts: see scc_kernels.cuh. Each returns the launch's cudaError_t.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace scc {
+
+enum class Scalar { f32, f16, bf16 };            // logits and grad_input
+enum class Target { u8, i32, i64, dense_f32 };   // label map (B, N) or dense float (B, C, N)
+
+// What the activation kernels need to know about the problem.
+struct ActivationArgs {
+    int batch, num_classes;
+    long long n;          // spatial samples per slice
+    int offset;           // first output channel
+    int activation;       // scc::Activation
+    bool has_ignore;
+    long long ignore_index;
+    float root_n;         // sqrt(n)
+    int blocks;           // blocks per batch item (grid y)
+};
+
+cudaError_t launch_parseval_forward(Scalar scalar, Target target_kind, const void* logits, const void* target,
+                                    float* partials, const ActivationArgs& args, cudaStream_t stream);
+cudaError_t launch_activate(Scalar scalar, Target target_kind, const void* logits, const void* target,
+                            float* x, float* y, const ActivationArgs& args, cudaStream_t stream);
+cudaError_t launch_activation_backward(Scalar scalar, Target target_kind, const void* logits,
+                                       const void* target, const float* grad_sums, const float* grad_x,
+                                       void* grad_input, const ActivationArgs& args, cudaStream_t stream);
+cudaError_t launch_band_stats(const float2* X, const float2* Y, const int* band, const float* weight,
+                              float* partials, float* abs_y, long long slices, long long m_bins,
+                              int num_bands, bool amplitude, int blocks, cudaStream_t stream);
+cudaError_t launch_spectral_grad(const float2* X, const float* abs_y, const float2* Y, const int* band,
+                                 const float* grad_sums, float2* G, long long slices, long long m_bins,
+                                 int num_bands, int blocks, cudaStream_t stream);
+
+}  // namespace scc
