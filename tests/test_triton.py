@@ -130,9 +130,9 @@ def test_nan_input_propagates(device, activation):
 
 def test_unavailable_reason(monkeypatch):
     assert triton_backend.unavailable_reason(torch.device("cuda")) is None
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton_backend, "INTERPRETED", True)
     assert triton_backend.unavailable_reason(torch.device("cpu")) is None
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(triton_backend, "INTERPRETED", False)
     reason = triton_backend.unavailable_reason(torch.device("cpu"))
     assert isinstance(reason, str) and "TRITON_INTERPRET=1" in reason and "CUDA" in reason
 

@@ -145,8 +145,11 @@ def _parseval_sums(input, target, problem: Problem) -> torch.Tensor:
     root_n = math.sqrt(p.shape[-1])
     if _is_label_map(input, target):
         labels, valid = _labels(target.flatten(1), problem)
-        weight = p.new_ones(labels.shape) if valid is None else valid.to(p.dtype)
-        p = p * weight.unsqueeze(1)
+        if valid is None:
+            weight = p.new_ones(()).expand(labels.shape)
+        else:
+            weight = valid.to(p.dtype)
+            p = p * weight.unsqueeze(1)
         # Σ_n x·y and Σ_n y² per class, straight from the labels
         p_at_label = p.gather(1, labels.unsqueeze(1)).squeeze(1)
         sum_uv = p.new_zeros(p.shape[:2]).scatter_add_(1, labels, p_at_label)
@@ -154,10 +157,10 @@ def _parseval_sums(input, target, problem: Problem) -> torch.Tensor:
         sum_v = p.new_zeros(p.shape[:2]).scatter_(1, labels[:, :1], weight[:, :1]) * root_n
     else:
         y = target.flatten(2).to(p.dtype)
-        sum_uv = (p * y).sum(-1)
-        sum_vv = (y * y).sum(-1)
+        sum_uv = torch.linalg.vecdot(p, y)
+        sum_vv = torch.linalg.vecdot(y, y)
         sum_v = y[..., 0] * root_n
-    sums = torch.stack([p[..., 0] * root_n, sum_v, sum_uv, (p * p).sum(-1), sum_vv], dim=-1)
+    sums = torch.stack([p[..., 0] * root_n, sum_v, sum_uv, torch.linalg.vecdot(p, p), sum_vv], dim=-1)
     return sums[:, problem.offset :].unsqueeze(2)  # (B, C', 1, 5)
 
 

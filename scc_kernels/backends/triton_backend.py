@@ -17,11 +17,15 @@ from .._options import Problem
 from .triton_kernels import parseval_backward, parseval_sums
 
 
+# Triton reads the variable when a kernel is decorated, i.e. when this module is imported:
+# what counts is its value then, not now.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def unavailable_reason(device: torch.device) -> str | None:
     if device.type == "cuda":
         return None
-    # Triton reads the variable when a kernel is decorated, i.e. when this module is imported.
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+    if device.type == "cpu" and INTERPRETED:
         return None
     return (
         f"the triton backend runs on CUDA tensors, or on CPU with TRITON_INTERPRET=1 set before "
