@@ -10,9 +10,11 @@ import time
 
 import torch
 
-# Without a GPU the triton backend runs in Triton's interpreter (must be set before triton loads).
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    # Without a GPU the triton backend runs in Triton's interpreter, which is chosen when triton
+    # is imported; importing scc_kernels (torch.library) has already imported it: start again.
+    os.environ["TRITON_INTERPRET"] = "1"
+    os.execv(sys.executable, [sys.executable, "-m", "scc_kernels", *sys.argv[1:]])
 
 import scc_kernels  # noqa: E402
 from scc_kernels.backends import load as _load_backend  # noqa: E402

@@ -12,14 +12,16 @@ import os
 
 import torch
 import triton  # noqa: F401  (a missing triton makes backends.load raise ImportError, with a hint)
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 from .._options import Problem
 from .triton_kernels import parseval_backward, parseval_sums
 
 
-# Triton reads the variable when a kernel is decorated, i.e. when this module is imported:
-# what counts is its value then, not now.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Triton reads TRITON_INTERPRET when a function is decorated: its own (tl.max, ...) when triton is
+# first imported (torch.library does that), ours when this module is. Both must be interpreted.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and isinstance(tl.max, InterpretedFunction)
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -29,7 +31,7 @@ def unavailable_reason(device: torch.device) -> str | None:
         return None
     return (
         f"the triton backend runs on CUDA tensors, or on CPU with TRITON_INTERPRET=1 set before "
-        f"triton is imported (got a {device.type} tensor)"
+        f"triton is imported, i.e. before importing scc_kernels (got a {device.type} tensor)"
     )
 
 
