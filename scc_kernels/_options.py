@@ -183,20 +183,23 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | Non
     CPU: a ValueError. CUDA: an asynchronous device-side assert, so the hot path never syncs.
     A floating label map (`to_onehot_y=True`) must hold integral values and comes back as int64.
     """
-    valid = (labels >= 0) & (labels < num_classes)
+    checked = labels if ignore_index is None else labels.masked_fill(labels == ignore_index, 0)
+    low, high = torch.aminmax(checked)  # one pass over the labels
+    valid = (low >= 0) & (high < num_classes)
     if labels.is_floating_point():
-        valid &= labels == labels.round()
-    if ignore_index is not None:
-        valid |= labels == ignore_index
+        valid &= (checked == checked.round()).all()
     if labels.device.type == "cpu":
-        if not bool(valid.all()):
-            bad = labels[~valid][:5].tolist()
+        if not bool(valid):
+            invalid = (checked < 0) | (checked >= num_classes)
+            if labels.is_floating_point():
+                invalid |= checked != checked.round()
+            bad = checked[invalid][:5].tolist()
             raise ValueError(
                 f"label map values must be integers in [0, {num_classes}) or ignore_index="
                 f"{ignore_index}; found {bad}"
             )
     else:
-        torch._assert_async(valid.all(), "scc_kernels: label outside [0, C) and not ignore_index")
+        torch._assert_async(valid, "scc_kernels: label outside [0, C) and not ignore_index")
     return labels.long() if labels.is_floating_point() else labels
 
 
