@@ -177,6 +177,11 @@ def _single_channel(opts: SCCOptions) -> SCCOptions:
     return dataclasses.replace(opts, **changes) if changes else opts
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation and loss dtype (SPEC §4): float64 stays float64, everything else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
     """Labels must lie in [0, C) or equal ignore_index (SPEC §5); returns them as integers.
 

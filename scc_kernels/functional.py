@@ -14,7 +14,7 @@ import torch
 
 from . import reference
 from .backends import load, resolve
-from ._options import Problem, SCCOptions, check_labels, make_options, prepare
+from ._options import Problem, SCCOptions, check_labels, compute_dtype, make_options, prepare
 from ._sums import correlation_from_sums
 
 
@@ -91,6 +91,8 @@ def correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
     input, target, opts = prepare(input, target, opts)
     if opts.other_act is not None:
         input = opts.other_act(input)
+    if input.numel() == 0:
+        return _no_bins(input, opts)
     name = resolve(opts.backend, input.device, input.dtype)
     with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
         if name == "reference":
@@ -100,6 +102,16 @@ def correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
             opts.ignore_index, opts.include_background,
         )  # fmt: skip
         return correlation_from_sums(sums, tuple(input.shape[2:]), opts)
+
+
+def _no_bins(input: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
+    """An empty input has no bins: every band is empty, so r = 1 (SPEC §3 step 6) for every
+    (b, c) or class, with a zero gradient. Handled here once: torch.fft refuses empty tensors."""
+    batch, channels = input.shape[:2]
+    channels -= 0 if opts.include_background else 1
+    shape = (channels,) if opts.batch else (batch, channels)
+    ones = torch.ones(shape, dtype=compute_dtype(input.dtype), device=input.device)
+    return ones + 0 * input.sum()
 
 
 # ----------------------------------------------------------------------------------------------

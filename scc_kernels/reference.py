@@ -9,20 +9,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._options import SCCOptions, check_labels
+from ._options import SCCOptions, check_labels, compute_dtype
 from ._sums import weighted_band_mean
 from .bands import band_index
 
 
 def spectral_correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
     """Band-weighted r, shape (B, C') or (C',) with `batch=True`, for prepared arguments."""
-    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(input.dtype)
     num_classes = input.shape[1]
     spatial = tuple(input.shape[2:])
     spatial_dims = tuple(range(2, input.dim()))
 
     # 1. activation; target as float, one-hot for a label map
-    x = input.to(compute_dtype)
+    x = input.to(dtype)
     if opts.activation == "softmax":
         x = torch.softmax(x, dim=1)
     elif opts.activation == "sigmoid":
@@ -33,13 +33,13 @@ def spectral_correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOpt
         valid = torch.ones_like(labels, dtype=torch.bool)
         if opts.ignore_index is not None:
             valid = labels != opts.ignore_index
-        y = F.one_hot(torch.where(valid, labels, 0), num_classes).movedim(-1, 1).to(compute_dtype)
+        y = F.one_hot(torch.where(valid, labels, 0), num_classes).movedim(-1, 1).to(dtype)
         # 2. ignored positions are zero in prediction and target
         valid = valid.unsqueeze(1)
         x = x * valid
         y = y * valid
     else:
-        y = target.to(compute_dtype)
+        y = target.to(dtype)
 
     # 3. drop the background channel
     if not opts.include_background:

@@ -178,6 +178,27 @@ def test_include_background_drops_channel_zero():
     torch.testing.assert_close(dropped, full[:, 1:])
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("spectrum,bands", [("complex", None), ("amplitude", None), ("complex", 2)])
+def test_empty_batch(backend, spectrum, bands):
+    logits = torch.randn(0, 3, 5, 6, requires_grad=True)
+    loss = scc_loss(logits, torch.randint(0, 3, (0, 5, 6)), softmax=True, spectrum=spectrum, bands=bands,
+                    backend=backend, reduction="none")  # fmt: skip
+    assert loss.shape == (0, 3)
+    loss.sum().backward()
+    assert logits.grad.shape == logits.shape
+
+
+def test_empty_spatial_axis_gives_r_one():
+    # no bins at all: every band is empty, r = 1 (SPEC §3 step 6), also per class with batch=True
+    logits = torch.randn(2, 3, 0, 4, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 0, 4))
+    assert torch.equal(spectral_correlation(logits, labels, softmax=True), torch.ones(2, 3))
+    assert torch.equal(spectral_correlation(logits, labels, batch=True, include_background=False), torch.ones(2))
+    scc_loss(logits, labels).backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
 def test_batch_shape():
     assert spectral_correlation(LOGITS, LABELS, batch=True).shape == (3,)
     assert scc_loss(LOGITS, LABELS, batch=True, reduction="none").shape == (3,)

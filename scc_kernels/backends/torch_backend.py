@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .._options import Problem
+from .._options import Problem, compute_dtype
 from ..bands import band_index, half_band_matrix
 
 
@@ -25,12 +25,8 @@ def unavailable_reason(device: torch.device) -> str | None:
 # shared steps: activation, labels, channel layout
 
 
-def _compute_dtype(input: torch.Tensor) -> torch.dtype:
-    return torch.float64 if input.dtype == torch.float64 else torch.float32
-
-
 def _activate(input: torch.Tensor, problem: Problem) -> torch.Tensor:
-    x = input.to(_compute_dtype(input))
+    x = input.to(compute_dtype(input.dtype))
     if problem.activation == "softmax":
         return torch.softmax(x, dim=1)
     if problem.activation == "sigmoid":
@@ -94,7 +90,7 @@ def band_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> li
 def band_sums_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     batch, channels, *spatial = input.shape
     channels -= problem.offset
-    dtype = _compute_dtype(input)
+    dtype = compute_dtype(input.dtype)
     sums = input.new_empty((batch, channels, problem.num_bands, 5), dtype=dtype)
     if problem.parseval:
         return [sums]
