@@ -11,14 +11,10 @@ import pytest
 import torch
 
 from scc_kernels import scc_loss
-from scc_kernels.backends import unavailable_reason
-from scc_kernels.bench import MODES, QUICK_SHAPES, SHAPES, make_inputs
+from scc_kernels.bench import MODES, QUICK_SHAPES, SHAPES, make_inputs, timed_backends
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BACKENDS = [
-    name for name in ("reference", "torch", "triton", "cuda", "cupy")
-    if unavailable_reason(name, DEVICE) is None and not (name == "triton" and DEVICE.type == "cpu")
-]  # fmt: skip
+BACKENDS = ["reference", *timed_backends(DEVICE)]
 CASES = SHAPES[DEVICE.type] if DEVICE.type == "cuda" else QUICK_SHAPES["cpu"]
 
 

@@ -69,7 +69,6 @@ def run(n, spectrum, K, mode, seed):
         loss = 1 - r
         torch.manual_seed(1); cot = torch.rand(loss.shape, dtype=torch.float64) + 0.5
         (gs,) = torch.autograd.grad((loss * cot).sum(), sums)
-        if m == "exact": gsx = gs  # gradient of sums taken from the exact path in both
         jb = band_index((n, n), opts.num_bands, half=True)
         g_u, _, g_uv, g_uu, _ = gs[0][:, jb].unbind(-1)
         if spectrum == "amplitude":

@@ -1,7 +1,7 @@
 """3D version of tf32_emulation.py: operand rounding at every stage, 128³, one softmax channel set."""
-import math, pathlib, sys, torch
+import pathlib, sys, torch
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from tf32_emulation import tf32, split3, mm, twiddles
+from tf32_emulation import mm, twiddles
 from scc_kernels._options import make_options
 from scc_kernels._sums import correlation_from_sums
 from scc_kernels.bands import half_band_matrix, band_index, hermitian_weights

@@ -77,10 +77,7 @@ def bench(args) -> int:
     from scc_kernels import bench as timing
 
     device = _device()
-    names = args.backend or [
-        n for n, why in scc_kernels.backends().items() if why["available"] and n != "reference"
-        and not (n == "triton" and device.type == "cpu")  # interpreted Triton times are meaningless
-    ]  # fmt: skip
+    names = args.backend or timing.timed_backends(device)
     shapes = [tuple(int(s) for s in text.split("x")) for text in args.shapes] if args.shapes else (
         timing.QUICK_SHAPES if args.quick else timing.SHAPES)[device.type]  # fmt: skip
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"

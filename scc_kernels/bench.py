@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from .backends import FAST_BACKENDS, unavailable_reason
 from .functional import scc_loss
 
 MODES = {  # name → options; softmax logits and an integer label map, the usual training setup
@@ -44,6 +45,13 @@ class Row:
     peak_extra_mib: float | None
     speedup: float | None = None  # forward+backward, reference time / this time
     floor_ms: float | None = None  # forward+backward floor: bytes / copy bandwidth, or DFT FLOPs / matmul rate
+
+
+def timed_backends(device: torch.device) -> list[str]:
+    """The fast backends worth timing on `device`: those that can run there, but not Triton's
+    interpreter on a CPU (its times say nothing about the kernels)."""
+    return [name for name in FAST_BACKENDS if unavailable_reason(name, device) is None
+            and not (name == "triton" and device.type == "cpu")]  # fmt: skip
 
 
 def make_inputs(shape, dtype, device, seed=0):

@@ -1,6 +1,5 @@
 """Public API: every bad-input row of SPEC §5, SCCLoss, backends(), dispatch, torch.compile, autocast."""
 
-import warnings
 
 import pytest
 import torch
