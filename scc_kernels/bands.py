@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -40,21 +41,20 @@ def hermitian_weights(spatial: tuple[int, ...]) -> torch.Tensor:
     return last.expand(half_shape).contiguous()
 
 
-@functools.lru_cache(maxsize=64)
-def band_counts(spatial: tuple[int, ...], num_bands: int) -> torch.Tensor:
-    """Number of full-spectrum bins in each band, float64 of shape (K,)."""
-    return torch.bincount(band_index(spatial, num_bands).reshape(-1), minlength=num_bands).double()
+class HalfGridTables(NamedTuple):
+    """What a transform backend needs to reduce rfftn bins by band, flat over the half grid."""
+
+    band: torch.Tensor  # (M,) int64: band of each rfftn bin (torch's index ops are fastest with int64)
+    band32: torch.Tensor  # (M,) int32: the same, for the kernels
+    weight: torch.Tensor  # (M,) float32: how many full-spectrum bins it stands for (1 or 2)
+    counts: torch.Tensor  # (K,) float64: full-spectrum bins per band
 
 
 @functools.lru_cache(maxsize=64)
-def half_band_matrix(spatial: tuple[int, ...], num_bands: int) -> torch.Tensor:
-    """(M, K) float64: Hermitian weight of rfftn bin m if it lies in band k, else 0.
-
-    `stat_half.reshape(-1, M) @ half_band_matrix` sums a statistic over each band of the full
-    spectrum (M = number of half-grid bins).
-    """
-    index = band_index(spatial, num_bands, half=True).reshape(-1)
-    weights = hermitian_weights(spatial).reshape(-1)
-    matrix = torch.zeros(index.numel(), num_bands, dtype=torch.float64)
-    matrix[torch.arange(index.numel()), index] = weights
-    return matrix
+def half_grid_tables(spatial: tuple[int, ...], num_bands: int, device: torch.device) -> HalfGridTables:
+    """The tables for one shape, made once per device (O(bins) memory, no copy per call)."""
+    band = band_index(spatial, num_bands, half=True).reshape(-1)
+    weight = hermitian_weights(spatial).reshape(-1)
+    counts = torch.zeros(num_bands, dtype=torch.float64).index_add_(0, band, weight)
+    band = band.to(device)
+    return HalfGridTables(band, band.int(), weight.to(device=device, dtype=torch.float32), counts.to(device))

@@ -1,9 +1,10 @@
 """Functional API and the one dispatch point.
 
 options → (checked tensors) → backend: the reference computes r directly with autograd; a
-fast backend runs as the custom op `scc_kernels::band_sums` (registered with torch.library,
+fast backend runs as the custom op `scc_kernels::band_stats` (registered with torch.library,
 with a fake implementation and its own autograd, so torch.compile keeps one graph), and
-_sums.correlation_from_sums turns its band sums into r.
+_stats.loss_from_stats turns its band statistics into 1 − r. The loss is formed as 1 − r
+directly, never as 1 minus a rounded r (SPEC §4); `spectral_correlation` returns 1 minus it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from . import reference
 from .backends import load, resolve
 from ._options import Problem, SCCOptions, check_labels, compute_dtype, make_options, prepare
-from ._sums import correlation_from_sums
+from ._stats import loss_from_stats
 
 
 def spectral_correlation(
@@ -79,7 +80,7 @@ def scc_loss(
 
 
 def loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
-    per_item = 1 - correlation(input, target, opts)
+    per_item = one_minus_r(input, target, opts)
     if opts.reduction == "mean":
         return per_item.mean()
     if opts.reduction == "sum":
@@ -88,6 +89,11 @@ def loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.T
 
 
 def correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
+    return 1 - one_minus_r(input, target, opts)
+
+
+def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
+    """The per-item loss 1 − r, (B, C') or (C',) with `batch=True`."""
     input, target, opts = prepare(input, target, opts)
     if opts.other_act is not None:
         input = opts.other_act(input)
@@ -96,26 +102,27 @@ def correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
     name = resolve(opts.backend, input.device, input.dtype)
     with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
         if name == "reference":
-            return reference.spectral_correlation(input, target, opts)
-        sums, *_ = torch.ops.scc_kernels.band_sums(
+            return 1 - reference.spectral_correlation(input, target, opts)
+        stats, *_ = torch.ops.scc_kernels.band_stats(
             input, target, name, opts.spectrum, opts.num_bands, opts.activation,
             opts.ignore_index, opts.include_background,
         )  # fmt: skip
-        return correlation_from_sums(sums, tuple(input.shape[2:]), opts)
+        return loss_from_stats(stats, opts)
 
 
 def _no_bins(input: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
-    """An empty input has no bins: every band is empty, so r = 1 (SPEC §3 step 6) for every
-    (b, c) or class, with a zero gradient. Handled here once: torch.fft refuses empty tensors."""
+    """An empty input has no bins: every band is empty, so r = 1 (SPEC §3 step 6) and the loss
+    0 for every (b, c) or class, with a zero gradient. Handled here once: torch.fft refuses
+    empty tensors."""
     batch, channels = input.shape[:2]
     channels -= 0 if opts.include_background else 1
     shape = (channels,) if opts.batch else (batch, channels)
-    ones = torch.ones(shape, dtype=compute_dtype(input.dtype), device=input.device)
-    return ones + 0 * input.sum()
+    zeros = torch.zeros(shape, dtype=compute_dtype(input.dtype), device=input.device)
+    return zeros + 0 * input.sum()
 
 
 # ----------------------------------------------------------------------------------------------
-# the custom op: band sums of one backend, with a hand-written backward
+# the custom op: band statistics of one backend, with a hand-written backward
 
 
 def _problem(spectrum, num_bands, activation, ignore_index, include_background) -> Problem:
@@ -130,8 +137,8 @@ def _label_map(input: torch.Tensor, target: torch.Tensor, ignore_index, check: b
     return target.long() if target.is_floating_point() else target
 
 
-@torch.library.custom_op("scc_kernels::band_sums", mutates_args=())
-def _band_sums(
+@torch.library.custom_op("scc_kernels::band_stats", mutates_args=())
+def _band_stats(
     input: torch.Tensor,
     target: torch.Tensor,
     backend: str,
@@ -141,21 +148,22 @@ def _band_sums(
     ignore_index: Optional[int],
     include_background: bool,
 ) -> list[torch.Tensor]:
-    """[sums (B, C', K, 5), *tensors the backend saves for its backward]."""
+    """[stats (B, C', K, 8) in _stats.STATS order, *tensors the backend saves for its backward]."""
     problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
     target = _label_map(input, target, ignore_index, check=True)
-    return load(backend).band_sums(input, target, problem)
+    return load(backend).band_stats(input, target, problem)
 
 
-@_band_sums.register_fake
+@_band_stats.register_fake
 def _(input, target, backend, spectrum, num_bands, activation, ignore_index, include_background):
     problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
-    return load(backend).band_sums_fake(input, target, problem)
+    return load(backend).band_stats_fake(input, target, problem)
 
 
-@torch.library.custom_op("scc_kernels::band_sums_backward", mutates_args=())
-def _band_sums_backward(
-    grad_sums: torch.Tensor,
+@torch.library.custom_op("scc_kernels::band_stats_backward", mutates_args=())
+def _band_stats_backward(
+    grad_stats: torch.Tensor,
+    stats: torch.Tensor,
     input: torch.Tensor,
     target: torch.Tensor,
     saved: list[torch.Tensor],
@@ -168,26 +176,26 @@ def _band_sums_backward(
 ) -> torch.Tensor:
     problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
     target = _label_map(input, target, ignore_index, check=False)
-    return load(backend).band_sums_backward(grad_sums.contiguous(), input, target, saved, problem)
+    return load(backend).band_stats_backward(grad_stats.contiguous(), stats, input, target, saved, problem)
 
 
-@_band_sums_backward.register_fake
-def _(grad_sums, input, target, saved, *args):
+@_band_stats_backward.register_fake
+def _(grad_stats, stats, input, target, saved, *args):
     return torch.empty_like(input)
 
 
 def _setup_context(ctx, inputs, output):
     input, target, *static = inputs
     ctx.static = static
-    ctx.save_for_backward(input, target, *output[1:])
+    ctx.save_for_backward(input, target, *output)
 
 
 def _backward(ctx, grads):
-    input, target, *saved = ctx.saved_tensors
+    input, target, stats, *saved = ctx.saved_tensors
     grad_input = None
     if ctx.needs_input_grad[0]:
-        grad_input = torch.ops.scc_kernels.band_sums_backward(grads[0], input, target, saved, *ctx.static)
+        grad_input = torch.ops.scc_kernels.band_stats_backward(grads[0], stats, input, target, saved, *ctx.static)
     return (grad_input, None, *([None] * len(ctx.static)))
 
 
-_band_sums.register_autograd(_backward, setup_context=_setup_context)
+_band_stats.register_autograd(_backward, setup_context=_setup_context)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ._options import SCCOptions, check_labels, compute_dtype
-from ._sums import weighted_band_mean
+from ._stats import weighted_band_mean
 from .bands import band_index
 
 

@@ -3,13 +3,15 @@
 A backend module provides (see torch_backend.py for the plainest example):
 
     unavailable_reason(device) -> str | None   why it cannot run on `device` (None: it can)
-    band_sums(input, target, problem) -> list  [sums (B, C', K, 5), *saved]  (_sums.SUMS layout)
-    band_sums_fake(input, target, problem)     the same list as empty tensors (torch.compile)
-    band_sums_backward(grad_sums, input, target, saved, problem) -> grad of input, input's dtype
+    band_stats(input, target, problem) -> list  [stats (B, C', K, 8), *saved]  (_stats.STATS)
+    band_stats_fake(input, target, problem)     the same list as empty tensors (torch.compile)
+    band_stats_backward(grad_stats, stats, input, target, saved, problem) -> grad of input, input's dtype
 
 `input` is the raw input (the backend applies `problem.activation`); `target` is prepared by
-_options.prepare (dense float or integer label map, already checked). Nothing outside this
-package knows how a backend computes.
+_options.prepare (dense float or integer label map, already checked). The statistics are
+centred per part and merged with _stats.merge, never formed from raw sums (SPEC §4); the
+backward turns grad_stats into per-bin coefficients with _stats.gradient_coefficients.
+Nothing outside this package knows how a backend computes.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 - complex spectrum, one band: SPEC's Parseval form, one pass over the data, no transform;
   a label map is never expanded to one-hot (gather/scatter by label instead).
-- amplitude or banded spectra: rfftn forward, irfftn backward; band sums are one matmul with
-  the Hermitian-weighted band matrix. The prediction's half spectrum (and |Y| or Y) is saved,
-  the activation is recomputed in the backward (cheaper than saving it).
+- amplitude or banded spectra: rfftn of the prediction x and of the difference x − y (whose
+  transform keeps d = u − v exact to its own size near convergence), then the band statistics
+  in two passes over the bins, means and then centred moments, each a segment sum by band index
+  (`index_add_`, O(bins) memory); irfftn in the backward. Both half spectra are saved; the
+  activation is recomputed in the backward (cheaper than saving it).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import math
 import torch
 
 from .._options import Problem, compute_dtype
-from ..bands import band_index, half_band_matrix
+from .._stats import STATS, gradient_coefficients, parseval_stats
+from ..bands import HalfGridTables, half_grid_tables
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -23,8 +26,6 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 # ----------------------------------------------------------------------------------------------
 # shared steps: activation, labels, channel layout
-
-
 def _activate(input: torch.Tensor, problem: Problem) -> torch.Tensor:
     x = input.to(compute_dtype(input.dtype))
     if problem.activation == "softmax":
@@ -81,30 +82,30 @@ def _pad_channels(x: torch.Tensor, problem: Problem) -> torch.Tensor:
 # entry points
 
 
-def band_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     if problem.parseval:
-        return [_parseval_sums(input, target, problem)]
-    return _per_sample(_spectral_sums, input, target, problem=problem)
+        return [_parseval_stats(input, target, problem)]
+    return _per_sample(_spectral_stats, input, target, problem=problem)
 
 
-def band_sums_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     batch, channels, *spatial = input.shape
     channels -= problem.offset
     dtype = compute_dtype(input.dtype)
-    sums = input.new_empty((batch, channels, problem.num_bands, 5), dtype=dtype)
+    stats = input.new_empty((batch, channels, problem.num_bands, len(STATS)), dtype=dtype)
     if problem.parseval:
-        return [sums]
-    half = (batch, channels, *spatial[:-1], spatial[-1] // 2 + 1)
-    saved_v = input.new_empty(half if problem.spectrum == "amplitude" else (*half, 2), dtype=dtype)
-    return [sums, input.new_empty((*half, 2), dtype=dtype), saved_v]
+        return [stats]
+    half = (batch, channels, *spatial[:-1], spatial[-1] // 2 + 1, 2)
+    return [stats, input.new_empty(half, dtype=dtype), input.new_empty(half, dtype=dtype)]
 
 
-def band_sums_backward(grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
+def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+    coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats)
     if problem.parseval:
         p = _activate(input, problem)
-        grad_x = _parseval_backward(grad_sums, p, input, target, problem)
+        grad_x = _parseval_backward(coefficients[:, :, 0], p, target, problem)
         return _finish_backward(grad_x, p, target, problem).to(input.dtype)
-    (grad,) = _per_sample(_spectral_backward, grad_sums, input, target, *saved, problem=problem)
+    (grad,) = _per_sample(_spectral_backward, coefficients, input, target, *saved, problem=problem)
     return grad
 
 
@@ -133,109 +134,148 @@ def _per_sample(fn, *tensors, problem: Problem) -> list[torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------
-# complex spectrum, one band: Σ_Ω u = √N·x[0], Σ u·v = Σ x·y (Parseval), no transform
+# complex spectrum, one band: sums over the samples but the origin (_stats.parseval_stats)
 
 
-def _parseval_sums(input, target, problem: Problem) -> torch.Tensor:
-    p = _activate(input, problem).flatten(2)  # (B, C, N)
-    root_n = math.sqrt(p.shape[-1])
-    if _is_label_map(input, target):
-        labels, valid = _labels(target.flatten(1), problem)
-        if valid is None:
-            weight = p.new_ones(()).expand(labels.shape)
-        else:
-            weight = valid.to(p.dtype)
-            p = p * weight.unsqueeze(1)
-        # Σ_n x·y and Σ_n y² per class, straight from the labels
-        p_at_label = p.gather(1, labels.unsqueeze(1)).squeeze(1)
-        sum_uv = p.new_zeros(p.shape[:2]).scatter_add_(1, labels, p_at_label)
-        sum_vv = p.new_zeros(p.shape[:2]).scatter_add_(1, labels, weight)
-        sum_v = p.new_zeros(p.shape[:2]).scatter_(1, labels[:, :1], weight[:, :1]) * root_n
-    else:
-        y = target.flatten(2).to(p.dtype)
-        sum_uv = torch.linalg.vecdot(p, y)
-        sum_vv = torch.linalg.vecdot(y, y)
-        sum_v = y[..., 0] * root_n
-    sums = torch.stack([p[..., 0] * root_n, sum_v, sum_uv, torch.linalg.vecdot(p, p), sum_vv], dim=-1)
-    return sums[:, problem.offset :].unsqueeze(2)  # (B, C', 1, 5)
-
-
-def _parseval_backward(grad_sums, p, input, target, problem: Problem) -> torch.Tensor:
-    shape = p.shape
+def _parseval_operands(p: torch.Tensor, target: torch.Tensor, problem: Problem):
+    """x = p zeroed at ignored samples, x − y (exact: never a difference of sums), and y as
+    `(labels, weight)` of a label map (one-hot implied, weight 0 where ignored) or a dense tensor.
+    All flat: (B, C, N), labels and weight (B, N)."""
+    label_map = _is_label_map(p, target)
     p = p.flatten(2)
-    grad = _pad_channels(grad_sums[:, :, 0].to(p.dtype), problem)  # (B, C, 5)
-    grad_u, _, grad_uv, grad_uu, _ = grad.unbind(-1)
-    if _is_label_map(input, target):
-        labels, valid = _labels(target.flatten(1), problem)
-        grad_x = 2 * grad_uu.unsqueeze(-1) * (p if valid is None else p * valid.unsqueeze(1))
-        grad_x.scatter_add_(1, labels.unsqueeze(1), grad_uv.gather(1, labels).unsqueeze(1))
+    if not label_map:
+        y = target.flatten(2).to(p.dtype)
+        return p, p - y, y
+    labels, valid = _labels(target.flatten(1), problem)
+    weight = p.new_ones(()).expand(labels.shape) if valid is None else valid.to(p.dtype)
+    x = p if valid is None else p * weight.unsqueeze(1)
+    difference = x.clone().scatter_add_(1, labels.unsqueeze(1), -weight.unsqueeze(1))
+    return x, difference, (labels, weight)
+
+
+def _parseval_stats(input, target, problem: Problem) -> torch.Tensor:
+    x, difference, y = _parseval_operands(_activate(input, problem), target, problem)
+    rest, rest_difference = x[..., 1:], difference[..., 1:]
+    if isinstance(y, tuple):  # per class, straight from the labels
+        labels, weight = y
+        x_at_label = rest.gather(1, labels[:, 1:].unsqueeze(1)).squeeze(1)
+        sum_xy = x.new_zeros(x.shape[:2]).scatter_add_(1, labels[:, 1:], x_at_label)
+        sum_yy = x.new_zeros(x.shape[:2]).scatter_add_(1, labels[:, 1:], weight[:, 1:])
+        origin_y = x.new_zeros(x.shape[:2]).scatter_(1, labels[:, :1], weight[:, :1])
     else:
-        grad_x = 2 * grad_uu.unsqueeze(-1) * p + grad_uv.unsqueeze(-1) * target.flatten(2).to(p.dtype)
-    grad_x[..., 0] += math.sqrt(p.shape[-1]) * grad_u
-    return grad_x.view(shape)
+        sum_xy = torch.linalg.vecdot(rest, y[..., 1:])
+        sum_yy = torch.linalg.vecdot(y[..., 1:], y[..., 1:])
+        origin_y = y[..., 0]
+    sum_xx = torch.linalg.vecdot(rest, rest)
+    sum_dd = torch.linalg.vecdot(rest_difference, rest_difference)
+    sums = torch.stack([x[..., 0], origin_y, sum_xx, sum_yy, sum_xy, sum_dd], dim=-1)  # PARSEVAL_SUMS
+    return parseval_stats(sums[:, problem.offset :], x.shape[-1]).unsqueeze(2)  # (B, C', 1, 8)
+
+
+def _parseval_backward(coefficients, p, target, problem: Problem) -> torch.Tensor:
+    """coefficients (B, C', 7) → gradient w.r.t. p: c_uu·x + c_uv·y + c_dd·(x − y), and at the
+    origin √N·c_mean (the origin enters through the means only)."""
+    shape = p.shape
+    x, difference, y = _parseval_operands(p, target, problem)
+    c_mean, c_uu, c_uv, c_dd = _pad_channels(coefficients.to(p.dtype), problem)[..., :4].unbind(-1)
+    grad = torch.addcmul(c_uu.unsqueeze(-1) * x, c_dd.unsqueeze(-1), difference)
+    if isinstance(y, tuple):
+        labels, weight = y
+        grad.scatter_add_(1, labels.unsqueeze(1), (c_uv.gather(1, labels) * weight).unsqueeze(1))
+    else:
+        grad.addcmul_(c_uv.unsqueeze(-1), y)
+    grad[..., 0] = math.sqrt(x.shape[-1]) * c_mean
+    return grad.view(shape)
 
 
 # ----------------------------------------------------------------------------------------------
-# amplitude or banded spectra: rfftn, band sums by matmul; irfftn in the backward
+# amplitude or banded spectra: rfftn, band statistics by segment sums; irfftn in the backward
 
 
-def _spectral_sums(input, target, problem: Problem) -> list[torch.Tensor]:
+def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
+    """One batch element: [STATS (1, C', K, 8), X, D], X and D the real views (..., 2) of the
+    half spectra of the prediction x and of the difference x − y."""
     p = _activate(input, problem)
-    spatial = tuple(input.shape[2:])
-    dims = tuple(range(2, input.dim()))
+    spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     x = p[:, problem.offset :]
     if _is_label_map(input, target) and problem.ignore_index is not None:
         x = x * _labels(target, problem)[1].unsqueeze(1)
-    # real views of the half spectra: |X|² = Xr² + Xi² is much cheaper than complex abs (hypot)
+    difference = x - _dense_target(input, target, problem, x.dtype)
     X = torch.view_as_real(torch.fft.rfftn(x, dim=dims, norm="ortho"))
     del p, x
-    Y = torch.view_as_real(torch.fft.rfftn(_dense_target(input, target, problem, X.dtype), dim=dims, norm="ortho"))
-    band_matrix = half_band_matrix(spatial, problem.num_bands).to(device=X.device, dtype=X.dtype)
-    batch, channels = input.shape[0], input.shape[1] - problem.offset
+    D = torch.view_as_real(torch.fft.rfftn(difference, dim=dims, norm="ortho"))
+    del difference
+    tables = half_grid_tables(spatial, problem.num_bands, X.device)
+    stats = _centred_stats(_spectra(X, D, problem), tables, problem.num_bands)
+    return [stats.view(*X.shape[:2], problem.num_bands, len(STATS)), X, D]
 
-    def band_sum(stat):  # Σ over each band of the full spectrum, (B·C', K)
-        return stat.reshape(batch * channels, -1) @ band_matrix
 
-    power_x, power_y = _power(X), _power(Y)
-    sum_uu, sum_vv = band_sum(power_x), band_sum(power_y)
-    if problem.spectrum == "amplitude":
-        u, v = power_x.sqrt_(), power_y.sqrt_()
-        sums = [band_sum(u), band_sum(v), band_sum(u * v), sum_uu, sum_vv]
-        saved_v = v
+def _spectra(X: torch.Tensor, D: torch.Tensor, problem: Problem):
+    """u, v and d of every bin as (real part, imaginary part or None), flat: (B·C', M) each.
+
+    v = |X − D| or X − D. For the amplitude spectrum d = (|X|² − |Y|²)/(|X| + |Y|) with
+    |X|² − |Y|² = 2·Re(D·conj X) − |D|², every term of the size of D (0 where X = Y = 0).
+    """
+    bins = math.prod(X.shape[2:-1])
+    xr, xi = X.reshape(-1, bins, 2).unbind(-1)
+    dr, di = D.reshape(-1, bins, 2).unbind(-1)
+    yr, yi = xr - dr, xi - di
+    if problem.spectrum == "complex":
+        return (xr, xi), (yr, yi), (dr, di)
+    u = torch.sqrt(torch.addcmul(xr * xr, xi, xi))
+    v = torch.sqrt(torch.addcmul(yr * yr, yi, yi))
+    power_difference = 2 * torch.addcmul(dr * xr, di, xi) - torch.addcmul(dr * dr, di, di)
+    total = u + v
+    d = torch.where(total > 0, power_difference / torch.where(total > 0, total, 1), 0)
+    return (u, None), (v, None), (d, None)
+
+
+def _band_sum(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
+    """Σ over the bins of each band: (..., M) → (..., K), a segment sum by band index."""
+    if num_bands == 1:
+        return values.sum(-1, keepdim=True)
+    flat = values.reshape(-1, values.shape[-1])
+    out = flat.new_zeros((flat.shape[0], num_bands)).index_add_(1, tables.band, flat)
+    return out.view(*values.shape[:-1], num_bands)
+
+
+def _per_bin(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
+    """Each band's value at each of its bins: (..., K) → (..., M) (broadcastable for one band)."""
+    if num_bands == 1:
+        return values
+    return values.gather(-1, tables.band.expand(*values.shape[:-1], -1))
+
+
+def _centred_stats(spectra, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
+    """STATS (B·C', K, 8) of flat spectra: band means first, then moments about them (two passes)."""
+    (ur, ui), (vr, vi), (dr, di) = spectra
+    weight = tables.weight.to(ur.dtype)
+    counts = tables.counts.to(ur.dtype)
+    reals = torch.stack([ur, vr, dr])
+    means = _band_sum(reals * weight, tables, num_bands) / counts.clamp(min=1)
+    du, dv, dd = reals - _per_bin(means, tables, num_bands)
+    products = [du * du, dv * dv, du * dv, dd * dd]
+    if ui is not None:
+        products = [products[0] + ui * ui, products[1] + vi * vi, products[2] + ui * vi, products[3] + di * di]
+    m2 = _band_sum(torch.stack(products) * weight, tables, num_bands)
+    count = counts.expand(1, ur.shape[0], num_bands)
+    return torch.cat([count, means, m2]).movedim(0, -1)
+
+
+def _spectral_backward(coefficients, input, target, X, D, problem: Problem) -> list[torch.Tensor]:
+    """One batch element: the input's gradient from COEFFICIENTS (1, C', K, 7) and the saved X, D."""
+    spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
+    tables = half_grid_tables(spatial, problem.num_bands, X.device)
+    (ur, ui), (vr, vi), (dr, di) = _spectra(X, D, problem)
+    per_bin = _per_bin(coefficients.to(X.dtype).flatten(0, 1).movedim(-1, 0), tables, problem.num_bands)
+    c_mean, c_uu, c_uv, c_dd, mean_u, mean_v, mean_d = per_bin
+    grad_re = c_mean + c_uu * (ur - mean_u) + c_uv * (vr - mean_v) + c_dd * (dr - mean_d)
+    if problem.spectrum == "amplitude":  # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
+        scale = torch.where(ur > 0, grad_re / torch.where(ur > 0, ur, 1), 0)
+        grad_X = X * scale.view(X.shape[:-1]).unsqueeze(-1)
     else:
-        cross = torch.addcmul(X[..., 0] * Y[..., 0], X[..., 1], Y[..., 1])
-        sums = [band_sum(X[..., 0]), band_sum(Y[..., 0]), band_sum(cross), sum_uu, sum_vv]
-        saved_v = Y
-    sums = torch.stack(sums, dim=-1).view(batch, channels, problem.num_bands, 5)
-    return [sums, X, saved_v]
-
-
-def _power(X: torch.Tensor) -> torch.Tensor:
-    """|X|² of a real view (..., 2); two strided products beat a reduction over a size-2 axis."""
-    return torch.addcmul(X[..., 0] * X[..., 0], X[..., 1], X[..., 1])
-
-
-def _spectral_backward(grad_sums, input, target, X, saved_v, problem: Problem) -> list[torch.Tensor]:
-    """X, saved_v: real views (..., 2) of the saved half spectra; saved_v is |Y| for amplitude."""
-    spatial = tuple(input.shape[2:])
-    dims = tuple(range(2, input.dim()))
-    grad_sums = grad_sums.to(X.dtype)
-    # the gradient of each band sum, spread over the bins of its band (a broadcast for one band)
-    if problem.num_bands == 1:
-        grad_sums = grad_sums.view(*grad_sums.shape[:2], *([1] * len(spatial)), 5)
-    else:
-        grad_sums = grad_sums[:, :, band_index(spatial, problem.num_bands, half=True).to(X.device)]
-    grad_u, _, grad_uv, grad_uu, _ = grad_sums.unbind(-1)
-    if problem.spectrum == "amplitude":
-        u = _power(X).sqrt_()
-        # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
-        nonzero = u > 0
-        scale = torch.addcmul(grad_u, grad_uv, saved_v).div_(u.masked_fill_(~nonzero, 1)).add_(2 * grad_uu)
-        grad_X = X * scale.masked_fill_(~nonzero, 0).unsqueeze(-1)
-        del u, nonzero, scale
-    else:
-        grad_X = grad_uv.unsqueeze(-1) * saved_v + 2 * grad_uu.unsqueeze(-1) * X
-        grad_X[..., 0] += grad_u
+        grad_im = c_uu * ui + c_uv * vi + c_dd * di
+        grad_X = torch.stack([grad_re, grad_im], dim=-1).view(X.shape)
     grad_x = torch.fft.irfftn(torch.view_as_complex(grad_X), s=spatial, dim=dims, norm="ortho")
     del grad_X
     grad_x = _finish_backward(_pad_channels(grad_x, problem), _activate(input, problem), target, problem)
