@@ -26,6 +26,7 @@ MODES = {  # name → options; softmax logits and an integer label map, the usua
     "complex": dict(spectrum="complex", softmax=True),
     "amplitude": dict(spectrum="amplitude", softmax=True),
     "amplitude-4bands": dict(spectrum="amplitude", softmax=True, bands=4),
+    "amplitude-64bands": dict(spectrum="amplitude", softmax=True, bands=64),  # narrow bands: many segments
 }
 SHAPES = {
     "cpu": [(8, 4, 256, 256), (2, 4, 48, 48, 48)],

@@ -80,4 +80,5 @@ def _correlation(u: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
     s_vv = (dv * dv.conj()).real.sum(-1)
     denominator = torch.sqrt((s_uu + eps) * (s_vv + eps))
     degenerate = denominator == 0  # eps = 0 and a constant u or v: then s_uv = 0 too
-    return torch.where(degenerate, 1.0, (s_uv + eps) / torch.where(degenerate, 1.0, denominator))
+    r = torch.where(degenerate, 1.0, (s_uv + eps) / torch.where(degenerate, 1.0, denominator))
+    return r.clamp(-1, 1)  # SPEC §4: r ∈ [−1, 1] even where rounding takes it a hair past 1

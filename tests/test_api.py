@@ -229,7 +229,7 @@ def test_environment_variable_overrides_auto(monkeypatch):
     monkeypatch.setenv("SCC_KERNELS_BACKEND", "reference")
     logits = LOGITS.clone().requires_grad_(True)
     loss = scc_loss(logits, LABELS, softmax=True)
-    assert "band_sums" not in str(loss.grad_fn.next_functions)  # the reference has no custom op
+    assert "band_stats" not in str(loss.grad_fn.next_functions)  # the reference has no custom op
     monkeypatch.setenv("SCC_KERNELS_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="nonsense"):
         scc_loss(LOGITS, LABELS)

@@ -71,6 +71,9 @@ GRADCHECK_CASES = [
     dict(spectrum="amplitude", softmax=True),
     dict(spectrum="amplitude", bands=3, softmax=True, batch=True),
     dict(spectrum="amplitude", bands=2, sigmoid=True, ignore_index=7, include_background=False),
+    # no activation: inputs larger than the one-hot target, so the target is the transform's base
+    dict(spectrum="amplitude", bands=2),
+    dict(spectrum="complex", bands=3, ignore_index=7, batch=True),
 ]
 
 
@@ -84,6 +87,16 @@ def test_gradcheck(spatial, options):
         return scc_loss(x, target, reduction="none", backend="torch", **options)
 
     assert torch.autograd.gradcheck(f, (logits,), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_both_transform_bases_are_exercised():
+    """_spectra.base_is_prediction picks x, or y where x is the larger: both occur in the cases above."""
+    from scc_kernels._options import Problem
+    from scc_kernels.backends._spectra import base_is_prediction
+
+    logits, target = random_problem(2, 3, (5, 6), dtype=torch.float64)
+    assert base_is_prediction(logits, target, Problem("amplitude", 2, "softmax", None, True)).all()
+    assert not base_is_prediction(logits, target, Problem("amplitude", 2, "none", None, True)).any()
 
 
 def test_gradcheck_dense_soft_target():

@@ -2,11 +2,11 @@
 
 - complex spectrum, one band: SPEC's Parseval form, one pass over the data, no transform;
   a label map is never expanded to one-hot (gather/scatter by label instead).
-- amplitude or banded spectra: rfftn of the prediction x and of the difference x − y (whose
-  transform keeps d = u − v exact to its own size near convergence), then the band statistics
-  in two passes over the bins, means and then centred moments, each a segment sum by band index
-  (`index_add_`, O(bins) memory); irfftn in the backward. Both half spectra are saved; the
-  activation is recomputed in the backward (cheaper than saving it).
+- amplitude or banded spectra: rfftn of the difference x − y and of one of x, y (_spectra.py
+  says which, and why: it keeps d = u − v exact to its own size near convergence), then the
+  band statistics in two passes over the bins, means and then centred moments, each a segment
+  sum by band index (`index_add_`, O(bins) memory); irfftn in the backward. Both half spectra
+  are saved; the activation is recomputed in the backward (cheaper than saving it).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from .._options import Problem, compute_dtype
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import HalfGridTables, half_grid_tables
+from ._spectra import base_is_prediction, bin_values, half_spectra
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -96,7 +97,8 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     if problem.parseval:
         return [stats]
     half = (batch, channels, *spatial[:-1], spatial[-1] // 2 + 1, 2)
-    return [stats, input.new_empty(half, dtype=dtype), input.new_empty(half, dtype=dtype)]
+    spectra = [input.new_empty(half, dtype=dtype), input.new_empty(half, dtype=dtype)]
+    return [stats, *spectra, input.new_empty((batch, channels), dtype=torch.bool)]
 
 
 def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
@@ -193,41 +195,23 @@ def _parseval_backward(coefficients, p, target, problem: Problem) -> torch.Tenso
 
 
 def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
-    """One batch element: [STATS (1, C', K, 8), X, D], X and D the real views (..., 2) of the
-    half spectra of the prediction x and of the difference x − y."""
+    """One batch element: [STATS (1, C', K, 8), S, D, base_is_x], S and D the real views
+    (..., 2) of the half spectra of the base and of x − y (see _spectra.py)."""
     p = _activate(input, problem)
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     x = p[:, problem.offset :]
     if _is_label_map(input, target) and problem.ignore_index is not None:
         x = x * _labels(target, problem)[1].unsqueeze(1)
-    difference = x - _dense_target(input, target, problem, x.dtype)
-    X = torch.view_as_real(torch.fft.rfftn(x, dim=dims, norm="ortho"))
-    del p, x
-    D = torch.view_as_real(torch.fft.rfftn(difference, dim=dims, norm="ortho"))
-    del difference
-    tables = half_grid_tables(spatial, problem.num_bands, X.device)
-    stats = _centred_stats(_spectra(X, D, problem), tables, problem.num_bands)
-    return [stats.view(*X.shape[:2], problem.num_bands, len(STATS)), X, D]
-
-
-def _spectra(X: torch.Tensor, D: torch.Tensor, problem: Problem):
-    """u, v and d of every bin as (real part, imaginary part or None), flat: (B·C', M) each.
-
-    v = |X − D| or X − D. For the amplitude spectrum d = (|X|² − |Y|²)/(|X| + |Y|) with
-    |X|² − |Y|² = 2·Re(D·conj X) − |D|², every term of the size of D (0 where X = Y = 0).
-    """
-    bins = math.prod(X.shape[2:-1])
-    xr, xi = X.reshape(-1, bins, 2).unbind(-1)
-    dr, di = D.reshape(-1, bins, 2).unbind(-1)
-    yr, yi = xr - dr, xi - di
-    if problem.spectrum == "complex":
-        return (xr, xi), (yr, yi), (dr, di)
-    u = torch.sqrt(torch.addcmul(xr * xr, xi, xi))
-    v = torch.sqrt(torch.addcmul(yr * yr, yi, yi))
-    power_difference = 2 * torch.addcmul(dr * xr, di, xi) - torch.addcmul(dr * dr, di, di)
-    total = u + v
-    d = torch.where(total > 0, power_difference / torch.where(total > 0, total, 1), 0)
-    return (u, None), (v, None), (d, None)
+    y = _dense_target(input, target, problem, x.dtype)
+    del p
+    base_is_x = base_is_prediction(input, target, problem)
+    base = torch.where(base_is_x.view(*base_is_x.shape, *([1] * len(dims))), x, y)
+    S, D = (torch.view_as_real(torch.fft.rfftn(z, dim=dims, norm="ortho")) for z in (base, x - y))
+    del x, y, base
+    tables = half_grid_tables(spatial, problem.num_bands, S.device)
+    values = bin_values(*half_spectra(S, D, base_is_x), problem.spectrum)
+    stats = _centred_stats(values, tables, problem.num_bands)
+    return [stats.view(*S.shape[:2], problem.num_bands, len(STATS)), S, D, base_is_x]
 
 
 def _band_sum(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
@@ -246,36 +230,44 @@ def _per_bin(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> to
     return values.gather(-1, tables.band.expand(*values.shape[:-1], -1))
 
 
-def _centred_stats(spectra, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
-    """STATS (B·C', K, 8) of flat spectra: band means first, then moments about them (two passes)."""
-    (ur, ui), (vr, vi), (dr, di) = spectra
+def _centred_stats(values, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
+    """STATS (B·C', K, 8) of the flat bin values of `bin_values`: band means first, then the
+    moments about them (two passes). One statistic at a time, so that the temporaries stay a
+    few bin-sized arrays."""
+    (ur, ui), (vr, vi), (dr, di) = values
     weight = tables.weight.to(ur.dtype)
     counts = tables.counts.to(ur.dtype)
-    reals = torch.stack([ur, vr, dr])
-    means = _band_sum(reals * weight, tables, num_bands) / counts.clamp(min=1)
-    du, dv, dd = reals - _per_bin(means, tables, num_bands)
-    products = [du * du, dv * dv, du * dv, dd * dd]
-    if ui is not None:
-        products = [products[0] + ui * ui, products[1] + vi * vi, products[2] + ui * vi, products[3] + di * di]
-    m2 = _band_sum(torch.stack(products) * weight, tables, num_bands)
-    count = counts.expand(1, ur.shape[0], num_bands)
-    return torch.cat([count, means, m2]).movedim(0, -1)
+    means = [_band_sum(real * weight, tables, num_bands) / counts.clamp(min=1) for real in (ur, vr, dr)]
+    du, dv, dd = (real - _per_bin(mean, tables, num_bands) for real, mean in zip((ur, vr, dr), means))
+    pairs = [(du, du, ui, ui), (dv, dv, vi, vi), (du, dv, ui, vi), (dd, dd, di, di)]
+    m2 = []
+    for a, b, a_im, b_im in pairs:  # Σ w·Re(ã·conj b̃) over each band
+        product = a * b if a_im is None else torch.addcmul(a * b, a_im, b_im)
+        m2.append(_band_sum(product.mul_(weight), tables, num_bands))
+    count = counts.expand(ur.shape[0], num_bands)
+    return torch.stack([count, *means, *m2], dim=-1)
 
 
-def _spectral_backward(coefficients, input, target, X, D, problem: Problem) -> list[torch.Tensor]:
-    """One batch element: the input's gradient from COEFFICIENTS (1, C', K, 7) and the saved X, D."""
+def _spectral_backward(coefficients, input, target, S, D, base_is_x, problem: Problem) -> list[torch.Tensor]:
+    """One batch element: the input's gradient from COEFFICIENTS (1, C', K, 7) and the saved spectra."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
-    tables = half_grid_tables(spatial, problem.num_bands, X.device)
-    (ur, ui), (vr, vi), (dr, di) = _spectra(X, D, problem)
-    per_bin = _per_bin(coefficients.to(X.dtype).flatten(0, 1).movedim(-1, 0), tables, problem.num_bands)
-    c_mean, c_uu, c_uv, c_dd, mean_u, mean_v, mean_d = per_bin
-    grad_re = c_mean + c_uu * (ur - mean_u) + c_uv * (vr - mean_v) + c_dd * (dr - mean_d)
+    tables = half_grid_tables(spatial, problem.num_bands, S.device)
+    X, Y, D = half_spectra(S, D, base_is_x)
+    (ur, ui), (vr, vi), (dr, di) = bin_values(X, Y, D, problem.spectrum)
+    c_mean, c_uu, c_uv, c_dd, mean_u, mean_v, mean_d = coefficients.to(X.dtype).flatten(0, 1).unbind(-1)
+
+    def at_bins(per_band):  # (B·C', K) → (B·C', M), one coefficient at a time (bounded temporaries)
+        return _per_bin(per_band, tables, problem.num_bands)
+
+    grad_re = at_bins(c_mean) + at_bins(c_uu) * (ur - at_bins(mean_u))
+    grad_re += at_bins(c_uv) * (vr - at_bins(mean_v))
+    grad_re += at_bins(c_dd) * (dr - at_bins(mean_d))
     if problem.spectrum == "amplitude":  # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
         scale = torch.where(ur > 0, grad_re / torch.where(ur > 0, ur, 1), 0)
-        grad_X = X * scale.view(X.shape[:-1]).unsqueeze(-1)
+        grad_X = (X * scale.unsqueeze(-1)).view(S.shape)
     else:
-        grad_im = c_uu * ui + c_uv * vi + c_dd * di
-        grad_X = torch.stack([grad_re, grad_im], dim=-1).view(X.shape)
+        grad_im = at_bins(c_uu) * ui + at_bins(c_uv) * vi + at_bins(c_dd) * di
+        grad_X = torch.stack([grad_re, grad_im], dim=-1).view(S.shape)
     grad_x = torch.fft.irfftn(torch.view_as_complex(grad_X), s=spatial, dim=dims, norm="ortho")
     del grad_X
     grad_x = _finish_backward(_pad_channels(grad_x, problem), _activate(input, problem), target, problem)

@@ -1,0 +1,67 @@
+"""Which two signals the transform backends transform, and how they get u, v and d back.
+
+Every transform backend (torch, cuda/cupy, triton's DFT kernels) transforms, per slice, the
+difference x − y and one of x, y (the base), never x and y apart:
+
+    D = F(x − y),   S = F(base);   X, Y = (S, S − D) if the base is x, else (S + D, S).
+
+X and Y then share the rounding error of S, so d = u − v (what carries the information near
+r = 1) comes from D and is exact to its own size, and r moves only to second order with the
+shared error. The spectrum formed as a sum or difference is the one of the larger signal, so it
+is never a tiny signal swamped by a huge one's rounding: a class that the prediction confidently
+leaves out (base x), or inputs of 1e15 with no activation (base y).
+
+Per bin, with the real views (..., 2) of X, Y and D: amplitude u = |X|, v = |Y| and
+d = (|X|² − |Y|²)/(|X| + |Y|), where |X|² − |Y|² = 2·Re(D·conj X) − |D|² keeps every term
+of the size of D (d = 0 where X = Y = 0); complex u = X, v = Y, d = D.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._options import Problem
+
+
+def base_is_prediction(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
+    """(B, C') bool: per slice, whether the base is the prediction x (else the target y).
+
+    x is the base unless it is larger than y by largest magnitude. An activation bounds x by 1,
+    so only an input without one is read; a label map's y is 1 where its class occurs, else 0.
+    """
+    batch, classes = input.shape[:2]
+    if problem.activation == "none":
+        x_max = input.detach().flatten(2).abs().amax(-1).float()
+    else:
+        x_max = input.new_ones((batch, classes), dtype=torch.float32)
+    if target.dim() == input.dim() - 1:  # label map: which classes occur (at kept samples)
+        labels = target.reshape(batch, -1).long()
+        kept = torch.ones_like(labels, dtype=torch.float32)
+        if problem.ignore_index is not None:
+            kept = (labels != problem.ignore_index).float()
+            labels = labels.masked_fill(labels == problem.ignore_index, 0)
+        y_max = kept.new_zeros((batch, classes)).scatter_reduce_(1, labels, kept, "amax")
+    else:
+        y_max = target.detach().flatten(2).abs().amax(-1).float()
+    return (x_max <= y_max)[:, problem.offset :]
+
+
+def half_spectra(S: torch.Tensor, D: torch.Tensor, base_is_x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """X, Y and D as flat real views (B·C', M, 2), from S and D (B, C', *half, 2) of each slice."""
+    slices = S.shape[0] * S.shape[1]
+    S, D = S.reshape(slices, -1, 2), D.reshape(slices, -1, 2)
+    base_is_x = base_is_x.reshape(slices, 1, 1)
+    return torch.where(base_is_x, S, S + D), torch.where(base_is_x, S - D, S), D
+
+
+def bin_values(X: torch.Tensor, Y: torch.Tensor, D: torch.Tensor, spectrum: str):
+    """u, v and d of every bin as (real part, imaginary part or None), each (B·C', M)."""
+    (xr, xi), (yr, yi), (dr, di) = X.unbind(-1), Y.unbind(-1), D.unbind(-1)
+    if spectrum == "complex":
+        return (xr, xi), (yr, yi), (dr, di)
+    u = torch.sqrt(torch.addcmul(xr * xr, xi, xi))
+    v = torch.sqrt(torch.addcmul(yr * yr, yi, yi))
+    power_difference = 2 * torch.addcmul(dr * xr, di, xi) - torch.addcmul(dr * dr, di, di)
+    total = u + v
+    d = torch.where(total > 0, power_difference / torch.where(total > 0, total, 1), 0)
+    return (u, None), (v, None), (d, None)
