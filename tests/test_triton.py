@@ -1,4 +1,4 @@
-"""Triton backend: the one-pass complex (Parseval) kernels against the float64 reference, and the
+"""Triton backend: the one-pass complex (Parseval) kernels against float64 results, and the
 backend glue. Runs on CUDA when present, else on CPU in Triton's interpreter (see conftest.py)."""
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import scc_kernels
-from scc_kernels.backends import triton_backend
+from scc_kernels._options import Problem
+from scc_kernels.backends import torch_backend, triton_backend, triton_dft
+from scc_kernels.verify import GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL
 
-from utils import GRAD_RTOL, LOSS_RTOL, assert_matches_reference, random_problem
+from utils import assert_matches_reference, converged_problem, random_problem
 
 _DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(
@@ -52,7 +54,7 @@ def _make(batch, channels, spatial, target_kind, options, dtype, device):
         ignore_index=options.get("ignore_index"), dtype=dtype, device=device,
     )  # fmt: skip
     if "ignore_index" in options and batch > 1:
-        # an ignored origin sample must drop its √N·g_u term, nonzero with batch=True when
+        # an ignored origin sample must get no √N·c_mean term, nonzero with batch=True when
         # another item's origin is kept
         target[0].view(-1)[0] = options["ignore_index"]
         target[1].view(-1)[0] = 0
@@ -65,6 +67,40 @@ def _make(batch, channels, spatial, target_kind, options, dtype, device):
 def test_parseval_matches_reference(device, batch, channels, spatial, target_kind, options, dtype):
     logits, target = _make(batch, channels, spatial, target_kind, options, dtype, device)
     assert_matches_reference("triton", logits, target, spectrum="complex", **options)
+
+
+@pytest.mark.parametrize("case", [0, 3, 4, 5], ids=lambda i: "x".join(map(str, CASES[i][2])))
+def test_parseval_stats_and_backward_match_float64(device, case):
+    """STATS and input gradient vs torch_backend run in float64 on the same data, with the same grad_stats."""
+    batch, channels, spatial, target_kind, options, _ = CASES[case]
+    logits, target = _make(batch, channels, spatial, target_kind, options, torch.float32, device)
+    target64 = target if target_kind != "dense" else target.double()
+    activation = "softmax" if options.get("softmax") else "sigmoid" if options.get("sigmoid") else "none"
+    problem = Problem("complex", 1, activation, options.get("ignore_index"), options.get("include_background", True))
+
+    stats = triton_backend.band_stats(logits, target, problem)
+    (expected,) = torch_backend.band_stats(logits.double(), target64, problem)
+    assert len(stats) == 1 and stats[0].dtype == torch.float32  # nothing saved
+    assert [t.shape for t in triton_backend.band_stats_fake(logits, target, problem)] == [expected.shape]
+    scale = expected.abs().flatten(0, -2).amax(0).clamp(min=1e-30)  # per statistic
+    torch.testing.assert_close(stats[0].double() / scale, expected / scale, rtol=1e-5, atol=1e-5)
+
+    grad_stats = torch.randn(expected.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grad_stats = grad_stats.to(device)
+    grad = triton_backend.band_stats_backward(grad_stats.float(), stats[0], logits, target, [], problem)
+    grad_expected = torch_backend.band_stats_backward(grad_stats, expected, logits.double(), target64, [], problem)
+    assert grad.dtype == logits.dtype and grad.shape == logits.shape
+    error = (grad.double() - grad_expected).norm() / grad_expected.norm()
+    assert error < 1e-5, f"relative gradient error {error:.2e}"
+
+
+@pytest.mark.parametrize("confidence", [4, 8])
+@pytest.mark.parametrize("spatial, batch_option", [((20, 23), False), ((7, 6, 9), True)], ids=["20x23", "7x6x9"])
+def test_parseval_near_convergence(device, confidence, spatial, batch_option):
+    """Losses of ~1e-2 (confidence 4) down to ~1e-5 (8): Σ(x − y)² per sample keeps their digits."""
+    logits, labels = converged_problem(2, 3, spatial, confidence=confidence, device=device,
+                                       generator=torch.Generator().manual_seed(confidence))  # fmt: skip
+    assert_matches_reference("triton", logits, labels, spectrum="complex", softmax=True, batch=batch_option)
 
 
 def test_layouts_the_kernels_do_not_assume(device):
@@ -85,9 +121,9 @@ def _assert_scalar_loss_matches_reference(run, logits, labels, **options):
     out = run(x, labels, **options)
     out.backward()
     assert out.shape == ()
-    assert abs(out.item() - ref.item()) <= LOSS_RTOL[torch.float32] * abs(ref.item())
-    grad_error = (x.grad.double().cpu() - ref_logits.grad).norm() / ref_logits.grad.norm()
-    assert grad_error <= GRAD_RTOL[torch.float32]
+    assert abs(out.item() - ref.item()) <= LOSS_RTOL[torch.float32] * abs(ref.item()) + LOSS_ATOL
+    grad_error = (x.grad.double().cpu() - ref_logits.grad).norm()
+    assert grad_error <= GRAD_RTOL[torch.float32] * ref_logits.grad.norm() + GRAD_ATOL
 
 
 def _triton_loss(x, y, **options):
@@ -102,30 +138,44 @@ def test_reductions_and_backward(device, reduction):
     )
 
 
-def test_compiles_to_one_graph(device):
-    """band_sums_fake must describe what the kernels return, or torch.compile breaks."""
+@pytest.mark.parametrize("spectrum, bands", [("complex", None), ("amplitude", 3)], ids=["parseval", "dft"])
+def test_compiles_to_one_graph(device, spectrum, bands):
+    """band_stats_fake must describe what the kernels return, or torch.compile breaks."""
     logits, labels = random_problem(2, 3, (9, 7), ignore_index=255, device=device)
     compiled = torch.compile(_triton_loss, backend="aot_eager", fullgraph=True)
     _assert_scalar_loss_matches_reference(
-        compiled, logits, labels, spectrum="complex", softmax=True, ignore_index=255, include_background=False
-    )
+        compiled, logits, labels, spectrum=spectrum, bands=bands, softmax=True, ignore_index=255,
+        include_background=False,
+    )  # fmt: skip
 
 
+@pytest.mark.parametrize("spectrum, bands", [("complex", None), ("amplitude", None), ("complex", 3)],
+                         ids=["parseval", "dft-amplitude", "dft-complex-K3"])
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid", "none"])
-def test_nan_input_propagates(device, activation):
-    """Also from an ignored pixel: the reference zeroes those by a product, and NaN·0 is NaN."""
+def test_nan_input_propagates(device, activation, spectrum, bands):
+    """Also from an ignored pixel (SPEC §5): the reference zeroes those by a product, and NaN·0 is NaN."""
     logits, labels = random_problem(3, 3, (8, 9), ignore_index=255, device=device)
     logits[0, 1, 2, 3] = math.nan
     labels[0, 2, 3] = 1
     logits[1, 2, 4, 5] = math.nan
     labels[1, 4, 5] = 255
-    options = dict(spectrum="complex", ignore_index=255, reduction="none")
+    options = dict(spectrum=spectrum, bands=bands, ignore_index=255, reduction="none")
     options.update({} if activation == "none" else {activation: True})
     nan = scc_kernels.scc_loss(logits, labels, backend="triton", **options).isnan().cpu()
     ref_nan = scc_kernels.scc_loss(logits.double().cpu(), labels.cpu(), backend="reference", **options)
     ref_nan = ref_nan.isnan()
     assert torch.equal(nan, ref_nan)
     assert nan[0, 1] and nan[1, 2] and not nan[2].any()  # (softmax: the item's other channels too)
+
+
+@pytest.mark.parametrize("spectrum, bands", [("complex", None), ("amplitude", 3)], ids=["parseval", "dft"])
+def test_ignore_index_beyond_int32(device, spectrum, bands):
+    """Labels are compared in int64: 2**33 + 1 truncated to int32 would be class 1."""
+    ignore_index = 2**33 + 1
+    logits, labels = random_problem(2, 3, (9, 11), ignore_index=ignore_index, device=device)
+    assert labels.dtype == torch.int64 and bool((labels == ignore_index).any())
+    assert_matches_reference("triton", logits, labels, spectrum=spectrum, bands=bands, softmax=True,
+                             ignore_index=ignore_index)  # fmt: skip
 
 
 def test_unavailable_reason(monkeypatch):
@@ -138,17 +188,14 @@ def test_unavailable_reason(monkeypatch):
 
 
 def test_non_parseval_routes_to_triton_dft(device, monkeypatch):
-    triton_dft = pytest.importorskip(
-        "scc_kernels.backends.triton_dft", reason="the amplitude/banded Triton kernels are not written yet"
-    )
     calls = []
-    original = triton_dft.band_sums
+    original = triton_dft.band_stats
 
     def recording(input, target, problem):
         calls.append(problem)
         return original(input, target, problem)
 
-    monkeypatch.setattr(triton_dft, "band_sums", recording)
+    monkeypatch.setattr(triton_dft, "band_stats", recording)
     logits, labels = random_problem(1, 2, (6, 7), device=device)
     scc_kernels.scc_loss(logits, labels, spectrum="complex", backend="triton")
     assert calls == []

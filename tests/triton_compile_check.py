@@ -14,13 +14,10 @@ from triton.compiler import ASTSource
 from scc_kernels.backends import triton_dft, triton_kernels
 
 
-def compile_kernel(kernel, pointers, scalars_fp32, constexprs, capability, num_warps=4):
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        else:
-            signature[name] = pointers.get(name, "fp32" if name in scalars_fp32 else "i32")
+def compile_kernel(kernel, types, constexprs, capability, num_warps=4):
+    """Shared memory (bytes) of `kernel` compiled for sm_<capability>; `types` names the type of each
+    pointer and of each scalar that is not i32."""
+    signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in kernel.arg_names}
     indices = {(kernel.arg_names.index(k),): v for k, v in constexprs.items()}
     source = ASTSource(kernel, signature, constexprs=indices)
     compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps})
@@ -29,12 +26,12 @@ def compile_kernel(kernel, pointers, scalars_fp32, constexprs, capability, num_w
 
 def parseval_cases():
     for capability, dtype, label_map in itertools.product((90, 80), ("fp32", "bf16"), (True, False)):
-        pointers = dict(logits_ptr=f"*{dtype}", target_ptr="*u8" if label_map else "*fp32",
-                        partial_ptr="*fp32", grad_sums_ptr="*fp32", grad_ptr=f"*{dtype}")  # fmt: skip
+        types = dict(logits_ptr=f"*{dtype}", target_ptr="*u8" if label_map else "*fp32", partial_ptr="*fp32",
+                     coefficients_ptr="*fp32", grad_ptr=f"*{dtype}", root_n="fp32")  # fmt: skip
         constexprs = dict(BLOCK_C=4, BLOCK_N=2048, OFFSET=1, ACTIVATION=1, LABEL_MAP=label_map,
                           HAS_IGNORE=label_map, IGNORE_INDEX=255)  # fmt: skip
         for kernel in (triton_kernels._parseval_forward_kernel, triton_kernels._parseval_backward_kernel):
-            yield kernel, pointers, {"root_n"}, constexprs, capability, 8
+            yield kernel, types, constexprs, capability, 8
 
 
 def dft_cases():
@@ -44,16 +41,17 @@ def dft_cases():
         plan = triton_dft._plan(spatial)
         constexprs = dict(ACT=1, LABEL=True, IGNORE=True, AMPLITUDE=True, THREE_D=plan["three_d"],
                           PRECISION="tf32x3" if dtype == "fp32" else "tf32", **plan["blocks"])  # fmt: skip
-        pointers = dict(x_ptr=f"*{dtype}", t_ptr="*i64", tw_d="*fp32", tw_h="*fp32", tw_w="*fp32", band_ptr="*i32",
-                        herm_ptr="*fp32", out_ptr="*fp32", grad_sums_ptr="*fp32", acc_ptr="*fp32")  # fmt: skip
+        types = dict(x_ptr=f"*{dtype}", t_ptr="*i64", tw_d="*fp32", tw_h="*fp32", tw_w="*fp32", band_ptr="*i32",
+                     herm_ptr="*fp32", base_ptr="*i1", out_ptr="*fp32", coefficients_ptr="*fp32", acc_ptr="*fp32",
+                     ignore_index="i64" if dtype == "bf16" else "i32")  # fmt: skip
         for kernel in (triton_dft._forward_kernel, triton_dft._backward_kernel):
-            yield kernel, pointers, set(), constexprs, capability, 4
-    finish = dict(x_ptr="*bf16", t_ptr="*i64", acc_ptr="*fp32", out_ptr="*bf16")
-    yield triton_dft._finish_kernel, finish, set(), dict(ACT=1, IGNORE=True, BLOCK=1024), 90, 4
+            yield kernel, types, constexprs, capability, 4
+    finish = dict(x_ptr="*bf16", t_ptr="*i64", acc_ptr="*fp32", out_ptr="*bf16", ignore_index="i64")
+    yield triton_dft._finish_kernel, finish, dict(ACT=1, IGNORE=True, BLOCK=1024), 90, 4
 
 
 if __name__ == "__main__":
-    for kernel, pointers, scalars, constexprs, capability, warps in [*parseval_cases(), *dft_cases()]:
-        shared = compile_kernel(kernel, pointers, scalars, constexprs, capability, warps)
-        print(f"sm_{capability} {kernel.fn.__name__:<28} {pointers.get('x_ptr', pointers.get('logits_ptr'))} "
+    for kernel, types, constexprs, capability, warps in [*parseval_cases(), *dft_cases()]:
+        shared = compile_kernel(kernel, types, constexprs, capability, warps)
+        print(f"sm_{capability} {kernel.fn.__name__:<28} {types.get('x_ptr', types.get('logits_ptr'))} "
               f"shared memory {shared} B", flush=True)  # fmt: skip

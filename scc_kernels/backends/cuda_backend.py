@@ -6,12 +6,14 @@ ninja, about a minute, cached in torch's extensions folder).
 
 - complex spectrum, one band: SPEC's Parseval form in one pass. `parseval_forward` reads the
   logits and the target once (softmax/sigmoid, one-hot and ignore_index in registers) and
-  writes per-block partial sums that torch adds up (a fixed order: deterministic);
+  writes per-block partial PARSEVAL_SUMS that torch adds up (a fixed order: deterministic);
   `activation_backward` recomputes the activation and writes the logits' gradient once.
 - amplitude or banded spectra: cuFFT (torch.fft.rfftn / irfftn) with fused kernels around it:
-  `activate` (prediction and one-hot target as float32, one pass), `band_stats` (the five band
-  sums from X, Y, the band table and the Hermitian weights; it also saves |Y| for the backward),
-  `spectral_grad` (the gradient of the half spectrum, one pass) and `activation_backward`.
+  `activate` (each slice's base, prediction or target, and the difference x − t as float32,
+  one pass; _spectra.py says why these two), `band_stats` (per block, the centred band STATS
+  from the two half spectra, the band table and the Hermitian weights; torch merges the blocks
+  with _stats.merge), `spectral_grad` (the gradient of the half spectrum from the per-band
+  coefficients, one pass) and `activation_backward`.
 
 Why cuFFT and not a DFT in shared memory, as the Triton backend does for small sizes: the
 transform is the only step with real arithmetic. cuFFT does it in O(N log N) for every size,
@@ -38,8 +40,10 @@ from pathlib import Path
 import torch
 
 from .._options import Problem
-from ..bands import band_index, hermitian_weights
+from .._stats import COEFFICIENTS, PARSEVAL_SUMS, STATS, gradient_coefficients, merge, parseval_stats
+from ..bands import half_grid_tables
 from . import torch_backend
+from ._spectra import base_is_prediction
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 THREADS = 256  # scc::THREADS in csrc/scc_kernels.cuh (tests/test_cuda.py checks they agree)
@@ -74,15 +78,15 @@ def build_status() -> str:
     return "jit" if reason is None else f"unavailable: {reason}"
 
 
-def band_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     return forward(_Launcher(_extension()), input, target, problem)
 
 
-band_sums_fake = torch_backend.band_sums_fake  # same outputs, same shapes
+band_stats_fake = torch_backend.band_stats_fake  # same outputs, same shapes
 
 
-def band_sums_backward(grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
-    return backward(_Launcher(_extension()), grad_sums, input, target, saved, problem)
+def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+    return backward(_Launcher(_extension()), grad_stats, stats, input, target, saved, problem)
 
 
 def kernel_names() -> list[str]:
@@ -142,17 +146,17 @@ class _Launcher:
     def parseval_forward(self, logits, target, partials, problem: Problem):
         self.ext.parseval_forward(logits, target, partials, *_codes(problem))
 
-    def activate(self, logits, target, x, y, problem: Problem, blocks: int):
-        self.ext.activate(logits, target, x, y, *_codes(problem), blocks)
+    def activate(self, logits, target, base_is_x, base, d, problem: Problem, blocks: int):
+        self.ext.activate(logits, target, base_is_x, base, d, *_codes(problem), blocks)
 
-    def activation_backward(self, logits, target, grad_sums, grad_x, grad_input, problem: Problem, blocks: int):
-        self.ext.activation_backward(logits, target, grad_sums, grad_x, grad_input, *_codes(problem), blocks)
+    def activation_backward(self, logits, target, coefficients, grad_x, grad_input, problem: Problem, blocks: int):
+        self.ext.activation_backward(logits, target, coefficients, grad_x, grad_input, *_codes(problem), blocks)
 
-    def band_stats(self, X, Y, band, weight, partials, abs_y):
-        self.ext.band_stats(X, Y, band, weight, partials, abs_y)
+    def band_stats(self, S, D, base_is_x, band, weight, partials, amplitude: bool):
+        self.ext.band_stats(S, D, base_is_x, band, weight, partials, amplitude)
 
-    def spectral_grad(self, X, abs_y, Y, band, grad_sums, G, blocks: int):
-        self.ext.spectral_grad(X, abs_y, Y, band, grad_sums, G, blocks)
+    def spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude: bool, blocks: int):
+        self.ext.spectral_grad(S, D, base_is_x, band, coefficients, G, amplitude, blocks)
 
 
 def _codes(problem: Problem) -> tuple[int, int, int | None]:
@@ -165,67 +169,68 @@ def _codes(problem: Problem) -> tuple[int, int, int | None]:
 
 
 def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
-    """The backend's band_sums with the kernels of `launcher`."""
+    """The backend's band_stats with the kernels of `launcher`."""
     logits, target = _flat(input, target)
     if problem.parseval:
         batch, classes, n = logits.shape
         blocks = _blocks(n, THREADS * _vec(logits), batch)
-        partials = logits.new_zeros((batch, blocks, classes - problem.offset, 5), dtype=torch.float32)
+        partials = logits.new_zeros((batch, blocks, classes - problem.offset, len(PARSEVAL_SUMS)), dtype=torch.float32)
         launcher.parseval_forward(logits, target, partials, problem)
-        return [partials.sum(1).unsqueeze(2)]
-    return _spectral_sums(launcher, input, logits, target, problem)
+        return [parseval_stats(partials.sum(1), n).unsqueeze(2)]
+    return _spectral_stats(launcher, input, logits, target, problem)
 
 
-def backward(launcher, grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
-    """The backend's band_sums_backward with the kernels of `launcher`."""
+def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+    """The backend's band_stats_backward with the kernels of `launcher`."""
     logits, target = _flat(input, target)
     batch, _, n = logits.shape
-    grad_sums = grad_sums.to(torch.float32).contiguous()
+    coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats).to(torch.float32).contiguous()
     grad_input = torch.empty_like(logits)
     blocks = _blocks(n, THREADS * _vec(logits), batch)
     if problem.parseval:
-        launcher.activation_backward(logits, target, grad_sums[:, :, 0].contiguous(), None, grad_input, problem, blocks)
+        launcher.activation_backward(logits, target, coefficients[:, :, 0].contiguous(), None, grad_input, problem,
+                                     blocks)  # fmt: skip
     else:
-        grad_x = _spectral_grad_x(launcher, grad_sums, input, saved, problem)
+        grad_x = _spectral_grad_x(launcher, coefficients, input, saved, problem)
         launcher.activation_backward(logits, target, None, grad_x, grad_input, problem, blocks)
     return grad_input.view(input.shape)
 
 
-def _spectral_sums(launcher, input, logits, target, problem: Problem) -> list[torch.Tensor]:
+def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[torch.Tensor]:
+    """[STATS (B, C', K, 8), S, D, base_is_x]: the real views of the half spectra of each slice's
+    base and of x − t, and which base (as torch_backend saves them)."""
     batch, classes, n = logits.shape
     channels = classes - problem.offset
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
-    x = logits.new_empty((batch, channels, *spatial), dtype=torch.float32)
-    y = torch.empty_like(x)
-    launcher.activate(logits, target, x.view(batch, channels, n), y.view(batch, channels, n), problem,
+    base_is_x = base_is_prediction(logits, target, problem).contiguous()
+    base = logits.new_empty((batch, channels, *spatial), dtype=torch.float32)
+    d = torch.empty_like(base)
+    launcher.activate(logits, target, base_is_x, base.view(batch, channels, n), d.view(batch, channels, n), problem,
                       _blocks(n, THREADS * _vec(logits), batch))  # fmt: skip
-    X = torch.fft.rfftn(x, dim=dims, norm="ortho")
-    Y = torch.fft.rfftn(y, dim=dims, norm="ortho")
-    slices, half = batch * channels, X.shape[2:]
-    bins = math.prod(half)
-    band, weight = _band_tables(spatial, problem.num_bands, input.device)
-    partials = x.new_empty((slices, _blocks(bins, THREADS * BAND_ITEMS, slices), problem.num_bands, 5))
-    abs_y = x.new_empty((slices, bins)) if problem.spectrum == "amplitude" else None
-    launcher.band_stats(X.reshape(slices, bins), Y.reshape(slices, bins), band, weight, partials, abs_y)
-    sums = partials.sum(1).view(batch, channels, problem.num_bands, 5)
-    saved_v = abs_y.view(batch, channels, *half) if abs_y is not None else torch.view_as_real(Y)
-    return [sums, torch.view_as_real(X), saved_v]
+    S = torch.fft.rfftn(base, dim=dims, norm="ortho")
+    D = torch.fft.rfftn(d, dim=dims, norm="ortho")
+    del base, d
+    slices, bins = batch * channels, math.prod(S.shape[2:])
+    tables = half_grid_tables(spatial, problem.num_bands, input.device)
+    blocks = _blocks(bins, THREADS * BAND_ITEMS, slices)
+    partials = logits.new_empty((slices, blocks, problem.num_bands, len(STATS)), dtype=torch.float32)
+    launcher.band_stats(S.view(slices, bins), D.view(slices, bins), base_is_x, tables.band32, tables.weight, partials,
+                        problem.spectrum == "amplitude")  # fmt: skip
+    stats = merge(partials, 1).view(batch, channels, problem.num_bands, len(STATS))
+    return [stats, torch.view_as_real(S), torch.view_as_real(D), base_is_x]
 
 
-def _spectral_grad_x(launcher, grad_sums, input, saved, problem: Problem) -> torch.Tensor:
+def _spectral_grad_x(launcher, coefficients, input, saved, problem: Problem) -> torch.Tensor:
     """Gradient of the activated prediction's output channels, (B, C', N) float32."""
-    X = torch.view_as_complex(saved[0].contiguous())
-    batch, channels, *half = X.shape
+    S, D = (torch.view_as_complex(spectrum.contiguous()) for spectrum in saved[:2])
+    batch, channels, *half = S.shape
     slices, bins = batch * channels, math.prod(half)
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
-    if problem.spectrum == "amplitude":
-        abs_y, Y = saved[1].contiguous().view(slices, bins), None
-    else:
-        abs_y, Y = None, torch.view_as_complex(saved[1].contiguous()).view(slices, bins)
-    band, _ = _band_tables(spatial, problem.num_bands, input.device)
-    G = torch.empty_like(X)
-    launcher.spectral_grad(X.view(slices, bins), abs_y, Y, band, grad_sums.view(slices, problem.num_bands, 5),
-                           G.view(slices, bins), _blocks(slices * bins, THREADS, 1))  # fmt: skip
+    tables = half_grid_tables(spatial, problem.num_bands, input.device)
+    G = torch.empty_like(S)
+    launcher.spectral_grad(S.view(slices, bins), D.view(slices, bins), saved[2].contiguous(), tables.band32,
+                           coefficients.view(slices, problem.num_bands, len(COEFFICIENTS)), G.view(slices, bins),
+                           problem.spectrum == "amplitude", _blocks(slices * bins, THREADS, 1))  # fmt: skip
     grad_x = torch.fft.irfftn(G, s=spatial, dim=dims, norm="ortho")
     return grad_x.reshape(batch, channels, -1).contiguous()
 
@@ -250,11 +255,3 @@ def _vec(logits: torch.Tensor) -> int:
 def _blocks(work: int, per_block: int, rows: int) -> int:
     """Blocks per row (grid y): enough to cover `work` in one sweep, at most about MAX_BLOCKS in all."""
     return max(1, min(-(-work // per_block), MAX_BLOCKS // rows, 65535))
-
-
-@functools.lru_cache(maxsize=64)
-def _band_tables(spatial: tuple[int, ...], num_bands: int, device: torch.device):
-    """Band index (int32) and Hermitian weight (float32) of every rfftn bin, flat, on `device`."""
-    band = band_index(spatial, num_bands, half=True).reshape(-1).to(device=device, dtype=torch.int32)
-    weight = hermitian_weights(spatial).reshape(-1).to(device=device, dtype=torch.float32)
-    return band, weight

@@ -34,15 +34,15 @@ def unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-def band_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     return cuda_backend.forward(_Launcher(input.device), input, target, problem)
 
 
-band_sums_fake = torch_backend.band_sums_fake
+band_stats_fake = torch_backend.band_stats_fake
 
 
-def band_sums_backward(grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
-    return cuda_backend.backward(_Launcher(input.device), grad_sums, input, target, saved, problem)
+def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+    return cuda_backend.backward(_Launcher(input.device), grad_stats, stats, input, target, saved, problem)
 
 
 @functools.cache
@@ -86,23 +86,23 @@ class _Launcher:
         self._launch(name, (batch, blocks), args)
 
     def parseval_forward(self, logits, target, partials, problem: Problem):
-        self._activation("parseval_forward", logits, target, (partials,), problem, partials.shape[1], True)
+        self._activation("parseval_forward", logits, target, (partials,), problem, partials.shape[1], False)
 
-    def activate(self, logits, target, x, y, problem: Problem, blocks: int):
-        self._activation("activate", logits, target, (x, y), problem, blocks, False)
+    def activate(self, logits, target, base_is_x, base, d, problem: Problem, blocks: int):
+        self._activation("activate", logits, target, (base_is_x, base, d), problem, blocks, False)
 
-    def activation_backward(self, logits, target, grad_sums, grad_x, grad_input, problem: Problem, blocks: int):
-        pointers = (grad_sums, grad_x, grad_input)
+    def activation_backward(self, logits, target, coefficients, grad_x, grad_input, problem: Problem, blocks: int):
+        pointers = (coefficients, grad_x, grad_input)
         self._activation("activation_backward", logits, target, pointers, problem, blocks, True)
 
-    def band_stats(self, X, Y, band, weight, partials, abs_y):
-        slices, bins = X.shape
-        args = (_ptr(X), _ptr(Y), _ptr(band), _ptr(weight), _ptr(partials), _ptr(abs_y), numpy.int64(bins),
-                numpy.int32(partials.shape[2]), numpy.int32(abs_y is not None))  # fmt: skip
+    def band_stats(self, S, D, base_is_x, band, weight, partials, amplitude: bool):
+        slices, bins = S.shape
+        args = (*map(_ptr, (S, D, base_is_x, band, weight, partials)), numpy.int64(bins),
+                numpy.int32(partials.shape[2]), numpy.int32(amplitude))  # fmt: skip
         self._launch("scc::band_stats", (slices, partials.shape[1]), args)
 
-    def spectral_grad(self, X, abs_y, Y, band, grad_sums, G, blocks: int):
-        slices, bins = X.shape
-        args = (_ptr(X), _ptr(abs_y), _ptr(Y), _ptr(band), _ptr(grad_sums), _ptr(G), numpy.int64(slices),
-                numpy.int64(bins), numpy.int32(grad_sums.shape[1]))  # fmt: skip
+    def spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude: bool, blocks: int):
+        slices, bins = S.shape
+        args = (*map(_ptr, (S, D, base_is_x, band, coefficients, G)), numpy.int64(slices), numpy.int64(bins),
+                numpy.int32(coefficients.shape[1]), numpy.int32(amplitude))  # fmt: skip
         self._launch("scc::spectral_grad", (blocks,), args)

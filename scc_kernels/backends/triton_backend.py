@@ -1,7 +1,11 @@
 """Triton backend: the fused kernels behind the backend contract (see backends/__init__.py).
 
 - complex spectrum, one band: the one-pass Parseval kernels of triton_kernels.py (nothing saved);
-- amplitude or banded spectra: the DFT-as-matmul kernels of triton_dft.py.
+- amplitude or banded spectra: the DFT-as-matmul kernels of triton_dft.py (saves only each
+  slice's choice of transformed signals; the backward recomputes the spectra).
+
+Both return _stats.STATS per slice and band, and take the backward's per-bin coefficients from
+_stats.gradient_coefficients.
 
 Runs on CUDA tensors, and on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1).
 """
@@ -16,7 +20,8 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from .._options import Problem
-from .triton_kernels import parseval_backward, parseval_sums
+from .._stats import STATS, gradient_coefficients
+from .triton_kernels import parseval_backward, parseval_band_stats
 
 
 # Triton reads TRITON_INTERPRET when a function is decorated: its own (tl.max, ...) when triton is
@@ -42,20 +47,21 @@ def _dft():
     return triton_dft
 
 
-def band_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     if problem.parseval:
-        return [parseval_sums(input, target, problem)]
-    return _dft().band_sums(input, target, problem)
+        return [parseval_band_stats(input, target, problem)]
+    return _dft().band_stats(input, target, problem)
 
 
-def band_sums_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     if problem.parseval:
         batch, channels = input.shape[:2]
-        return [input.new_empty((batch, channels - problem.offset, 1, 5), dtype=torch.float32)]
-    return _dft().band_sums_fake(input, target, problem)
+        return [input.new_empty((batch, channels - problem.offset, 1, len(STATS)), dtype=torch.float32)]
+    return _dft().band_stats_fake(input, target, problem)
 
 
-def band_sums_backward(grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
+def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
     if problem.parseval:
-        return parseval_backward(grad_sums, input, target, problem)
-    return _dft().band_sums_backward(grad_sums, input, target, saved, problem)
+        coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats)[:, :, 0]
+        return parseval_backward(coefficients, input, target, problem)
+    return _dft().band_stats_backward(grad_stats, stats, input, target, saved, problem)

@@ -6,40 +6,51 @@ real and imaginary planes apart), keeping only the Hermitian half `Wh = W//2 + 1
 last axis. No spectrum ever reaches global memory: each program owns one tile of output
 frequencies of one slice and recomputes the partial transforms it needs.
 
+What is transformed (as in torch_backend, see _spectra.py): per slice, the difference x − y and
+a base, x or y (a per-slice flag chosen on the host by `base_is_prediction`, saved for the
+backward). X, Y = (S, S − D) if the base is x, else (S + D, S), so d = u − v comes from D and
+keeps its digits near convergence: complex u, v, d = X, Y, D; amplitude u = |X|, v = |Y|,
+d = (2·Re(D·conj X) − |D|²)/(u + v).
+
 Forward (`_forward_kernel`, grid = slices × frequency tiles [BKD, BKH, BKW]):
     for every plane d:                      (2D: the one plane)
         for every block of BH rows:
-            T = x[d, rows, :] @ (cos + i·sin)_W[:, kw tile]         stage 1, real × complex
+            T = s[d, rows, :] @ (cos + i·sin)_W[:, kw tile]         stage 1, real × complex
             Z += (cos + i·sin)_H[kh tile, rows] @ T                  stage 2, complex
-        X[kd tile] += (cos + i·sin)_D[kd tile, d] · Z                3D only, elementwise
-and the same for y in the same loop. This yields conj(X) and conj(Y), which give the same
-five statistics. The activation (softmax over C, sigmoid), the one-hot of a label map and
-the ignore mask are computed in registers as tiles are loaded. Each program writes five
-Hermitian-weighted partial sums per band it touches. The buffer is (slices, tiles, K, 5)
-float32, 12.5 KiB per slice and band at 128³ (640 tiles). torch adds them up across tiles.
+        S[kd tile] += (cos + i·sin)_D[kd tile, d] · Z                3D only, elementwise
+for the base s, and the same for x − y in the same loop. This yields conj(S) and conj(D);
+conjugating every spectrum changes no statistic. The activation (softmax over C, sigmoid),
+the one-hot of a label map and the ignore mask are computed in registers as tiles are loaded.
+Each program then writes, for every band its tile touches, the 8 STATS of its bins (_stats.py:
+count, means of u, v, d, centred second moments; Hermitian weights folded in), centred on the
+tile's own means in two passes over its registers. The buffer is (slices, tiles, K, 8)
+float32, zero-initialised (a band a tile does not touch is an empty part), 20 KiB per slice and
+band at 128³ (640 tiles); `_stats.merge` combines the tiles (Chan's update, nothing cancels).
 
-Backward (`_backward_kernel`, same grid): recompute conj(X), conj(Y) on the tile. Get
-conj(G) per bin from grad_sums (band gathered from the int32 band table). Fold in the
-Hermitian weight, then apply the tile's share of the inverse transform to every pixel of
-the slice: D axis (elementwise), H axis, W axis (both `tl.dot`). The share is added with
-`tl.atomic_add` into a float32 gradient buffer. A final elementwise kernel (`_finish_kernel`)
-zeroes ignored pixels and applies the activation's Jacobian (the background channel is never
-written, so it stays 0). It writes the gradient once, in the input's dtype.
+Backward (`_backward_kernel`, same grid): recompute conj(S), conj(D) on the tile. Gather each
+bin's COEFFICIENTS (from _stats.gradient_coefficients, (slices, K, 7)) by its band (the int32
+band table) and form conj(G) with torch_backend's per-bin formulas. Fold in the Hermitian
+weight, then apply the tile's share of the inverse transform to every pixel of the slice:
+D axis (elementwise), H axis, W axis (both `tl.dot`). The share is added with `tl.atomic_add`
+into a float32 gradient buffer. A final elementwise kernel (`_finish_kernel`) zeroes ignored
+pixels and applies the activation's Jacobian (the background channel is never written, so it
+stays 0). It writes the gradient once, in the input's dtype.
 
-Memory: the forward allocates only the partial band sums. The backward allocates only the
-float32 buffer (B, C, *S). For float32 inputs that buffer is the returned gradient itself
-(finished in place). For float16/bfloat16 it is twice the input's size. The other design,
-one program per pixel tile recomputing every frequency, would avoid it at (pixel tiles)×
-the forward's FLOPs. The atomics make the gradient's last bits depend on the order.
-The cached cos/sin tables hold 2·n² float32 per distinct axis length n (2 MiB for n = 512).
+Memory: the forward allocates only the partial statistics (and merge's temporaries of their
+size). The backward allocates only the float32 buffer (B, C, *S). For float32 inputs that
+buffer is the returned gradient itself (finished in place). For float16/bfloat16 it is twice
+the input's size. The other design, one program per pixel tile recomputing every frequency,
+would avoid it at (pixel tiles)× the forward's FLOPs. The atomics make the gradient's last
+bits depend on the order. The cached cos/sin tables hold 2·n² float32 per distinct axis
+length n (2 MiB for n = 512).
 
 FLOPs per slice (one MAC = 2 FLOPs), padding included. Hp, Dp, Wp are rows, planes and half
 columns rounded up to their tile. RH = Hp/BKH and RD = Dp/BKD (1 in 2D) count the tiles
-along those axes. The forward transforms x and y:
-    stage 1: 2 (x, y) · 2 (cos, sin) · 2 · N · Wp · RH · RD       (recomputed per kd, kh tile)
+along those axes. The forward transforms two real signals, the base and x − y:
+    stage 1: 2 (signals) · 2 (cos, sin) · 2 · N · Wp · RH · RD    (recomputed per kd, kh tile)
     stage 2: 2 · 4 · 2 · D · H · Hp · Wp · RD                    (complex dots)
     stage 3: 2 · 4 · 2 · D · Dp · Hp · Wp                        (3D only, CUDA cores)
-The backward recomputes the forward, then inverts x's half alone, about 1.5× the forward.
+The backward recomputes the forward, then inverts G's half alone, about 1.5× the forward.
 It also makes N · (tiles per slice) float32 atomic adds. `flop_count(spatial)` gives both.
 float32 runs every dot as "tf32x3" (3 tf32 MMAs each), so its floor is 3× the count at tf32 rate.
     512×512: BKH=64, BKW=32, Wp=288           forward 6.0 GFLOP, backward 9.1 GFLOP per slice
@@ -49,12 +60,16 @@ Every (kd, kh) tile redoes the slice's whole stage 1, so 3D costs grow as N²/(B
 ~1000× a real FFT's FLOPs. Tiles (BH = 16, BW = 32, 4 warps) were picked from ptxas
 output for sm_90/sm_80, compiled without a GPU: the smallest local-memory stack (spills) among
 the candidates tried, not timed. tf32x3 uses all 255 registers. Larger BKD·BKH tiles spilled
-hundreds of bytes.
+hundreds of bytes. The tile's band and weight tables are loaded after the transform (`_tile_bins`):
+held through it they spilled; loaded after, the float32 kernels' stacks are (forward / backward)
+sm_90: 0 / 64 B at 512², 40 / 24 B at 128³; sm_80: 48 / 48 B, 96 / 144 B (bf16: none).
 
 Precision: `input_precision` is a constexpr per dtype. tf32 was emulated on the CPU: float64
 matmuls of operands rounded to 10 mantissa bits (x, y, twiddles and the stage-1/stage-2
 results, in forward and backward), for softmax of 2·randn logits over 4 classes against random
-labels. The table gives relative errors against float64 FFTs, worst of 2 seeds:
+labels. The table gives relative errors against float64 FFTs, worst of 2 seeds. It was measured
+with the previous seam (transforms of x and y, five raw band sums per band), not remeasured for
+the base/difference transforms and centred statistics:
                           tf32 loss / grad        tf32x3 loss / grad
     256²  amplitude        1.2e-5 / 1.2e-3        6.7e-9 / 3.6e-7
     256²  amplitude K=4    8.9e-6 / 1.0e-3        2.9e-9 / 3.1e-7
@@ -65,12 +80,14 @@ labels. The table gives relative errors against float64 FFTs, worst of 2 seeds:
     128³  amplitude        4.7e-5 / 1.5e-3        5.9e-8 / 5.6e-7   (3 classes, 1 seed;
     128³  amplitude K=4    1.4e-6 / 1.2e-3        3.6e-10 / 4.5e-7   the D stage in float32)
     128³  complex K=3      3.5e-6 / 4.8e-4        4.0e-9 / 1.3e-7
-Plain tf32 misses SPEC §4's float32 bounds (1e-4 loss, 1e-3 grad), so float32 uses "tf32x3".
-It meets the 1e-2 bound of float16/bfloat16 inputs with ~6× margin, so those use "tf32":
+Plain tf32 missed SPEC §4's float32 bounds (1e-4 loss, 1e-3 grad), so float32 uses "tf32x3".
+It met the 1e-2 bound of float16/bfloat16 inputs with ~6× margin, so those use "tf32":
 they are loaded as is and computed in float32. bf16 dot operands (7 mantissa bits, ~8× tf32's
 error) would not keep that margin. The interpreter (CPU tests) ignores `input_precision` and
-runs float32 IEEE dots. There the whole kernel pipeline matched the float64 reference to
-loss/grad 2.6e-7 / 9.3e-7 at 512² (amplitude, K=4, softmax) and 7.6e-7 / 1.2e-6 at 64³.
+runs float32 IEEE dots. There the whole kernel pipeline (this seam) matches the float64
+reference (amplitude, K=4, softmax, 3 classes) to loss/grad 4.0e-8 / 8.6e-7 at 512² and
+4.7e-8 / 6.1e-7 at 32³ for random labels, 3.6e-7 / 8.9e-7 at 256² and 2.5e-7 / 2.3e-6 at 32³
+near convergence (converged_problem, confidence 8).
 
 Sizes: 2D up to 512×512 and 3D up to 128×128×128 (`MAX_SIDE`). Larger slices, and 1D, run
 torch_backend instead, with a warning the first time each shape is seen.
@@ -88,8 +105,10 @@ import triton
 import triton.language as tl
 
 from .._options import Problem
-from ..bands import band_index, hermitian_weights
+from .._stats import STATS, gradient_coefficients, merge
+from ..bands import half_grid_tables
 from . import torch_backend
+from ._spectra import base_is_prediction
 
 MAX_SIDE = {2: 512, 3: 128}  # largest axis length per spatial rank the kernels are checked for
 _ACTIVATIONS = {"none": 0, "softmax": 1, "sigmoid": 2}
@@ -125,12 +144,13 @@ def _load_pair(x_ptr, t_ptr, b, c, C, N, pix, mask, ignore_index,
     elif ACT == 2:
         p = tl.sigmoid(p)
     if LABEL:
-        label = tl.load(t_ptr + b.to(tl.int64) * N + pix, mask=mask, other=0).to(tl.int32)
+        # compared in int64: an ignore_index beyond int32 must not match a truncated label
+        label = tl.load(t_ptr + b.to(tl.int64) * N + pix, mask=mask, other=0).to(tl.int64)
         hit = label == c
         if IGNORE:
             valid = label != ignore_index
             hit = hit & valid
-            p = tl.where(valid, p, 0.0)
+            p = p * valid.to(tl.float32)  # a product, not a select: NaN at an ignored pixel reaches the loss
         y = hit.to(tl.float32)
     else:
         y = tl.load(t_ptr + item + channel + pix, mask=mask, other=0.0).to(tl.float32)
@@ -138,89 +158,114 @@ def _load_pair(x_ptr, t_ptr, b, c, C, N, pix, mask, ignore_index,
 
 
 @triton.jit
-def _plane_spectrum(x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, d, H, W, ignore_index, kh, kw,
+def _plane_spectrum(x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, d, H, W, ignore_index, base_is_x, kh, kw,
                     ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, PRECISION: tl.constexpr,
                     BKH: tl.constexpr, BKW: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
-    """conj of the 2D ortho DFT of plane d of x and y on the (kh, kw) tile: 4 planes [BKH, BKW]."""
+    """conj of the 2D ortho DFT of plane d of the base and of x − y on the (kh, kw) tile: 4 planes [BKH, BKW]."""
     kh_ok = kh < H
     kw_ok = kw < W // 2 + 1
-    xr = tl.zeros((BKH, BKW), tl.float32)
-    xi = tl.zeros((BKH, BKW), tl.float32)
-    yr = tl.zeros((BKH, BKW), tl.float32)
-    yi = tl.zeros((BKH, BKW), tl.float32)
+    sr = tl.zeros((BKH, BKW), tl.float32)
+    si = tl.zeros((BKH, BKW), tl.float32)
+    dr = tl.zeros((BKH, BKW), tl.float32)
+    di = tl.zeros((BKH, BKW), tl.float32)
     for h0 in range(0, H, BH):
         rows = h0 + tl.arange(0, BH)
         rows_ok = rows < H
-        txr = tl.zeros((BH, BKW), tl.float32)
-        txi = tl.zeros((BH, BKW), tl.float32)
-        tyr = tl.zeros((BH, BKW), tl.float32)
-        tyi = tl.zeros((BH, BKW), tl.float32)
+        tsr = tl.zeros((BH, BKW), tl.float32)
+        tsi = tl.zeros((BH, BKW), tl.float32)
+        tdr = tl.zeros((BH, BKW), tl.float32)
+        tdi = tl.zeros((BH, BKW), tl.float32)
         for w0 in range(0, W, BW):
             cols = w0 + tl.arange(0, BW)
             cols_ok = cols < W
             pix = d * H * W + rows[:, None] * W + cols[None, :]
             x, y = _load_pair(x_ptr, t_ptr, b, c, C, N, pix, rows_ok[:, None] & cols_ok[None, :],
                               ignore_index, ACT, LABEL, IGNORE)
+            base = tl.where(base_is_x, x, y)
+            difference = x - y  # exact to its own size, not a difference of two transforms
             # table[w, kw]: the full symmetric W×W matrix, only its first Wh columns are read
             at_w = cols[:, None] * W + kw[None, :]
             ok_w = cols_ok[:, None] & kw_ok[None, :]
             cos_w = tl.load(tw_w + at_w, mask=ok_w, other=0.0)
             sin_w = tl.load(tw_w + W * W + at_w, mask=ok_w, other=0.0)
-            txr = tl.dot(x, cos_w, txr, input_precision=PRECISION)
-            txi = tl.dot(x, sin_w, txi, input_precision=PRECISION)
-            tyr = tl.dot(y, cos_w, tyr, input_precision=PRECISION)
-            tyi = tl.dot(y, sin_w, tyi, input_precision=PRECISION)
+            tsr = tl.dot(base, cos_w, tsr, input_precision=PRECISION)
+            tsi = tl.dot(base, sin_w, tsi, input_precision=PRECISION)
+            tdr = tl.dot(difference, cos_w, tdr, input_precision=PRECISION)
+            tdi = tl.dot(difference, sin_w, tdi, input_precision=PRECISION)
         at_h = kh[:, None] * H + rows[None, :]
         ok_h = kh_ok[:, None] & rows_ok[None, :]
         cos_h = tl.load(tw_h + at_h, mask=ok_h, other=0.0)
         sin_h = tl.load(tw_h + H * H + at_h, mask=ok_h, other=0.0)
         # (cos + i·sin) @ (tr + i·ti)
-        xr = tl.dot(cos_h, txr, xr, input_precision=PRECISION)
-        xr = tl.dot(-sin_h, txi, xr, input_precision=PRECISION)
-        xi = tl.dot(cos_h, txi, xi, input_precision=PRECISION)
-        xi = tl.dot(sin_h, txr, xi, input_precision=PRECISION)
-        yr = tl.dot(cos_h, tyr, yr, input_precision=PRECISION)
-        yr = tl.dot(-sin_h, tyi, yr, input_precision=PRECISION)
-        yi = tl.dot(cos_h, tyi, yi, input_precision=PRECISION)
-        yi = tl.dot(sin_h, tyr, yi, input_precision=PRECISION)
-    return xr, xi, yr, yi
+        sr = tl.dot(cos_h, tsr, sr, input_precision=PRECISION)
+        sr = tl.dot(-sin_h, tsi, sr, input_precision=PRECISION)
+        si = tl.dot(cos_h, tsi, si, input_precision=PRECISION)
+        si = tl.dot(sin_h, tsr, si, input_precision=PRECISION)
+        dr = tl.dot(cos_h, tdr, dr, input_precision=PRECISION)
+        dr = tl.dot(-sin_h, tdi, dr, input_precision=PRECISION)
+        di = tl.dot(cos_h, tdi, di, input_precision=PRECISION)
+        di = tl.dot(sin_h, tdr, di, input_precision=PRECISION)
+    return sr, si, dr, di
 
 
 @triton.jit
-def _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index, kd, kh, kw,
+def _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index, base_is_x, kd, kh, kw,
                    ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, PRECISION: tl.constexpr,
                    THREE_D: tl.constexpr, BKD: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
                    BH: tl.constexpr, BW: tl.constexpr):
-    """conj(X), conj(Y) on the (kd, kh, kw) tile: 4 planes [BKD, BKH, BKW] (BKD = 1 in 2D)."""
+    """conj(S), conj(D) of the base and of x − y on the (kd, kh, kw) tile: 4 planes [BKD, BKH, BKW]
+    (BKD = 1 in 2D)."""
     N = D * H * W
     if THREE_D:
-        xr = tl.zeros((BKD, BKH, BKW), tl.float32)
-        xi = tl.zeros((BKD, BKH, BKW), tl.float32)
-        yr = tl.zeros((BKD, BKH, BKW), tl.float32)
-        yi = tl.zeros((BKD, BKH, BKW), tl.float32)
+        sr = tl.zeros((BKD, BKH, BKW), tl.float32)
+        si = tl.zeros((BKD, BKH, BKW), tl.float32)
+        dr = tl.zeros((BKD, BKH, BKW), tl.float32)
+        di = tl.zeros((BKD, BKH, BKW), tl.float32)
         kd_ok = kd < D
         for d in range(D):
-            zxr, zxi, zyr, zyi = _plane_spectrum(
-                x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, d, H, W, ignore_index, kh, kw,
+            zsr, zsi, zdr, zdi = _plane_spectrum(
+                x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, d, H, W, ignore_index, base_is_x, kh, kw,
                 ACT, LABEL, IGNORE, PRECISION, BKH, BKW, BH, BW)
             cos_d = tl.load(tw_d + kd * D + d, mask=kd_ok, other=0.0)[:, None, None]
             sin_d = tl.load(tw_d + D * D + kd * D + d, mask=kd_ok, other=0.0)[:, None, None]
-            xr += cos_d * zxr[None, :, :] - sin_d * zxi[None, :, :]
-            xi += cos_d * zxi[None, :, :] + sin_d * zxr[None, :, :]
-            yr += cos_d * zyr[None, :, :] - sin_d * zyi[None, :, :]
-            yi += cos_d * zyi[None, :, :] + sin_d * zyr[None, :, :]
-        return xr, xi, yr, yi
+            sr += cos_d * zsr[None, :, :] - sin_d * zsi[None, :, :]
+            si += cos_d * zsi[None, :, :] + sin_d * zsr[None, :, :]
+            dr += cos_d * zdr[None, :, :] - sin_d * zdi[None, :, :]
+            di += cos_d * zdi[None, :, :] + sin_d * zdr[None, :, :]
+        return sr, si, dr, di
     else:
-        xr, xi, yr, yi = _plane_spectrum(
-            x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, 0, H, W, ignore_index, kh, kw,
+        sr, si, dr, di = _plane_spectrum(
+            x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, 0, H, W, ignore_index, base_is_x, kh, kw,
             ACT, LABEL, IGNORE, PRECISION, BKH, BKW, BH, BW)
-        return xr[None, :, :], xi[None, :, :], yr[None, :, :], yi[None, :, :]
+        return sr[None, :, :], si[None, :, :], dr[None, :, :], di[None, :, :]
 
 
 @triton.jit
-def _tile_setup(band_ptr, herm_ptr, C, offset, D, H, W, tiles_h, tiles_w,
-                BKD: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr):
-    """This program's slice (b, c), frequency index vectors, bins in range, band and weight."""
+def _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE: tl.constexpr):
+    """conj(X), conj(Y) and the real parts of u, v, d per bin, from conj(S), conj(D) (_spectra.py:
+    X, Y = S, S − D if the base is x, else S + D, S). The imaginary parts of u, v, d (complex
+    spectrum only) are those of X, Y, D. Conjugating every spectrum changes no statistic."""
+    xr = tl.where(base_is_x, sr, sr + dr)
+    xi = tl.where(base_is_x, si, si + di)
+    yr = tl.where(base_is_x, sr - dr, sr)
+    yi = tl.where(base_is_x, si - di, si)
+    if AMPLITUDE:
+        u_re = tl.sqrt(xr * xr + xi * xi)
+        v_re = tl.sqrt(yr * yr + yi * yi)
+        # d = (|X|² − |Y|²)/(|X| + |Y|) with |X|² − |Y|² = 2·Re(D·conj X) − |D|²: every term of D's size
+        power_difference = 2.0 * (dr * xr + di * xi) - (dr * dr + di * di)
+        total = u_re + v_re
+        d_re = tl.where(total > 0, power_difference / tl.where(total > 0, total, 1.0), 0.0)
+    else:
+        u_re = xr
+        v_re = yr
+        d_re = dr
+    return xr, xi, yr, yi, u_re, v_re, d_re
+
+
+@triton.jit
+def _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr):
+    """This program's slice (b, c), its frequency index vectors, and whether the slice's base signal is x."""
     slice_id = tl.program_id(0)
     tile = tl.program_id(1)
     b = slice_id // (C - offset)
@@ -228,70 +273,96 @@ def _tile_setup(band_ptr, herm_ptr, C, offset, D, H, W, tiles_h, tiles_w,
     kd = (tile // (tiles_h * tiles_w)) * BKD + tl.arange(0, BKD)
     kh = (tile // tiles_w) % tiles_h * BKH + tl.arange(0, BKH)
     kw = tile % tiles_w * BKW + tl.arange(0, BKW)
+    base_is_x = tl.load(base_ptr + slice_id) != 0
+    return slice_id, tile, b, c, kd, kh, kw, base_is_x
+
+
+@triton.jit
+def _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw):
+    """The tile's bins in range, and the band and Hermitian weight of each (weight 0 out of range).
+    Loaded after the transform: tile-sized tables held through it would spill registers."""
     half = W // 2 + 1
     valid = (kd < D)[:, None, None] & (kh < H)[None, :, None] & (kw < half)[None, None, :]
     bins = (kd[:, None, None] * H + kh[None, :, None]) * half + kw[None, None, :]
     band = tl.load(band_ptr + bins, mask=valid, other=0)
-    weight = tl.load(herm_ptr + kw, mask=kw < half, other=0.0)[None, None, :]
-    return slice_id, tile, b, c, kd, kh, kw, valid, band, tl.where(valid, weight, 0.0)
+    weight = tl.load(herm_ptr + bins, mask=valid, other=0.0)
+    return valid, band, weight
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, out_ptr,
+def _forward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_ptr, out_ptr,
                     C, offset, D, H, W, K, ignore_index, tiles_h, tiles_w, num_tiles,
                     ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, AMPLITUDE: tl.constexpr,
                     PRECISION: tl.constexpr, THREE_D: tl.constexpr, BKD: tl.constexpr, BKH: tl.constexpr,
                     BKW: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
-    slice_id, tile, b, c, kd, kh, kw, valid, band, weight = _tile_setup(
-        band_ptr, herm_ptr, C, offset, D, H, W, tiles_h, tiles_w, BKD, BKH, BKW)
-    xr, xi, yr, yi = _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index,
+    slice_id, tile, b, c, kd, kh, kw, base_is_x = _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD, BKH, BKW)
+    sr, si, dr, di = _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index, base_is_x,
                                     kd, kh, kw, ACT, LABEL, IGNORE, PRECISION, THREE_D, BKD, BKH, BKW, BH, BW)
-    uu = xr * xr + xi * xi
-    vv = yr * yr + yi * yi
-    if AMPLITUDE:
-        u = tl.sqrt(uu)
-        v = tl.sqrt(vv)
-        uv = u * v
-    else:
-        u = xr
-        v = yr
-        uv = xr * yr + xi * yi  # Re(X·conj Y), unchanged by conjugating both
-    out = out_ptr + (slice_id.to(tl.int64) * num_tiles + tile) * K * 5
+    xr, xi, yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
+    valid, band, weight = _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw)
+    # this tile's STATS per band, centred on the tile's own means (two passes over the registers);
+    # the imaginary parts' band means are 0 (Hermitian symmetry), so they enter the moments as they are
+    out = out_ptr + (slice_id.to(tl.int64) * num_tiles + tile) * K * 8
     first = tl.min(tl.where(valid, band, K))
     last = tl.max(tl.where(valid, band, -1))
     for j in range(first, last + 1):  # only the bands this tile touches
         w = tl.where(band == j, weight, 0.0)
-        tl.store(out + j * 5 + 0, tl.sum(w * u))
-        tl.store(out + j * 5 + 1, tl.sum(w * v))
-        tl.store(out + j * 5 + 2, tl.sum(w * uv))
-        tl.store(out + j * 5 + 3, tl.sum(w * uu))
-        tl.store(out + j * 5 + 4, tl.sum(w * vv))
+        count = tl.sum(w)
+        inverse_count = 1.0 / tl.maximum(count, 1.0)
+        mean_u = tl.sum(w * u_re) * inverse_count
+        mean_v = tl.sum(w * v_re) * inverse_count
+        mean_d = tl.sum(w * d_re) * inverse_count
+        du = u_re - mean_u
+        dv = v_re - mean_v
+        dd = d_re - mean_d
+        m2_uu = du * du
+        m2_vv = dv * dv
+        m2_uv = du * dv
+        m2_dd = dd * dd
+        if not AMPLITUDE:
+            m2_uu += xi * xi
+            m2_vv += yi * yi
+            m2_uv += xi * yi
+            m2_dd += di * di
+        tl.store(out + j * 8 + 0, count)
+        tl.store(out + j * 8 + 1, mean_u)
+        tl.store(out + j * 8 + 2, mean_v)
+        tl.store(out + j * 8 + 3, mean_d)
+        tl.store(out + j * 8 + 4, tl.sum(w * m2_uu))
+        tl.store(out + j * 8 + 5, tl.sum(w * m2_vv))
+        tl.store(out + j * 8 + 6, tl.sum(w * m2_uv))
+        tl.store(out + j * 8 + 7, tl.sum(w * m2_dd))
 
 
 @triton.jit
-def _backward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, grad_sums_ptr, acc_ptr,
+def _backward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_ptr, coefficients_ptr, acc_ptr,
                      C, offset, D, H, W, K, ignore_index, tiles_h, tiles_w,
                      ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, AMPLITUDE: tl.constexpr,
                      PRECISION: tl.constexpr, THREE_D: tl.constexpr, BKD: tl.constexpr, BKH: tl.constexpr,
                      BKW: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
-    slice_id, tile, b, c, kd, kh, kw, valid, band, weight = _tile_setup(
-        band_ptr, herm_ptr, C, offset, D, H, W, tiles_h, tiles_w, BKD, BKH, BKW)
-    xr, xi, yr, yi = _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index,
+    slice_id, tile, b, c, kd, kh, kw, base_is_x = _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD, BKH, BKW)
+    sr, si, dr, di = _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index, base_is_x,
                                     kd, kh, kw, ACT, LABEL, IGNORE, PRECISION, THREE_D, BKD, BKH, BKW, BH, BW)
-    grads = grad_sums_ptr + slice_id.to(tl.int64) * K * 5 + band * 5
-    g_u = tl.load(grads + 0, mask=valid, other=0.0)
-    g_uv = tl.load(grads + 2, mask=valid, other=0.0)
-    g_uu = tl.load(grads + 3, mask=valid, other=0.0)
-    # conj(G) per bin (formulas of torch_backend._spectral_backward), Hermitian weight folded in
+    xr, xi, yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
+    valid, band, weight = _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw)
+    # the band's COEFFICIENTS at every bin, from the (slices, K, 7) table
+    coefficients = coefficients_ptr + slice_id.to(tl.int64) * K * 7 + band * 7
+    c_mean = tl.load(coefficients + 0, mask=valid, other=0.0)
+    c_uu = tl.load(coefficients + 1, mask=valid, other=0.0)
+    c_uv = tl.load(coefficients + 2, mask=valid, other=0.0)
+    c_dd = tl.load(coefficients + 3, mask=valid, other=0.0)
+    mean_u = tl.load(coefficients + 4, mask=valid, other=0.0)
+    mean_v = tl.load(coefficients + 5, mask=valid, other=0.0)
+    mean_d = tl.load(coefficients + 6, mask=valid, other=0.0)
+    # conj(G) per bin (torch_backend._spectral_backward's formulas on the conj spectra), Hermitian weight folded in
+    grad_re = c_mean + c_uu * (u_re - mean_u) + c_uv * (v_re - mean_v) + c_dd * (d_re - mean_d)
     if AMPLITUDE:
-        u = tl.sqrt(xr * xr + xi * xi)
-        coef = g_u + g_uv * tl.sqrt(yr * yr + yi * yi) + 2.0 * g_uu * u
-        scale = tl.where(u > 0, coef / tl.where(u > 0, u, 1.0), 0.0) * weight  # |z|' = 0 at z = 0
+        scale = tl.where(u_re > 0, grad_re / tl.where(u_re > 0, u_re, 1.0), 0.0) * weight  # |z|' = 0 at z = 0
         gr = scale * xr
         gi = scale * xi
     else:
-        gr = (g_u + g_uv * yr + 2.0 * g_uu * xr) * weight
-        gi = (g_uv * yi + 2.0 * g_uu * xi) * weight
+        gr = grad_re * weight
+        gi = (c_uu * xi + c_uv * yi + c_dd * di) * weight
     # grad[n] = Re Σ_k h_k·conj(G_k)·e^{-2πi k·n/N}/√N: D axis, then H, then W
     acc = acc_ptr + (b.to(tl.int64) * C + c) * D * H * W
     kd_ok = kd < D
@@ -314,10 +385,10 @@ def _backward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, grad_su
             cos_h = tl.load(tw_h + at_h, mask=ok_h, other=0.0)
             sin_h = tl.load(tw_h + H * H + at_h, mask=ok_h, other=0.0)
             # (cos − i·sin) @ (zr + i·zi)
-            ur = tl.dot(cos_h, zr, input_precision=PRECISION)
-            ur = tl.dot(sin_h, zi, ur, input_precision=PRECISION)
-            ui = tl.dot(cos_h, zi, input_precision=PRECISION)
-            ui = tl.dot(-sin_h, zr, ui, input_precision=PRECISION)
+            hr = tl.dot(cos_h, zr, input_precision=PRECISION)
+            hr = tl.dot(sin_h, zi, hr, input_precision=PRECISION)
+            hi = tl.dot(cos_h, zi, input_precision=PRECISION)
+            hi = tl.dot(-sin_h, zr, hi, input_precision=PRECISION)
             for w0 in range(0, W, BW):
                 cols = w0 + tl.arange(0, BW)
                 cols_ok = cols < W
@@ -325,9 +396,9 @@ def _backward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, grad_su
                 ok_w = kw_ok[:, None] & cols_ok[None, :]
                 cos_w = tl.load(tw_w + at_w, mask=ok_w, other=0.0)
                 sin_w = tl.load(tw_w + W * W + at_w, mask=ok_w, other=0.0)
-                # Re((ur + i·ui) @ (cos − i·sin))
-                part = tl.dot(ur, cos_w, input_precision=PRECISION)
-                part = tl.dot(ui, sin_w, part, input_precision=PRECISION)
+                # Re((hr + i·hi) @ (cos − i·sin))
+                part = tl.dot(hr, cos_w, input_precision=PRECISION)
+                part = tl.dot(hi, sin_w, part, input_precision=PRECISION)
                 pix = d * H * W + rows[:, None] * W + cols[None, :]
                 tl.atomic_add(acc + pix, part, mask=rows_ok[:, None] & cols_ok[None, :])
 
@@ -345,7 +416,8 @@ def _finish_kernel(x_ptr, t_ptr, acc_ptr, out_ptr, C, N, ignore_index,
     item = b.to(tl.int64) * C * N + pix  # channel k of this pixel block: + k·N, by pointer steps
     keep = mask
     if IGNORE:
-        keep = mask & (tl.load(t_ptr + b.to(tl.int64) * N + pix, mask=mask, other=0).to(tl.int32) != ignore_index)
+        label = tl.load(t_ptr + b.to(tl.int64) * N + pix, mask=mask, other=0).to(tl.int64)  # as in _load_pair
+        keep = mask & (label != ignore_index)
     if ACT == 1:
         top = tl.full((BLOCK,), float("-inf"), tl.float32)
         logits = x_ptr + item
@@ -393,14 +465,6 @@ def _twiddles(n: int, device: torch.device) -> torch.Tensor:
     k = torch.arange(n, dtype=torch.int64)
     angle = (torch.outer(k, k) % n).double() * (2 * math.pi / n)  # exact integer reduction
     return (torch.stack([torch.cos(angle), torch.sin(angle)]) / math.sqrt(n)).float().to(device)
-
-
-@functools.lru_cache(maxsize=16)
-def _band_tables(spatial: tuple[int, ...], num_bands: int, device: torch.device):
-    """Band of every half-grid bin (int32) and the Hermitian weight of every last-axis column."""
-    band = band_index(spatial, num_bands, half=True).to(device=device, dtype=torch.int32).contiguous()
-    weight = hermitian_weights(spatial).reshape(-1, spatial[-1] // 2 + 1)[0]
-    return band, weight.to(device=device, dtype=torch.float32)
 
 
 def _pow2(n: int, low: int, high: int) -> int:
@@ -468,15 +532,14 @@ def _ignore_value(problem: Problem) -> int:
     return 0 if problem.ignore_index is None else problem.ignore_index  # unused unless IGNORE
 
 
-def _launch_args(input, target, problem: Problem, plan: dict) -> tuple[list, list, dict]:
-    """Arguments shared by the forward and backward kernels (after their output pointers)."""
-    spatial = tuple(input.shape[2:])
+def _launch_args(input, target, base_is_x, problem: Problem, plan: dict) -> tuple[list, list, dict]:
+    """Arguments shared by the forward and backward kernels (before their output pointers)."""
     depth, height, width = plan["dims"]
-    band, weight = _band_tables(spatial, problem.num_bands, input.device)
+    tables = half_grid_tables(tuple(input.shape[2:]), problem.num_bands, input.device)
     label_map = target.dim() == input.dim() - 1
     tensors = [
         input, target, _twiddles(depth, input.device), _twiddles(height, input.device),
-        _twiddles(width, input.device), band, weight,
+        _twiddles(width, input.device), tables.band32, tables.weight, base_is_x.contiguous(),
     ]  # fmt: skip
     scalars = [input.shape[1], problem.offset, depth, height, width, problem.num_bands, _ignore_value(problem),
                plan["tiles"][1], plan["tiles"][2]]
@@ -492,43 +555,50 @@ def _launch_args(input, target, problem: Problem, plan: dict) -> tuple[list, lis
 # the backend contract (backends/__init__.py) for non-Parseval problems
 
 
-def band_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+    """[STATS (B, C', K, 8) float32, base_is_x (B, C') bool]: each tile's statistics merged over tiles."""
     spatial = tuple(input.shape[2:])
     if _fall_back(spatial):
-        return torch_backend.band_sums(input, target, problem)
+        return torch_backend.band_stats(input, target, problem)
     input, target = input.contiguous(), target.contiguous()
     plan = _plan(spatial)
     batch, channels = input.shape[0], input.shape[1] - problem.offset
     num_tiles = math.prod(plan["tiles"])
-    partial = torch.zeros(batch * channels, num_tiles, problem.num_bands, 5, device=input.device, dtype=torch.float32)
-    tensors, scalars, constants = _launch_args(input, target, problem, plan)
+    # zeros: a band that a tile does not touch is an empty part (count 0), which merge ignores
+    partial = torch.zeros(batch * channels, num_tiles, problem.num_bands, len(STATS), device=input.device,
+                          dtype=torch.float32)  # fmt: skip
+    base_is_x = base_is_prediction(input, target, problem)
+    tensors, scalars, constants = _launch_args(input, target, base_is_x, problem, plan)
     with _device_guard(input.device):
         _forward_kernel[(batch * channels, num_tiles)](*tensors, partial, *scalars, num_tiles, **constants)
-    return [partial.sum(1).view(batch, channels, problem.num_bands, 5)]
+    return [merge(partial, 1).view(batch, channels, problem.num_bands, len(STATS)), base_is_x]
 
 
-def band_sums_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     if not _supported(tuple(input.shape[2:])):
-        return torch_backend.band_sums_fake(input, target, problem)
+        return torch_backend.band_stats_fake(input, target, problem)
     batch, channels = input.shape[0], input.shape[1] - problem.offset
-    return [input.new_empty((batch, channels, problem.num_bands, 5), dtype=torch.float32)]
+    stats = input.new_empty((batch, channels, problem.num_bands, len(STATS)), dtype=torch.float32)
+    return [stats, input.new_empty((batch, channels), dtype=torch.bool)]
 
 
-def band_sums_backward(grad_sums, input, target, saved, problem: Problem) -> torch.Tensor:
+def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
     spatial = tuple(input.shape[2:])
     if not _supported(spatial):
-        return torch_backend.band_sums_backward(grad_sums, input, target, saved, problem)
+        return torch_backend.band_stats_backward(grad_stats, stats, input, target, saved, problem)
+    (base_is_x,) = saved
     input, target = input.contiguous(), target.contiguous()
     plan = _plan(spatial)
     batch, channels = input.shape[0], input.shape[1] - problem.offset
+    coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats).contiguous()  # (B, C', K, 7)
     acc = torch.zeros(input.shape, device=input.device, dtype=torch.float32)
-    tensors, scalars, constants = _launch_args(input, target, problem, plan)
+    tensors, scalars, constants = _launch_args(input, target, base_is_x, problem, plan)
     out = acc if input.dtype == torch.float32 else torch.empty_like(input)
     numel = math.prod(spatial)
     block = 1024
     with _device_guard(input.device):
         _backward_kernel[(batch * channels, math.prod(plan["tiles"]))](
-            *tensors, grad_sums.to(torch.float32).contiguous(), acc, *scalars, **constants
+            *tensors, coefficients, acc, *scalars, **constants
         )
         _finish_kernel[(batch, triton.cdiv(numel, block))](
             input, target, acc, out, input.shape[1], numel, _ignore_value(problem),

@@ -1,15 +1,17 @@
 """The one-pass complex SCC (SPEC "A useful identity") as two fused Triton kernels.
 
-Complex spectrum, one band: the five band sums need no transform,
-
-    sum_u = √N·x[0]   sum_v = √N·y[0]   sum_uv = Σ x·y   sum_uu = Σ x²   sum_vv = Σ y²,
-
-so the forward reads the logits and the target once and the backward reads them once more and
-writes the gradient once. The activation and the one-hot of a label map live in registers
-only. Each program handles all C channels (a class count: small) of BLOCK_N pixels of one
-batch item, grid (cdiv(N, BLOCK_N), B) (the first grid axis is the one allowed > 65535
-programs); the per-block partial sums go to a small float32 buffer that torch adds up
-(deterministic, no atomics).
+Complex spectrum, one band: the band statistics need no transform (_stats.parseval_stats).
+The forward sums PARSEVAL_SUMS per slice: the origin samples x[0], y[0], and Σ x², Σ y², Σ x·y,
+Σ (x − y)² over every sample but the origin, (x − y)² formed per sample so that it keeps its
+digits when the prediction is close to the target. The backward writes, per sample,
+c_uu·x + c_uv·y + c_dd·(x − y) (and √N·c_mean at the origin, which enters through the means
+only) from the per-slice COEFFICIENTS of _stats.gradient_coefficients. So the forward reads the
+logits and the target once and the backward reads them once more and writes the gradient once.
+The activation and the one-hot of a label map live in registers only. Each program handles all
+C channels (a class count: small) of BLOCK_N pixels of one batch item, grid (cdiv(N, BLOCK_N), B)
+(the first grid axis is the one allowed > 65535 programs); the per-block partial sums go to a
+small float32 buffer that torch adds up (deterministic, no atomics; every sum but Σ x·y adds
+non-negative terms, and the origin is in block 0 only).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .._options import Problem
+from .._stats import PARSEVAL_SUMS, parseval_stats
 
 _ACTIVATION = {"none": 0, "softmax": 1, "sigmoid": 2}
 
@@ -63,7 +66,7 @@ def _load_tile(
 
 @triton.jit
 def _parseval_forward_kernel(
-    logits_ptr, target_ptr, partial_ptr, C, N, num_blocks, root_n,
+    logits_ptr, target_ptr, partial_ptr, C, N, num_blocks,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, OFFSET: tl.constexpr, ACTIVATION: tl.constexpr,
     LABEL_MAP: tl.constexpr, HAS_IGNORE: tl.constexpr, IGNORE_INDEX: tl.constexpr,
 ):
@@ -74,22 +77,26 @@ def _parseval_forward_kernel(
         logits_ptr, target_ptr, pid_b, offs_n, C, N,
         BLOCK_C, ACTIVATION, LABEL_MAP, HAS_IGNORE, IGNORE_INDEX,
     )  # fmt: skip
-    # the origin sample is in block 0 only; every other block contributes 0 to sum_u, sum_v
+    # the origin sample is in block 0 only: other blocks write 0 for it, and it is left out of the sums
     origin = (offs_n == 0)[None, :]
-    # partial sums (B, num_blocks, C - OFFSET, 5), SUMS layout, output channels only
+    rest_x = tl.where(origin, 0.0, x)
+    rest_y = tl.where(origin, 0.0, y)
+    rest_d = rest_x - rest_y
+    # partial sums (B, num_blocks, C - OFFSET, 6), PARSEVAL_SUMS layout, output channels only
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = (offs_c >= OFFSET) & (offs_c < C)
-    out = partial_ptr + ((pid_b.to(tl.int64) * num_blocks + pid_n) * (C - OFFSET) + offs_c - OFFSET) * 5
-    tl.store(out, root_n * tl.sum(tl.where(origin, x, 0.0), axis=1), mask=mask_c)
-    tl.store(out + 1, root_n * tl.sum(tl.where(origin, y, 0.0), axis=1), mask=mask_c)
-    tl.store(out + 2, tl.sum(x * y, axis=1), mask=mask_c)
-    tl.store(out + 3, tl.sum(x * x, axis=1), mask=mask_c)
-    tl.store(out + 4, tl.sum(y * y, axis=1), mask=mask_c)
+    out = partial_ptr + ((pid_b.to(tl.int64) * num_blocks + pid_n) * (C - OFFSET) + offs_c - OFFSET) * 6
+    tl.store(out, tl.sum(tl.where(origin, x, 0.0), axis=1), mask=mask_c)
+    tl.store(out + 1, tl.sum(tl.where(origin, y, 0.0), axis=1), mask=mask_c)
+    tl.store(out + 2, tl.sum(rest_x * rest_x, axis=1), mask=mask_c)
+    tl.store(out + 3, tl.sum(rest_y * rest_y, axis=1), mask=mask_c)
+    tl.store(out + 4, tl.sum(rest_x * rest_y, axis=1), mask=mask_c)
+    tl.store(out + 5, tl.sum(rest_d * rest_d, axis=1), mask=mask_c)
 
 
 @triton.jit
 def _parseval_backward_kernel(
-    logits_ptr, target_ptr, grad_sums_ptr, grad_ptr, C, N, root_n,
+    logits_ptr, target_ptr, coefficients_ptr, grad_ptr, C, N, root_n,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, OFFSET: tl.constexpr, ACTIVATION: tl.constexpr,
     LABEL_MAP: tl.constexpr, HAS_IGNORE: tl.constexpr, IGNORE_INDEX: tl.constexpr,
 ):
@@ -100,16 +107,18 @@ def _parseval_backward_kernel(
         logits_ptr, target_ptr, pid_b, offs_n, C, N,
         BLOCK_C, ACTIVATION, LABEL_MAP, HAS_IGNORE, IGNORE_INDEX,
     )  # fmt: skip
-    # grad_sums (B, C - OFFSET, 1, 5); the dropped background channel's coefficients are 0
+    # coefficients (B, C - OFFSET, 7), COEFFICIENTS layout; the dropped background channel's are 0
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = (offs_c >= OFFSET) & (offs_c < C)
-    coef = grad_sums_ptr + (pid_b.to(tl.int64) * (C - OFFSET) + offs_c - OFFSET) * 5
-    g_u = tl.load(coef, mask=mask_c, other=0.0).to(tl.float32)
-    g_uv = tl.load(coef + 2, mask=mask_c, other=0.0).to(tl.float32)
-    g_uu = tl.load(coef + 3, mask=mask_c, other=0.0).to(tl.float32)
-    # x and y are already 0 at ignored pixels and padded channels; so must the origin term be
-    g = g_uv[:, None] * y + 2.0 * g_uu[:, None] * x
-    g += tl.where(((offs_n == 0) & keep)[None, :], root_n * g_u[:, None], 0.0)
+    coef = coefficients_ptr + (pid_b.to(tl.int64) * (C - OFFSET) + offs_c - OFFSET) * 7
+    c_mean = tl.load(coef, mask=mask_c, other=0.0).to(tl.float32)
+    c_uu = tl.load(coef + 1, mask=mask_c, other=0.0).to(tl.float32)
+    c_uv = tl.load(coef + 2, mask=mask_c, other=0.0).to(tl.float32)
+    c_dd = tl.load(coef + 3, mask=mask_c, other=0.0).to(tl.float32)
+    g = c_uu[:, None] * x + c_uv[:, None] * y + c_dd[:, None] * (x - y)
+    # the origin enters through the means only; ignored samples get no gradient
+    g = tl.where((offs_n == 0)[None, :], root_n * c_mean[:, None], g)
+    g = tl.where(keep[None, :], g, 0.0)
     if ACTIVATION == 1:
         g = p * (g - tl.sum(p * g, axis=0)[None, :])
     elif ACTIVATION == 2:
@@ -135,32 +144,34 @@ def _static_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) ->
     label_map = target.dim() == input.dim() - 1
     has_ignore = label_map and problem.ignore_index is not None
     return dict(
-        C=channels, N=n, root_n=math.sqrt(n),
-        BLOCK_C=block_c, BLOCK_N=block_n, num_warps=num_warps, OFFSET=problem.offset,
+        C=channels, N=n, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=num_warps, OFFSET=problem.offset,
         ACTIVATION=_ACTIVATION[problem.activation], LABEL_MAP=label_map,
         HAS_IGNORE=has_ignore, IGNORE_INDEX=problem.ignore_index if has_ignore else 0,
     )  # fmt: skip
 
 
-def parseval_sums(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
-    """Band sums (B, C', 1, 5) float32 of the complex spectrum with one band."""
+def parseval_band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
+    """STATS (B, C', 1, 8) float32 of the complex spectrum with one band."""
     args = _static_args(input, target, problem)
     batch, channels = input.shape[:2]
     num_blocks = triton.cdiv(args["N"], args["BLOCK_N"])
-    partial = input.new_empty((batch, num_blocks, channels - problem.offset, 5), dtype=torch.float32)
+    partial = input.new_empty((batch, num_blocks, channels - problem.offset, len(PARSEVAL_SUMS)), dtype=torch.float32)
     if partial.numel():
         _parseval_forward_kernel[(num_blocks, batch)](
             input.contiguous(), target.contiguous(), partial, num_blocks=num_blocks, **args
         )
-    return partial.sum(1).unsqueeze(2)
+    return parseval_stats(partial.sum(1), args["N"]).unsqueeze(2)
 
 
-def parseval_backward(grad_sums, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
-    """Gradient of the input (its dtype) from the gradient (B, C', 1, 5) of `parseval_sums`."""
+def parseval_backward(coefficients, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
+    """Gradient of the input (its dtype) from the COEFFICIENTS (B, C', 7) of the one band."""
     args = _static_args(input, target, problem)
     input = input.contiguous()
     grad_input = torch.empty_like(input)
     if grad_input.numel():
         grid = (triton.cdiv(args["N"], args["BLOCK_N"]), input.shape[0])
-        _parseval_backward_kernel[grid](input, target.contiguous(), grad_sums.contiguous(), grad_input, **args)
+        _parseval_backward_kernel[grid](
+            input, target.contiguous(), coefficients.to(torch.float32).contiguous(), grad_input,
+            root_n=math.sqrt(args["N"]), **args,
+        )  # fmt: skip
     return grad_input

@@ -78,39 +78,44 @@ void parseval_forward(const at::Tensor& logits, const at::Tensor& target, const 
     const auto args = activation_args(logits, offset, activation, ignore_index, partials.size(1));
     check(partials, "partials", at::kFloat);
     TORCH_CHECK(partials.dim() == 4 && partials.size(0) == args.batch &&
-                    partials.size(2) == args.num_classes - offset && partials.size(3) == 5,
-                "scc_kernels: partials must be (B, G, C', 5)");
+                    partials.size(2) == args.num_classes - offset && partials.size(3) == 6,
+                "scc_kernels: partials must be (B, G, C', 6)");
     check_launch(scc::launch_parseval_forward(scalar_of(logits), target_of(logits, target), logits.data_ptr(),
                                               target.data_ptr(), partials.data_ptr<float>(), args,
                                               c10::cuda::getCurrentCUDAStream()));
 }
 
-void activate(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& x, const at::Tensor& y,
-              int64_t offset, int64_t activation, std::optional<int64_t> ignore_index, int64_t blocks) {
+// base_is_x (B, C') bool; base (x or the target, per slice) and d = x - target (B, C', N) float32
+void activate(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& base_is_x, const at::Tensor& base,
+              const at::Tensor& d, int64_t offset, int64_t activation, std::optional<int64_t> ignore_index,
+              int64_t blocks) {
     const c10::cuda::CUDAGuard guard(logits.device());
     const auto args = activation_args(logits, offset, activation, ignore_index, blocks);
-    check(x, "x", at::kFloat);
-    check(y, "y", at::kFloat);
+    check(base_is_x, "base_is_x", at::kBool);
+    check(base, "base", at::kFloat);
+    check(d, "d", at::kFloat);
+    TORCH_CHECK(base_is_x.sizes() == at::IntArrayRef({args.batch, args.num_classes - offset}),
+                "scc_kernels: base_is_x must be (B, C')");
     const std::vector<int64_t> shape{args.batch, args.num_classes - offset, args.n};
-    TORCH_CHECK(x.sizes() == shape && y.sizes() == shape, "scc_kernels: x and y must be (B, C', N)");
+    TORCH_CHECK(base.sizes() == shape && d.sizes() == shape, "scc_kernels: base and d must be (B, C', N)");
     check_launch(scc::launch_activate(scalar_of(logits), target_of(logits, target), logits.data_ptr(),
-                                      target.data_ptr(), x.data_ptr<float>(), y.data_ptr<float>(), args,
-                                      c10::cuda::getCurrentCUDAStream()));
+                                      target.data_ptr(), base_is_x.data_ptr<bool>(), base.data_ptr<float>(),
+                                      d.data_ptr<float>(), args, c10::cuda::getCurrentCUDAStream()));
 }
 
-// Exactly one of grad_sums (B, C', 5) and grad_x (B, C', N) is given.
+// Exactly one of coefficients (B, C', 7) and grad_x (B, C', N) is given.
 void activation_backward(const at::Tensor& logits, const at::Tensor& target,
-                         const std::optional<at::Tensor>& grad_sums, const std::optional<at::Tensor>& grad_x,
+                         const std::optional<at::Tensor>& coefficients, const std::optional<at::Tensor>& grad_x,
                          const at::Tensor& grad_input, int64_t offset, int64_t activation,
                          std::optional<int64_t> ignore_index, int64_t blocks) {
     const c10::cuda::CUDAGuard guard(logits.device());
     const auto args = activation_args(logits, offset, activation, ignore_index, blocks);
-    TORCH_CHECK(grad_sums.has_value() != grad_x.has_value(), "scc_kernels: give one of grad_sums and grad_x");
+    TORCH_CHECK(coefficients.has_value() != grad_x.has_value(), "scc_kernels: give one of coefficients and grad_x");
     const int64_t channels = args.num_classes - offset;
-    if (grad_sums) {
-        check(*grad_sums, "grad_sums", at::kFloat);
-        TORCH_CHECK(grad_sums->sizes() == at::IntArrayRef({args.batch, channels, 5}),
-                    "scc_kernels: grad_sums must be (B, C', 5)");
+    if (coefficients) {
+        check(*coefficients, "coefficients", at::kFloat);
+        TORCH_CHECK(coefficients->sizes() == at::IntArrayRef({args.batch, channels, 7}),
+                    "scc_kernels: coefficients must be (B, C', 7)");
     } else {
         check(*grad_x, "grad_x", at::kFloat);
         TORCH_CHECK(grad_x->sizes() == at::IntArrayRef({args.batch, channels, args.n}),
@@ -120,58 +125,57 @@ void activation_backward(const at::Tensor& logits, const at::Tensor& target,
     TORCH_CHECK(grad_input.sizes() == logits.sizes(), "scc_kernels: grad_input must be shaped like the logits");
     check_launch(scc::launch_activation_backward(
         scalar_of(logits), target_of(logits, target), logits.data_ptr(), target.data_ptr(),
-        grad_sums ? grad_sums->data_ptr<float>() : nullptr, grad_x ? grad_x->data_ptr<float>() : nullptr,
+        coefficients ? coefficients->data_ptr<float>() : nullptr, grad_x ? grad_x->data_ptr<float>() : nullptr,
         grad_input.data_ptr(), args, c10::cuda::getCurrentCUDAStream()));
 }
 
-// X, Y (S, M) complex64; band (M,) int32; weight (M,) float32; partials (S, G, K, 5);
-// abs_y (S, M) float32 for the amplitude spectrum, absent for the complex one.
-void band_stats(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& band, const at::Tensor& weight,
-                const at::Tensor& partials, const std::optional<at::Tensor>& abs_y) {
-    const c10::cuda::CUDAGuard guard(X.device());
-    TORCH_CHECK(X.dim() == 2 && Y.sizes() == X.sizes(), "scc_kernels: X and Y must be (S, M)");
-    const int64_t slices = X.size(0), m_bins = X.size(1);
+// Half spectra (S slices, M bins) of the base and of the difference, and which base, per slice.
+void check_spectra(const at::Tensor& S, const at::Tensor& D, const at::Tensor& base_is_x) {
+    TORCH_CHECK(S.dim() == 2 && D.sizes() == S.sizes(), "scc_kernels: S and D must be (slices, M)");
+    check(base_is_x, "base_is_x", at::kBool);
+    TORCH_CHECK(base_is_x.numel() == S.size(0), "scc_kernels: base_is_x needs one entry per slice");
+}
+
+// S, D (slices, M) complex64; base_is_x (slices,) bool; band (M,) int32; weight (M,) float32;
+// partials (slices, G, K, 8).
+void band_stats(const at::Tensor& S, const at::Tensor& D, const at::Tensor& base_is_x, const at::Tensor& band,
+                const at::Tensor& weight, const at::Tensor& partials, bool amplitude) {
+    const c10::cuda::CUDAGuard guard(S.device());
+    check_spectra(S, D, base_is_x);
+    const int64_t slices = S.size(0), m_bins = S.size(1);
     check(band, "band", at::kInt);
     check(weight, "weight", at::kFloat);
     TORCH_CHECK(band.numel() == m_bins && weight.numel() == m_bins, "scc_kernels: band and weight need M entries");
     check(partials, "partials", at::kFloat);
-    TORCH_CHECK(partials.dim() == 4 && partials.size(0) == slices && partials.size(3) == 5,
-                "scc_kernels: partials must be (S, G, K, 5)");
+    TORCH_CHECK(partials.dim() == 4 && partials.size(0) == slices && partials.size(3) == 8,
+                "scc_kernels: partials must be (slices, G, K, 8)");
     TORCH_CHECK(partials.size(1) >= 1 && partials.size(1) <= 65535, "scc_kernels: G must be in [1, 65535]");
-    if (abs_y) {
-        check(*abs_y, "abs_y", at::kFloat);
-        TORCH_CHECK(abs_y->sizes() == X.sizes(), "scc_kernels: abs_y must be (S, M)");
-    }
-    check_launch(scc::launch_band_stats(complex_ptr(X, "X"), complex_ptr(Y, "Y"), band.data_ptr<int>(),
-                                        weight.data_ptr<float>(), partials.data_ptr<float>(),
-                                        abs_y ? abs_y->data_ptr<float>() : nullptr, slices, m_bins,
-                                        static_cast<int>(partials.size(2)), abs_y.has_value(),
+    check_launch(scc::launch_band_stats(complex_ptr(S, "S"), complex_ptr(D, "D"), base_is_x.data_ptr<bool>(),
+                                        band.data_ptr<int>(), weight.data_ptr<float>(), partials.data_ptr<float>(),
+                                        slices, m_bins, static_cast<int>(partials.size(2)), amplitude,
                                         static_cast<int>(partials.size(1)), c10::cuda::getCurrentCUDAStream()));
 }
 
-// G (S, M) complex64 from X (S, M), |Y| (amplitude) or Y (complex), band (M,), grad_sums (S, K, 5).
-void spectral_grad(const at::Tensor& X, const std::optional<at::Tensor>& abs_y, const std::optional<at::Tensor>& Y,
-                   const at::Tensor& band, const at::Tensor& grad_sums, const at::Tensor& G, int64_t blocks) {
-    const c10::cuda::CUDAGuard guard(X.device());
-    TORCH_CHECK(X.dim() == 2 && G.sizes() == X.sizes(), "scc_kernels: X and G must be (S, M)");
-    TORCH_CHECK(abs_y.has_value() != Y.has_value(), "scc_kernels: give one of abs_y and Y");
-    const int64_t slices = X.size(0), m_bins = X.size(1);
-    if (abs_y) {
-        check(*abs_y, "abs_y", at::kFloat);
-        TORCH_CHECK(abs_y->sizes() == X.sizes(), "scc_kernels: abs_y must be (S, M)");
-    } else {
-        TORCH_CHECK(Y->sizes() == X.sizes(), "scc_kernels: Y must be (S, M)");
-    }
+// G (slices, M) complex64, the gradient of the prediction's half spectrum, from S, D, base_is_x
+// (as band_stats takes them), band (M,) and coefficients (slices, K, 7).
+void spectral_grad(const at::Tensor& S, const at::Tensor& D, const at::Tensor& base_is_x, const at::Tensor& band,
+                   const at::Tensor& coefficients, const at::Tensor& G, bool amplitude, int64_t blocks) {
+    const c10::cuda::CUDAGuard guard(S.device());
+    check_spectra(S, D, base_is_x);
+    TORCH_CHECK(G.sizes() == S.sizes(), "scc_kernels: G must be (slices, M)");
+    const int64_t slices = S.size(0), m_bins = S.size(1);
     check(band, "band", at::kInt);
     TORCH_CHECK(band.numel() == m_bins, "scc_kernels: band needs M entries");
-    check(grad_sums, "grad_sums", at::kFloat);
-    TORCH_CHECK(grad_sums.dim() == 3 && grad_sums.size(0) == slices && grad_sums.size(2) == 5,
-                "scc_kernels: grad_sums must be (S, K, 5)");
+    check(coefficients, "coefficients", at::kFloat);
+    TORCH_CHECK(coefficients.dim() == 3 && coefficients.size(0) == slices && coefficients.size(2) == 7,
+                "scc_kernels: coefficients must be (slices, K, 7)");
+    check(G, "G", at::kComplexFloat);
     TORCH_CHECK(blocks >= 1 && blocks <= 2147483647LL, "scc_kernels: blocks out of range");
     check_launch(scc::launch_spectral_grad(
-        complex_ptr(X, "X"), abs_y ? abs_y->data_ptr<float>() : nullptr, Y ? complex_ptr(*Y, "Y") : nullptr,
-        band.data_ptr<int>(), grad_sums.data_ptr<float>(), reinterpret_cast<float2*>(G.data_ptr()), slices, m_bins,
-        static_cast<int>(grad_sums.size(1)), static_cast<int>(blocks), c10::cuda::getCurrentCUDAStream()));
+        complex_ptr(S, "S"), complex_ptr(D, "D"), base_is_x.data_ptr<bool>(), band.data_ptr<int>(),
+        coefficients.data_ptr<float>(), reinterpret_cast<float2*>(G.data_ptr()), slices, m_bins,
+        static_cast<int>(coefficients.size(1)), amplitude, static_cast<int>(blocks),
+        c10::cuda::getCurrentCUDAStream()));
 }
 
 }  // namespace

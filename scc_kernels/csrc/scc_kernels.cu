@@ -44,50 +44,52 @@ cudaError_t launch_parseval_forward(Scalar scalar, Target target_kind, const voi
         using L = typename decltype(l)::type;
         parseval_forward<T, L><<<grid_of(a), THREADS, 0, stream>>>(
             static_cast<const T*>(logits), static_cast<const L*>(target), partials, a.num_classes, a.n,
-            a.offset, a.activation, a.has_ignore, a.ignore_index, a.root_n);
+            a.offset, a.activation, a.has_ignore, a.ignore_index);
         return cudaGetLastError();
     });
 }
 
 cudaError_t launch_activate(Scalar scalar, Target target_kind, const void* logits, const void* target,
-                            float* x, float* y, const ActivationArgs& a, cudaStream_t stream) {
+                            const bool* base_is_x, float* base, float* d, const ActivationArgs& a,
+                            cudaStream_t stream) {
     return with_types(scalar, target_kind, [&](auto t, auto l) {
         using T = typename decltype(t)::type;
         using L = typename decltype(l)::type;
         activate<T, L><<<grid_of(a), THREADS, 0, stream>>>(static_cast<const T*>(logits),
-                                                           static_cast<const L*>(target), x, y, a.num_classes,
-                                                           a.n, a.offset, a.activation, a.has_ignore,
-                                                           a.ignore_index);
+                                                           static_cast<const L*>(target), base_is_x, base, d,
+                                                           a.num_classes, a.n, a.offset, a.activation,
+                                                           a.has_ignore, a.ignore_index);
         return cudaGetLastError();
     });
 }
 
 cudaError_t launch_activation_backward(Scalar scalar, Target target_kind, const void* logits,
-                                       const void* target, const float* grad_sums, const float* grad_x,
+                                       const void* target, const float* coefficients, const float* grad_x,
                                        void* grad_input, const ActivationArgs& a, cudaStream_t stream) {
     return with_types(scalar, target_kind, [&](auto t, auto l) {
         using T = typename decltype(t)::type;
         using L = typename decltype(l)::type;
         activation_backward<T, L><<<grid_of(a), THREADS, 0, stream>>>(
-            static_cast<const T*>(logits), static_cast<const L*>(target), grad_sums, grad_x,
+            static_cast<const T*>(logits), static_cast<const L*>(target), coefficients, grad_x,
             static_cast<T*>(grad_input), a.num_classes, a.n, a.offset, a.activation, a.has_ignore,
             a.ignore_index, a.root_n);
         return cudaGetLastError();
     });
 }
 
-cudaError_t launch_band_stats(const float2* X, const float2* Y, const int* band, const float* weight,
-                              float* partials, float* abs_y, long long slices, long long m_bins,
+cudaError_t launch_band_stats(const float2* S, const float2* D, const bool* base_is_x, const int* band,
+                              const float* weight, float* partials, long long slices, long long m_bins,
                               int num_bands, bool amplitude, int blocks, cudaStream_t stream) {
-    band_stats<<<dim3(slices, blocks), THREADS, 0, stream>>>(X, Y, band, weight, partials, abs_y, m_bins,
+    band_stats<<<dim3(slices, blocks), THREADS, 0, stream>>>(S, D, base_is_x, band, weight, partials, m_bins,
                                                              num_bands, amplitude);
     return cudaGetLastError();
 }
 
-cudaError_t launch_spectral_grad(const float2* X, const float* abs_y, const float2* Y, const int* band,
-                                 const float* grad_sums, float2* G, long long slices, long long m_bins,
-                                 int num_bands, int blocks, cudaStream_t stream) {
-    spectral_grad<<<blocks, THREADS, 0, stream>>>(X, abs_y, Y, band, grad_sums, G, slices, m_bins, num_bands);
+cudaError_t launch_spectral_grad(const float2* S, const float2* D, const bool* base_is_x, const int* band,
+                                 const float* coefficients, float2* G, long long slices, long long m_bins,
+                                 int num_bands, bool amplitude, int blocks, cudaStream_t stream) {
+    spectral_grad<<<blocks, THREADS, 0, stream>>>(S, D, base_is_x, band, coefficients, G, slices, m_bins,
+                                                  num_bands, amplitude);
     return cudaGetLastError();
 }
 

@@ -2,13 +2,16 @@
 // file as it is, and nvcc compiles it through scc_kernels.cu for the torch extension.
 //
 // Layouts (all contiguous, row-major):
-//   logits      (B, C, N)  float / __half / __nv_bfloat16   N = number of spatial samples
-//   target      (B, N) integer label map (unsigned char, int, long long)
-//               or (B, C, N) float (dense one-hot / soft target): template parameter L = float
-//   sums        the five band sums of _sums.SUMS: (sum_u, sum_v, sum_uv, sum_uu, sum_vv)
-//   X, Y        (S, M) complex64 rfftn half spectra, S = B*C' slices, M = half-grid bins
+//   logits        (B, C, N)  float / __half / __nv_bfloat16   N = number of spatial samples
+//   target        (B, N) integer label map (unsigned char, int, long long)
+//                 or (B, C, N) float (dense one-hot / soft target): template parameter L = float
+//   stats         per band, _stats.STATS: (count, mean_u, mean_v, mean_d, m2_uu, m2_vv, m2_uv, m2_dd)
+//   coefficients  per band, _stats.COEFFICIENTS: (c_mean, c_uu, c_uv, c_dd, mean_u, mean_v, mean_d)
+//   S, D          (B*C', M) complex64 rfftn half spectra (M = half-grid bins) of each slice's base
+//                 and of d = x - t; base_is_x (B*C') bool says whether the base is the prediction x
+//                 (then X = S, Y = S - D) or the target t (then X = S + D, Y = S): _spectra.py says why
 // Output channels are offset..C-1 (offset = 1 drops the background channel).
-// Every reduction has a fixed order (block partials, summed afterwards by torch): the results
+// Every reduction has a fixed order (block partials, combined afterwards by torch): the results
 // are bitwise reproducible for a given shape and launch configuration.
 #pragma once
 
@@ -23,6 +26,10 @@ constexpr int WARPS = THREADS / 32;
 // Bins per thread and pass in band_stats, and bands held in shared memory per pass.
 constexpr int BAND_ITEMS = 4;
 constexpr int BAND_CHUNK = 32;
+// Values per entry of the tables above (_stats.STATS, _stats.COEFFICIENTS, _stats.PARSEVAL_SUMS).
+constexpr int NUM_STATS = 8;
+constexpr int NUM_COEFFICIENTS = 7;
+constexpr int NUM_PARSEVAL_SUMS = 6;
 
 enum Activation { ACT_NONE = 0, ACT_SOFTMAX = 1, ACT_SIGMOID = 2 };
 
@@ -97,16 +104,17 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;  // complete in lane 0
 }
 
+// The same in every lane, bitwise: each butterfly step adds the same two values (a + b = b + a).
+__device__ __forceinline__ float warp_all_sum(float x) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+
 __device__ __forceinline__ int warp_min(int x) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) x = min(x, __shfl_xor_sync(0xffffffffu, x, offset));
     return x;  // in every lane
-}
-
-__device__ __forceinline__ int warp_max(int x) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) x = max(x, __shfl_xor_sync(0xffffffffu, x, offset));
-    return x;
 }
 
 // Sums of NV values over the block, complete in thread 0; every thread of the block must call it.
@@ -214,19 +222,22 @@ struct VecOf {
 
 // ---------------------------------------------------------------------------------------------
 // complex spectrum, one band (SPEC's Parseval identity): one pass over the data, no transform.
-// grid (B, G); partials (B, G, C', 5), zero-initialised; block (b, g) adds its tiles to row (b, g).
+// grid (B, G); partials (B, G, C', 6) of _stats.PARSEVAL_SUMS, zero-initialised: the origin sample's
+// x and t (written by the thread that owns it), then sums of x², t², x·t and (x - t)² over every
+// sample but the origin (which alone carries the spectrum's mean). Block (b, g) adds its tiles to
+// row (b, g). These sums are the centred moments themselves: nothing is subtracted afterwards.
 
 template <typename T, typename L>
 __global__ void __launch_bounds__(THREADS)
 parseval_forward(const T* __restrict__ logits, const L* __restrict__ target, float* __restrict__ partials,
                  int num_classes, long long n, int offset, int activation, int has_ignore,
-                 long long ignore_index, float root_n) {
+                 long long ignore_index) {
     constexpr int VEC = VecOf<T>::value;
     const int b = blockIdx.x;
     const int channels = num_classes - offset;
     const T* logits_b = logits + (long long)b * num_classes * n;
     const L* target_b = target + (long long)b * (IsLabelMap<L>::value ? 1 : num_classes) * n;
-    float* out = partials + ((long long)b * gridDim.y + blockIdx.y) * channels * 5;
+    float* out = partials + ((long long)b * gridDim.y + blockIdx.y) * channels * NUM_PARSEVAL_SUMS;
     const bool x_aligned = rows_aligned<T, VEC>(logits, n), t_aligned = rows_aligned<L, VEC>(target, n);
 
     // the tile loop bound is the same for the whole block: block_sum needs every thread
@@ -236,44 +247,49 @@ parseval_forward(const T* __restrict__ logits, const L* __restrict__ target, flo
         tl.init(logits_b, target_b, num_classes, n, n0, activation, has_ignore, ignore_index, x_aligned,
                 t_aligned);
         for (int c = offset; c < num_classes; ++c) {
-            float p[VEC], t[VEC], acc[3] = {0.f, 0.f, 0.f};
+            float p[VEC], t[VEC], acc[4] = {0.f, 0.f, 0.f, 0.f};
             tl.prob(p, c, true);
             tl.truth(t, c);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                acc[0] += p[i] * t[i];
-                acc[1] += p[i] * p[i];
-                acc[2] += t[i] * t[i];
+                if (n0 + i == 0) continue;  // the origin: o[0], o[1] below
+                // the difference as a sample of its own: near convergence it is all that r depends on
+                const float d = p[i] - t[i];
+                acc[0] += p[i] * p[i];
+                acc[1] += t[i] * t[i];
+                acc[2] += p[i] * t[i];
+                acc[3] += d * d;
             }
             block_sum(acc);
-            float* o = out + (c - offset) * 5;
+            float* o = out + (c - offset) * NUM_PARSEVAL_SUMS;
             if (threadIdx.x == 0) {  // thread 0 also owns sample 0 when n0 == 0
                 if (n0 == 0) {
-                    o[0] = root_n * p[0];
-                    o[1] = root_n * t[0];
+                    o[0] = p[0];
+                    o[1] = t[0];
                 }
-                o[2] += acc[0];
-                o[3] += acc[1];
-                o[4] += acc[2];
+#pragma unroll
+                for (int q = 0; q < 4; ++q) o[2 + q] += acc[q];
             }
         }
     }
 }
 
-// Activated prediction and target of the output channels as float32, for the transform path:
-// x, y (B, C', N), prediction and target zero at ignored samples. grid (B, G).
+// The two signals the transform path transforms, float32 (B, C', N), zero at ignored samples:
+// each slice's base (the activated prediction x where base_is_x (B, C'), else the target t) and
+// the difference d = x - t, formed here per sample so that its transform keeps its digits when
+// the prediction nears the target. grid (B, G).
 template <typename T, typename L>
 __global__ void __launch_bounds__(THREADS)
-activate(const T* __restrict__ logits, const L* __restrict__ target, float* __restrict__ x,
-         float* __restrict__ y, int num_classes, long long n, int offset, int activation, int has_ignore,
-         long long ignore_index) {
+activate(const T* __restrict__ logits, const L* __restrict__ target, const bool* __restrict__ base_is_x,
+         float* __restrict__ base, float* __restrict__ d, int num_classes, long long n, int offset,
+         int activation, int has_ignore, long long ignore_index) {
     constexpr int VEC = VecOf<T>::value;
     const int b = blockIdx.x;
     const int channels = num_classes - offset;
     const T* logits_b = logits + (long long)b * num_classes * n;
     const L* target_b = target + (long long)b * (IsLabelMap<L>::value ? 1 : num_classes) * n;
     const bool x_aligned = rows_aligned<T, VEC>(logits, n), t_aligned = rows_aligned<L, VEC>(target, n);
-    const bool out_aligned = rows_aligned<float, VEC>(x, n) && rows_aligned<float, VEC>(y, n);
+    const bool out_aligned = rows_aligned<float, VEC>(base, n) && rows_aligned<float, VEC>(d, n);
 
     for (long long n0 = ((long long)blockIdx.y * THREADS + threadIdx.x) * VEC; n0 < n;
          n0 += (long long)gridDim.y * THREADS * VEC) {
@@ -281,12 +297,14 @@ activate(const T* __restrict__ logits, const L* __restrict__ target, float* __re
         tl.init(logits_b, target_b, num_classes, n, n0, activation, has_ignore, ignore_index, x_aligned,
                 t_aligned);
         for (int c = offset; c < num_classes; ++c) {
-            float p[VEC], t[VEC];
+            float p[VEC], t[VEC], diff[VEC];
             tl.prob(p, c, true);
             tl.truth(t, c);
-            const long long row = ((long long)b * channels + c - offset) * n;
-            store_tile<VEC>(x + row, p, n0, n, out_aligned);
-            store_tile<VEC>(y + row, t, n0, n, out_aligned);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) diff[i] = p[i] - t[i];
+            const long long slice = (long long)b * channels + c - offset;
+            store_tile<VEC>(base + slice * n, base_is_x[slice] ? p : t, n0, n, out_aligned);
+            store_tile<VEC>(d + slice * n, diff, n0, n, out_aligned);
         }
     }
 }
@@ -294,13 +312,14 @@ activate(const T* __restrict__ logits, const L* __restrict__ target, float* __re
 // Gradient of the logits from the gradient g of the activated prediction (output channels; the
 // background channel and ignored samples get g = 0), through the activation's Jacobian.
 // g comes from either
-//   grad_sums (B, C', 5): the Parseval form, g = g_uv*t + 2*g_uu*p (+ sqrt(N)*g_u at sample 0), or
-//   grad_x (B, C', N): the inverse transform of the spectral path (then grad_sums is null).
+//   coefficients (B, C', 7): the Parseval form, g = c_uu*p + c_uv*t + c_dd*(p - t), and
+//     sqrt(N)*c_mean at sample 0 (the origin enters the statistics through the means only), or
+//   grad_x (B, C', N): the inverse transform of the spectral path (then coefficients is null).
 // grid (B, G); grad_input (B, C, N) in the logits' dtype, every element written.
 template <typename T, typename L>
 __global__ void __launch_bounds__(THREADS)
 activation_backward(const T* __restrict__ logits, const L* __restrict__ target,
-                    const float* __restrict__ grad_sums, const float* __restrict__ grad_x,
+                    const float* __restrict__ coefficients, const float* __restrict__ grad_x,
                     T* __restrict__ grad_input, int num_classes, long long n, int offset, int activation,
                     int has_ignore, long long ignore_index, float root_n) {
     constexpr int VEC = VecOf<T>::value;
@@ -326,15 +345,13 @@ activation_backward(const T* __restrict__ logits, const L* __restrict__ target,
                 for (int i = 0; i < VEC; ++i) g[i] = 0.f;
                 return;
             }
-            if (grad_sums != nullptr) {
-                const float* gs = grad_sums + ((long long)b * channels + c - offset) * 5;
+            if (coefficients != nullptr) {
+                const float* k = coefficients + ((long long)b * channels + c - offset) * NUM_COEFFICIENTS;
                 float t[VEC];
                 tl.truth(t, c);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    g[i] = gs[2] * t[i] + 2.f * gs[3] * p[i];
-                    if (n0 + i == 0) g[i] += root_n * gs[0];
-                }
+                for (int i = 0; i < VEC; ++i)
+                    g[i] = n0 + i == 0 ? root_n * k[0] : k[1] * p[i] + k[2] * t[i] + k[3] * (p[i] - t[i]);
             } else {
                 load_tile<VEC>(g, grad_x + ((long long)b * channels + c - offset) * n, n0, n, g_aligned, 0.f);
             }
@@ -368,113 +385,175 @@ activation_backward(const T* __restrict__ logits, const L* __restrict__ target,
 // ---------------------------------------------------------------------------------------------
 // transform path: band statistics of the half spectra, and the spectral gradient
 
-// The five band sums of each slice over the full spectrum: every half-grid bin m counts weight[m]
+// X and Y of one bin from S and D: the spectrum formed as a sum is always the larger signal's.
+__device__ __forceinline__ void bin_spectra(float2 s, float2 diff, bool x_is_base, float2& x, float2& y) {
+    if (x_is_base) {
+        x = s;
+        y = make_float2(s.x - diff.x, s.y - diff.y);
+    } else {
+        x = make_float2(s.x + diff.x, s.y + diff.y);
+        y = s;
+    }
+}
+
+// u, v and d = u - v of one bin: real parts, and for the complex spectrum the imaginary parts
+// (0 for the amplitude one, whose values are real).
+struct BinValues {
+    float u, v, d, u_im, v_im, d_im;
+};
+
+__device__ __forceinline__ BinValues bin_values(float2 x, float2 y, float2 diff, int amplitude) {
+    if (!amplitude) return {x.x, y.x, diff.x, x.y, y.y, diff.y};
+    const float u = hypotf(x.x, x.y), v = hypotf(y.x, y.y);
+    // d = (|X|² - |Y|²)/(|X| + |Y|) with |X|² - |Y|² = 2·Re(D·conj X) - |D|²: every term of the
+    // size of D, so d keeps its digits where u - v would cancel (and d = 0 where X = Y = 0)
+    const float power_difference = 2.f * (diff.x * x.x + diff.y * x.y) - (diff.x * diff.x + diff.y * diff.y);
+    const float total = u + v;
+    return {u, v, total > 0.f ? power_difference / total : 0.f, 0.f, 0.f, 0.f};
+}
+
+// Chan et al.'s pairwise update: `a` becomes the STATS of the union of the disjoint parts a and
+// b. The added terms are non-negative (for m2_uv, products of the two parts' mean shifts), so
+// nothing cancels; an empty part (count 0) changes nothing.
+__device__ __forceinline__ void fold(float (&a)[NUM_STATS], const float (&b)[NUM_STATS]) {
+    if (b[0] == 0.f) return;
+    const float count = a[0] + b[0];
+    const float share = b[0] / count;  // b's weight in the union's means
+    const float scale = a[0] * share;  // n_a·n_b/n
+    float shift[3];
+#pragma unroll
+    for (int q = 0; q < 3; ++q) {
+        shift[q] = b[1 + q] - a[1 + q];
+        a[1 + q] += shift[q] * share;
+    }
+    a[0] = count;
+    a[4] += b[4] + scale * shift[0] * shift[0];
+    a[5] += b[5] + scale * shift[1] * shift[1];
+    a[6] += b[6] + scale * shift[0] * shift[1];
+    a[7] += b[7] + scale * shift[2] * shift[2];
+}
+
+// The lowest band among this lane's bins above `after` (NO_BAND if none).
+constexpr int NO_BAND = 0x7fffffff;
+__device__ __forceinline__ int next_band(const int (&k)[BAND_ITEMS], int after) {
+    int next = NO_BAND;
+#pragma unroll
+    for (int j = 0; j < BAND_ITEMS; ++j)
+        if (k[j] > after) next = min(next, k[j]);
+    return next;
+}
+
+// STATS of each slice and band over the full spectrum: every half-grid bin m counts weight[m]
 // times (1 or 2, its Hermitian weight). amplitude: u = |X|, v = |Y|; else u = X, v = Y.
-// grid (S, G); partials (S, G, K, 5), every element written. abs_y (S, M): |Y| for the backward
-// (amplitude only, else null).
+// Each warp takes BAND_ITEMS consecutive bins per lane. For every band among them it forms that
+// group's count and means (an all-reduce), then the moments about those means (a warp sum), and
+// lane 0 folds the group into the warp's shared slot; at the end each band's WARPS slots are
+// folded the same way. Every part is centred on its own means: no Σx² - (Σx)²/n anywhere.
+// grid (B*C', G); partials (B*C', G, K, 8), every element written (count 0 for a band the block
+// has no bin of), combined by _stats.merge.
 __global__ void __launch_bounds__(THREADS)
-band_stats(const float2* __restrict__ X, const float2* __restrict__ Y, const int* __restrict__ band,
-           const float* __restrict__ weight, float* __restrict__ partials, float* __restrict__ abs_y,
+band_stats(const float2* __restrict__ S, const float2* __restrict__ D, const bool* __restrict__ base_is_x,
+           const int* __restrict__ band, const float* __restrict__ weight, float* __restrict__ partials,
            long long m_bins, int num_bands, int amplitude) {
-    __shared__ float acc[BAND_CHUNK][WARPS][5];
+    __shared__ float acc[BAND_CHUNK][WARPS][NUM_STATS];
     const long long s = blockIdx.x;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    X += s * m_bins;
-    Y += s * m_bins;
-    float* out = partials + (s * gridDim.y + blockIdx.y) * num_bands * 5;
+    const bool x_is_base = base_is_x[s];
+    S += s * m_bins;
+    D += s * m_bins;
+    float* out = partials + (s * gridDim.y + blockIdx.y) * num_bands * NUM_STATS;
 
     // bands in chunks of BAND_CHUNK (one pass for K <= BAND_CHUNK): the shared array stays small
     for (int k0 = 0; k0 < num_bands; k0 += BAND_CHUNK) {
-        for (int i = threadIdx.x; i < BAND_CHUNK * WARPS * 5; i += THREADS) (&acc[0][0][0])[i] = 0.f;
+        for (int i = threadIdx.x; i < BAND_CHUNK * WARPS * NUM_STATS; i += THREADS) (&acc[0][0][0])[i] = 0.f;
         __syncthreads();
         // the loop bound is the same for the whole warp: the shuffles need all its lanes
-        for (long long base = ((long long)blockIdx.y * THREADS + warp * 32) * BAND_ITEMS; base < m_bins;
-             base += (long long)gridDim.y * THREADS * BAND_ITEMS) {
-            float stat[BAND_ITEMS][5];
-            int k[BAND_ITEMS];
-            int lo = 0x7fffffff, hi = -1;  // range of this chunk's bands among the warp's bins
+        for (long long first = ((long long)blockIdx.y * THREADS + warp * 32) * BAND_ITEMS; first < m_bins;
+             first += (long long)gridDim.y * THREADS * BAND_ITEMS) {
+            BinValues z[BAND_ITEMS];
+            float w[BAND_ITEMS];
+            int k[BAND_ITEMS];  // band within this chunk, else -1
 #pragma unroll
             for (int j = 0; j < BAND_ITEMS; ++j) {
-                const long long m = base + (long long)lane * BAND_ITEMS + j;
-                k[j] = -1;
-                if (m < m_bins) {
-                    const float2 x = X[m], y = Y[m];
-                    const float w = weight[m];
-                    if (amplitude) {
-                        const float u = hypotf(x.x, x.y), v = hypotf(y.x, y.y);
-                        if (abs_y != nullptr && k0 == 0) abs_y[s * m_bins + m] = v;
-                        stat[j][0] = w * u;
-                        stat[j][1] = w * v;
-                        stat[j][2] = w * u * v;
-                    } else {
-                        stat[j][0] = w * x.x;
-                        stat[j][1] = w * y.x;
-                        stat[j][2] = w * (x.x * y.x + x.y * y.y);
-                    }
-                    stat[j][3] = w * (x.x * x.x + x.y * x.y);
-                    stat[j][4] = w * (y.x * y.x + y.y * y.y);
-                    const int kb = band[m];
-                    if (kb >= k0 && kb < k0 + BAND_CHUNK) {
-                        k[j] = kb;
-                        lo = min(lo, kb);
-                        hi = max(hi, kb);
-                    }
+                const long long m = first + (long long)lane * BAND_ITEMS + j;
+                k[j] = m < m_bins ? band[m] : -1;
+                if (k[j] < k0 || k[j] >= k0 + BAND_CHUNK) k[j] = -1;
+                if (k[j] >= 0) {
+                    float2 x, y;
+                    const float2 diff = D[m];
+                    bin_spectra(S[m], diff, x_is_base, x, y);
+                    z[j] = bin_values(x, y, diff, amplitude);
+                    w[j] = weight[m];
                 }
             }
-            lo = warp_min(lo);
-            hi = warp_max(hi);
-            for (int kb = lo; kb <= hi; ++kb) {
-                float v[5] = {0.f, 0.f, 0.f, 0.f, 0.f};
+            // the bands present among the warp's bins, lowest first (warp-uniform)
+            for (int kb = warp_min(next_band(k, -1)); kb != NO_BAND; kb = warp_min(next_band(k, kb))) {
+                float sums[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
                 for (int j = 0; j < BAND_ITEMS; ++j)
                     if (k[j] == kb) {
-#pragma unroll
-                        for (int q = 0; q < 5; ++q) v[q] += stat[j][q];
+                        sums[0] += w[j];
+                        sums[1] += w[j] * z[j].u;
+                        sums[2] += w[j] * z[j].v;
+                        sums[3] += w[j] * z[j].d;
                     }
 #pragma unroll
-                for (int q = 0; q < 5; ++q) {
-                    v[q] = warp_sum(v[q]);
-                    if (lane == 0) acc[kb - k0][warp][q] += v[q];
-                }
+                for (int q = 0; q < 4; ++q) sums[q] = warp_all_sum(sums[q]);
+                float group[NUM_STATS] = {sums[0], sums[1] / sums[0], sums[2] / sums[0], sums[3] / sums[0],
+                                          0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int j = 0; j < BAND_ITEMS; ++j)
+                    if (k[j] == kb) {
+                        const float du = z[j].u - group[1], dv = z[j].v - group[2], dd = z[j].d - group[3];
+                        group[4] += w[j] * (du * du + z[j].u_im * z[j].u_im);
+                        group[5] += w[j] * (dv * dv + z[j].v_im * z[j].v_im);
+                        group[6] += w[j] * (du * dv + z[j].u_im * z[j].v_im);
+                        group[7] += w[j] * (dd * dd + z[j].d_im * z[j].d_im);
+                    }
+#pragma unroll
+                for (int q = 4; q < NUM_STATS; ++q) group[q] = warp_sum(group[q]);
+                if (lane == 0) fold(acc[kb - k0][warp], group);
             }
         }
         __syncthreads();
-        const int in_chunk = min(BAND_CHUNK, num_bands - k0);
-        for (int i = threadIdx.x; i < in_chunk * 5; i += THREADS) {
-            const int kb = i / 5, q = i % 5;
-            float total = 0.f;
+        const int kb = threadIdx.x;  // one thread per band of the chunk
+        if (kb < min(BAND_CHUNK, num_bands - k0)) {
+            float total[NUM_STATS];
 #pragma unroll
-            for (int w = 0; w < WARPS; ++w) total += acc[kb][w][q];
-            out[(k0 + kb) * 5 + q] = total;
+            for (int q = 0; q < NUM_STATS; ++q) total[q] = acc[kb][0][q];
+            for (int other = 1; other < WARPS; ++other) fold(total, acc[kb][other]);
+#pragma unroll
+            for (int q = 0; q < NUM_STATS; ++q) out[(k0 + kb) * NUM_STATS + q] = total[q];
         }
         __syncthreads();
     }
 }
 
-// Gradient with respect to the half spectrum X, from the gradient of the band sums (S, K, 5):
-//   amplitude: G = (g_u + g_uv*|Y| + 2*g_uu*|X|) * X/|X|   (0 where X = 0)
-//   complex:   G =  g_u + g_uv*Y   + 2*g_uu*X
-// abs_y (amplitude) or Y (complex): the other one is null. 1-D grid-stride over S*M bins.
+// Gradient with respect to the half spectrum X, from the per-band coefficients (B*C', K, 7):
+//   grad_re = c_mean + c_uu*(Re u - mean_u) + c_uv*(Re v - mean_v) + c_dd*(Re d - mean_d)
+//   amplitude: G = grad_re * X/|X|   (0 where X = 0)
+//   complex:   G = grad_re + i*(c_uu*Im u + c_uv*Im v + c_dd*Im d)
+// with X, u, v, d as in band_stats. 1-D grid-stride over slices*M bins.
 __global__ void __launch_bounds__(THREADS)
-spectral_grad(const float2* __restrict__ X, const float* __restrict__ abs_y, const float2* __restrict__ Y,
-              const int* __restrict__ band, const float* __restrict__ grad_sums, float2* __restrict__ G,
-              long long slices, long long m_bins, int num_bands) {
+spectral_grad(const float2* __restrict__ S, const float2* __restrict__ D, const bool* __restrict__ base_is_x,
+              const int* __restrict__ band, const float* __restrict__ coefficients, float2* __restrict__ G,
+              long long slices, long long m_bins, int num_bands, int amplitude) {
     const long long total = slices * m_bins;
     for (long long i = (long long)blockIdx.x * THREADS + threadIdx.x; i < total;
          i += (long long)gridDim.x * THREADS) {
         const long long s = i / m_bins, m = i - s * m_bins;
-        const float* g = grad_sums + (s * num_bands + band[m]) * 5;
-        const float2 x = X[i];
-        float2 out;
-        if (abs_y != nullptr) {
-            const float a = hypotf(x.x, x.y);
-            const float scale = a > 0.f ? (g[0] + g[2] * abs_y[i] + 2.f * g[3] * a) / a : 0.f;
-            out = make_float2(scale * x.x, scale * x.y);
+        const float* c = coefficients + (s * num_bands + band[m]) * NUM_COEFFICIENTS;
+        float2 x, y;
+        const float2 diff = D[i];
+        bin_spectra(S[i], diff, base_is_x[s], x, y);
+        const BinValues z = bin_values(x, y, diff, amplitude);
+        const float grad_re = c[0] + c[1] * (z.u - c[4]) + c[2] * (z.v - c[5]) + c[3] * (z.d - c[6]);
+        if (amplitude) {
+            const float scale = z.u > 0.f ? grad_re / z.u : 0.f;
+            G[i] = make_float2(scale * x.x, scale * x.y);
         } else {
-            const float2 y = Y[i];
-            out = make_float2(g[0] + g[2] * y.x + 2.f * g[3] * x.x, g[2] * y.y + 2.f * g[3] * x.y);
+            G[i] = make_float2(grad_re, c[1] * z.u_im + c[2] * z.v_im + c[3] * z.d_im);
         }
-        G[i] = out;
     }
 }
 

@@ -17,22 +17,23 @@ struct ActivationArgs {
     int activation;       // scc::Activation
     bool has_ignore;
     long long ignore_index;
-    float root_n;         // sqrt(n)
+    float root_n;         // sqrt(n), for activation_backward
     int blocks;           // blocks per batch item (grid y)
 };
 
 cudaError_t launch_parseval_forward(Scalar scalar, Target target_kind, const void* logits, const void* target,
                                     float* partials, const ActivationArgs& args, cudaStream_t stream);
 cudaError_t launch_activate(Scalar scalar, Target target_kind, const void* logits, const void* target,
-                            float* x, float* y, const ActivationArgs& args, cudaStream_t stream);
+                            const bool* base_is_x, float* base, float* d, const ActivationArgs& args,
+                            cudaStream_t stream);
 cudaError_t launch_activation_backward(Scalar scalar, Target target_kind, const void* logits,
-                                       const void* target, const float* grad_sums, const float* grad_x,
+                                       const void* target, const float* coefficients, const float* grad_x,
                                        void* grad_input, const ActivationArgs& args, cudaStream_t stream);
-cudaError_t launch_band_stats(const float2* X, const float2* Y, const int* band, const float* weight,
-                              float* partials, float* abs_y, long long slices, long long m_bins,
+cudaError_t launch_band_stats(const float2* S, const float2* D, const bool* base_is_x, const int* band,
+                              const float* weight, float* partials, long long slices, long long m_bins,
                               int num_bands, bool amplitude, int blocks, cudaStream_t stream);
-cudaError_t launch_spectral_grad(const float2* X, const float* abs_y, const float2* Y, const int* band,
-                                 const float* grad_sums, float2* G, long long slices, long long m_bins,
-                                 int num_bands, int blocks, cudaStream_t stream);
+cudaError_t launch_spectral_grad(const float2* S, const float2* D, const bool* base_is_x, const int* band,
+                                 const float* coefficients, float2* G, long long slices, long long m_bins,
+                                 int num_bands, bool amplitude, int blocks, cudaStream_t stream);
 
 }  // namespace scc
