@@ -188,12 +188,13 @@ def _setup_context(ctx, inputs, output):
     input, target, *static = inputs
     ctx.static = static
     ctx.save_for_backward(input, target, *output)
+    ctx.set_materialize_grads(False)  # the saved spectra get no gradient: no zero tensors for them
 
 
 def _backward(ctx, grads):
     input, target, stats, *saved = ctx.saved_tensors
     grad_input = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and grads[0] is not None:
         grad_input = torch.ops.scc_kernels.band_stats_backward(grads[0], stats, input, target, saved, *ctx.static)
     return (grad_input, None, *([None] * len(ctx.static)))
 

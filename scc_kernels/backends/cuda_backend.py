@@ -82,7 +82,15 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
     return forward(_Launcher(_extension()), input, target, problem)
 
 
-band_stats_fake = torch_backend.band_stats_fake  # same outputs, same shapes
+def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+    """What `forward` returns, as empty tensors (torch.compile)."""
+    if problem.parseval:
+        return torch_backend.band_stats_fake(input, target, problem)
+    batch, channels, *spatial = input.shape
+    channels -= problem.offset
+    stats = input.new_empty((batch, channels, problem.num_bands, len(STATS)), dtype=torch.float32)
+    half = input.new_empty((batch, channels, *spatial[:-1], spatial[-1] // 2 + 1, 2), dtype=torch.float32)
+    return [stats, half, torch.empty_like(half), input.new_empty((batch, channels), dtype=torch.bool)]
 
 
 def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:

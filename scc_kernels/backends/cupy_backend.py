@@ -18,7 +18,7 @@ import numpy
 import torch
 
 from .._options import Problem
-from . import cuda_backend, torch_backend
+from . import cuda_backend
 from .cuda_backend import ACTIVATION_CODES, CPP_SCALAR_TYPES, CPP_TARGET_TYPES, CSRC, THREADS, kernel_names
 
 
@@ -38,7 +38,7 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
     return cuda_backend.forward(_Launcher(input.device), input, target, problem)
 
 
-band_stats_fake = torch_backend.band_stats_fake
+band_stats_fake = cuda_backend.band_stats_fake
 
 
 def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:

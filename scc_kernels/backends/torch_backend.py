@@ -17,7 +17,7 @@ import torch
 
 from .._options import Problem, compute_dtype
 from .._stats import STATS, gradient_coefficients, parseval_stats
-from ..bands import HalfGridTables, half_grid_tables
+from ..bands import SPREAD, HalfGridTables, half_grid_tables
 from ._spectra import base_is_prediction, bin_values, half_spectra
 
 
@@ -86,7 +86,7 @@ def _pad_channels(x: torch.Tensor, problem: Problem) -> torch.Tensor:
 def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     if problem.parseval:
         return [_parseval_stats(input, target, problem)]
-    return _per_sample(_spectral_stats, input, target, problem=problem)
+    return _spectral_stats(input, target, problem)
 
 
 def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
@@ -96,97 +96,80 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     stats = input.new_empty((batch, channels, problem.num_bands, len(STATS)), dtype=dtype)
     if problem.parseval:
         return [stats]
-    half = (batch, channels, *spatial[:-1], spatial[-1] // 2 + 1, 2)
-    spectra = [input.new_empty(half, dtype=dtype), input.new_empty(half, dtype=dtype)]
-    return [stats, *spectra, input.new_empty((batch, channels), dtype=torch.bool)]
+    bins = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
+    return [stats, input.new_empty((batch, PLANES[problem.spectrum], channels, bins), dtype=dtype)]
 
 
 def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
     coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats)
+    p = _activate(input, problem)
     if problem.parseval:
-        p = _activate(input, problem)
         grad_x = _parseval_backward(coefficients[:, :, 0], p, target, problem)
-        return _finish_backward(grad_x, p, target, problem).to(input.dtype)
-    (grad,) = _per_sample(_spectral_backward, coefficients, input, target, *saved, problem=problem)
-    return grad
+    else:
+        grad_x = _spectral_backward(coefficients, input, *saved, problem)
+    return _finish_backward(grad_x, p, target, problem).to(input.dtype)
 
 
 def _finish_backward(grad_x, p, target, problem: Problem) -> torch.Tensor:
-    """Gradient w.r.t. the probabilities → w.r.t. the input: ignored positions, activation."""
+    """Gradient w.r.t. the probabilities (a fresh tensor, changed in place) → w.r.t. the input:
+    ignored positions, activation."""
     if _is_label_map(p, target) and problem.ignore_index is not None:
-        grad_x = grad_x * _labels(target, problem)[1].unsqueeze(1)
+        grad_x.mul_(_labels(target, problem)[1].unsqueeze(1))
     return _activation_backward(grad_x, p, problem)
-
-
-def _per_sample(fn, *tensors, problem: Problem) -> list[torch.Tensor]:
-    """`fn` on one batch element at a time, its outputs gathered into preallocated tensors.
-
-    The transform paths make several spectrum-sized temporaries; per sample they stay a 1/B
-    share of the input, which halves the peak memory of a typical batch.
-    """
-    batch = tensors[0].shape[0]
-    outputs = None
-    for b in range(batch):
-        parts = fn(*(t[b : b + 1] for t in tensors), problem)
-        if outputs is None:
-            outputs = [part.new_empty((batch, *part.shape[1:])) for part in parts]
-        for output, part in zip(outputs, parts):
-            output[b : b + 1] = part
-    return outputs
 
 
 # ----------------------------------------------------------------------------------------------
 # complex spectrum, one band: sums over the samples but the origin (_stats.parseval_stats)
 
 
-def _parseval_operands(p: torch.Tensor, target: torch.Tensor, problem: Problem):
-    """x = p zeroed at ignored samples, x − y (exact: never a difference of sums), and y as
-    `(labels, weight)` of a label map (one-hot implied, weight 0 where ignored) or a dense tensor.
-    All flat: (B, C, N), labels and weight (B, N)."""
-    label_map = _is_label_map(p, target)
-    p = p.flatten(2)
-    if not label_map:
-        y = target.flatten(2).to(p.dtype)
-        return p, p - y, y
-    labels, valid = _labels(target.flatten(1), problem)
-    weight = p.new_ones(()).expand(labels.shape) if valid is None else valid.to(p.dtype)
-    x = p if valid is None else p * weight.unsqueeze(1)
-    difference = x.clone().scatter_add_(1, labels.unsqueeze(1), -weight.unsqueeze(1))
-    return x, difference, (labels, weight)
-
-
 def _parseval_stats(input, target, problem: Problem) -> torch.Tensor:
-    x, difference, y = _parseval_operands(_activate(input, problem), target, problem)
-    rest, rest_difference = x[..., 1:], difference[..., 1:]
-    if isinstance(y, tuple):  # per class, straight from the labels
-        labels, weight = y
+    """PARSEVAL_SUMS per (b, c) → STATS (B, C', 1, 8). x − y is formed exactly, sample by sample
+    (never a difference of sums), in place of x once x's own sums are taken."""
+    p = _activate(input, problem)
+    x = p.flatten(2)
+    owned = x.untyped_storage().data_ptr() != input.untyped_storage().data_ptr()  # not the caller's input
+    rest = x[..., 1:]
+    if _is_label_map(input, target):  # per class, straight from the labels (never one-hot)
+        labels, valid = _labels(target.flatten(1), problem)
+        weight = x.new_ones(()).expand(labels.shape) if valid is None else valid.to(x.dtype)
+        if valid is not None:
+            x, owned = x * weight.unsqueeze(1), True
+            rest = x[..., 1:]
         x_at_label = rest.gather(1, labels[:, 1:].unsqueeze(1)).squeeze(1)
         sum_xy = x.new_zeros(x.shape[:2]).scatter_add_(1, labels[:, 1:], x_at_label)
         sum_yy = x.new_zeros(x.shape[:2]).scatter_add_(1, labels[:, 1:], weight[:, 1:])
         origin_y = x.new_zeros(x.shape[:2]).scatter_(1, labels[:, :1], weight[:, :1])
+        origin_x, sum_xx = x[..., 0].clone(), torch.linalg.vecdot(rest, rest)
+        difference = (x if owned else x.clone()).scatter_add_(1, labels.unsqueeze(1), -weight.unsqueeze(1))
     else:
+        y = target.flatten(2).to(x.dtype)
         sum_xy = torch.linalg.vecdot(rest, y[..., 1:])
         sum_yy = torch.linalg.vecdot(y[..., 1:], y[..., 1:])
-        origin_y = y[..., 0]
-    sum_xx = torch.linalg.vecdot(rest, rest)
-    sum_dd = torch.linalg.vecdot(rest_difference, rest_difference)
-    sums = torch.stack([x[..., 0], origin_y, sum_xx, sum_yy, sum_xy, sum_dd], dim=-1)  # PARSEVAL_SUMS
+        origin_x, origin_y, sum_xx = x[..., 0].clone(), y[..., 0], torch.linalg.vecdot(rest, rest)
+        difference = x.sub_(y) if owned else x - y
+    sum_dd = torch.linalg.vecdot(difference[..., 1:], difference[..., 1:])
+    sums = torch.stack([origin_x, origin_y, sum_xx, sum_yy, sum_xy, sum_dd], dim=-1)  # PARSEVAL_SUMS
     return parseval_stats(sums[:, problem.offset :], x.shape[-1]).unsqueeze(2)  # (B, C', 1, 8)
 
 
 def _parseval_backward(coefficients, p, target, problem: Problem) -> torch.Tensor:
-    """coefficients (B, C', 7) → gradient w.r.t. p: c_uu·x + c_uv·y + c_dd·(x − y), and at the
-    origin √N·c_mean (the origin enters through the means only)."""
+    """coefficients (B, C', 7) → gradient w.r.t. p: c_uu·x + c_uv·y + c_dd·(x − y), formed as
+    (c_uu + c_dd)·x + (c_uv − c_dd)·y (x − y is rounded as much as x itself here, and no copy of
+    x is needed), and at the origin √N·c_mean (the origin enters through the means only)."""
     shape = p.shape
-    x, difference, y = _parseval_operands(p, target, problem)
+    label_map = _is_label_map(p, target)
+    p = p.flatten(2)
     c_mean, c_uu, c_uv, c_dd = _pad_channels(coefficients.to(p.dtype), problem)[..., :4].unbind(-1)
-    grad = torch.addcmul(c_uu.unsqueeze(-1) * x, c_dd.unsqueeze(-1), difference)
-    if isinstance(y, tuple):
-        labels, weight = y
-        grad.scatter_add_(1, labels.unsqueeze(1), (c_uv.gather(1, labels) * weight).unsqueeze(1))
+    to_x, to_y = c_uu + c_dd, c_uv - c_dd
+    if label_map:
+        labels, valid = _labels(target.flatten(1), problem)
+        grad = to_x.unsqueeze(-1) * p  # ignored samples are zeroed by _finish_backward
+        at_label = to_y.gather(1, labels)
+        grad.scatter_add_(1, labels.unsqueeze(1), (at_label if valid is None else at_label * valid).unsqueeze(1))
     else:
-        grad.addcmul_(c_uv.unsqueeze(-1), y)
-    grad[..., 0] = math.sqrt(x.shape[-1]) * c_mean
+        grad = to_x.unsqueeze(-1) * p
+        grad.addcmul_(target.flatten(2).to(p.dtype), to_y.unsqueeze(-1))
+    grad[..., 0] = math.sqrt(p.shape[-1]) * c_mean
     return grad.view(shape)
 
 
@@ -194,81 +177,101 @@ def _parseval_backward(coefficients, p, target, problem: Problem) -> torch.Tenso
 # amplitude or banded spectra: rfftn, band statistics by segment sums; irfftn in the backward
 
 
+# What the backward needs of each bin, saved as planes (B, P, C', M): X (for the phase) and u, v, d
+# for the amplitude spectrum; X, Y and D for the complex one. Recomputing them costs more.
+PLANES = {"amplitude": 5, "complex": 6}
+
+
 def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
-    """One batch element: [STATS (1, C', K, 8), S, D, base_is_x], S and D the real views
-    (..., 2) of the half spectra of the base and of x − y (see _spectra.py)."""
-    p = _activate(input, problem)
+    """[STATS (B, C', K, 8), planes (B, P, C', M)]: the transforms of the base and of x − y
+    (_spectra.py), one batch element at a time, so that the spectrum-sized temporaries stay a
+    1/B share of the input."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
+    p = _activate(input, problem)
     x = p[:, problem.offset :]
     if _is_label_map(input, target) and problem.ignore_index is not None:
         x = x * _labels(target, problem)[1].unsqueeze(1)
-    y = _dense_target(input, target, problem, x.dtype)
-    del p
     base_is_x = base_is_prediction(input, target, problem)
-    base = torch.where(base_is_x.view(*base_is_x.shape, *([1] * len(dims))), x, y)
-    S, D = (torch.view_as_real(torch.fft.rfftn(z, dim=dims, norm="ortho")) for z in (base, x - y))
-    del x, y, base
-    tables = half_grid_tables(spatial, problem.num_bands, S.device)
-    values = bin_values(*half_spectra(S, D, base_is_x), problem.spectrum)
-    stats = _centred_stats(values, tables, problem.num_bands)
-    return [stats.view(*S.shape[:2], problem.num_bands, len(STATS)), S, D, base_is_x]
+    tables = half_grid_tables(spatial, problem.num_bands, input.device)
+    batch, channels = x.shape[:2]
+    stats = x.new_empty((batch, channels, problem.num_bands, len(STATS)))
+    planes = x.new_empty((batch, PLANES[problem.spectrum], channels, tables.band.numel()))
+    for b in range(batch):
+        x_b, y_b = x[b : b + 1], _dense_target(input[b : b + 1], target[b : b + 1], problem, x.dtype)
+        base = torch.where(base_is_x[b].view(1, -1, *([1] * len(dims))), x_b, y_b)
+        S, D = (torch.fft.rfftn(z, dim=dims, norm="ortho") for z in (base, x_b - y_b))
+        xr, xi, yr, yi, dr, di = half_spectra(S, D, base_is_x[b : b + 1])
+        del base, S, D
+        values = bin_values(xr, xi, yr, yi, dr, di, problem.spectrum)
+        stats[b] = _centred_stats(values, tables, problem.num_bands)
+        kept = (xr, xi, *(v for v, _ in values)) if problem.spectrum == "amplitude" else (xr, xi, yr, yi, dr, di)
+        torch.stack(kept, out=planes[b])
+    return [stats, planes]
 
 
-def _band_sum(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
-    """Σ over the bins of each band: (..., M) → (..., K), a segment sum by band index."""
+def _band_dot(a: torch.Tensor, b: torch.Tensor, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
+    """Σ over the bins of each band of a·b: a (S, M), b (S, M) or (M,) → (S, K); a segment sum by
+    band index (index_add_), or one dot product per row for a single band."""
     if num_bands == 1:
-        return values.sum(-1, keepdim=True)
-    flat = values.reshape(-1, values.shape[-1])
-    out = flat.new_zeros((flat.shape[0], num_bands)).index_add_(1, tables.band, flat)
-    return out.view(*values.shape[:-1], num_bands)
+        return (a @ b if b.dim() == 1 else torch.linalg.vecdot(a, b)).unsqueeze(-1)
+    sums = a.new_zeros((a.shape[0], num_bands * SPREAD)).index_add_(1, tables.band_spread, a * b)
+    return sums.view(-1, num_bands, SPREAD).sum(-1)
 
 
 def _per_bin(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
-    """Each band's value at each of its bins: (..., K) → (..., M) (broadcastable for one band)."""
+    """Each band's value at each of its bins: (S, K) → (S, M) (broadcastable (S, 1) for one band)."""
     if num_bands == 1:
         return values
-    return values.gather(-1, tables.band.expand(*values.shape[:-1], -1))
+    return values.gather(-1, tables.band.expand(values.shape[0], -1))
 
 
 def _centred_stats(values, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
     """STATS (B·C', K, 8) of the flat bin values of `bin_values`: band means first, then the
-    moments about them (two passes). One statistic at a time, so that the temporaries stay a
-    few bin-sized arrays."""
+    moments about them (two passes), each Hermitian-weighted."""
     (ur, ui), (vr, vi), (dr, di) = values
     weight = tables.weight.to(ur.dtype)
     counts = tables.counts.to(ur.dtype)
-    means = [_band_sum(real * weight, tables, num_bands) / counts.clamp(min=1) for real in (ur, vr, dr)]
+    means = [_band_dot(real, weight, tables, num_bands) / counts.clamp(min=1) for real in (ur, vr, dr)]
     du, dv, dd = (real - _per_bin(mean, tables, num_bands) for real, mean in zip((ur, vr, dr), means))
-    pairs = [(du, du, ui, ui), (dv, dv, vi, vi), (du, dv, ui, vi), (dd, dd, di, di)]
-    m2 = []
-    for a, b, a_im, b_im in pairs:  # Σ w·Re(ã·conj b̃) over each band
-        product = a * b if a_im is None else torch.addcmul(a * b, a_im, b_im)
-        m2.append(_band_sum(product.mul_(weight), tables, num_bands))
+    w_du, w_dv, w_dd = du * weight, dv * weight, dd * weight
+    m2 = [_band_dot(w_du, du, tables, num_bands), _band_dot(w_dv, dv, tables, num_bands),
+          _band_dot(w_du, dv, tables, num_bands), _band_dot(w_dd, dd, tables, num_bands)]  # fmt: skip
+    if ui is not None:  # complex spectrum: the imaginary parts, whose means are 0
+        w_ui, w_vi = ui * weight, vi * weight
+        imaginary = [_band_dot(w_ui, ui, tables, num_bands), _band_dot(w_vi, vi, tables, num_bands),
+                     _band_dot(w_ui, vi, tables, num_bands), _band_dot(di * weight, di, tables, num_bands)]  # fmt: skip
+        m2 = [real + imag for real, imag in zip(m2, imaginary)]
     count = counts.expand(ur.shape[0], num_bands)
     return torch.stack([count, *means, *m2], dim=-1)
 
 
-def _spectral_backward(coefficients, input, target, S, D, base_is_x, problem: Problem) -> list[torch.Tensor]:
-    """One batch element: the input's gradient from COEFFICIENTS (1, C', K, 7) and the saved spectra."""
+def _spectral_backward(coefficients, input, planes, problem: Problem) -> torch.Tensor:
+    """Gradient w.r.t. p (B, C, *S) from COEFFICIENTS (B, C', K, 7) and the saved planes: per
+    bin, then irfftn, one batch element at a time (the background channel, if dropped, is 0)."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
-    tables = half_grid_tables(spatial, problem.num_bands, S.device)
-    X, Y, D = half_spectra(S, D, base_is_x)
-    (ur, ui), (vr, vi), (dr, di) = bin_values(X, Y, D, problem.spectrum)
-    c_mean, c_uu, c_uv, c_dd, mean_u, mean_v, mean_d = coefficients.to(X.dtype).flatten(0, 1).unbind(-1)
+    tables = half_grid_tables(spatial, problem.num_bands, input.device)
+    grad = planes.new_empty(input.shape)
+    grad[:, : problem.offset] = 0
+    half = (1, planes.shape[2], *spatial[:-1], spatial[-1] // 2 + 1)
 
-    def at_bins(per_band):  # (B·C', K) → (B·C', M), one coefficient at a time (bounded temporaries)
+    def at_bins(per_band):  # (C', K) → (C', M), or (C', 1) for one band
         return _per_bin(per_band, tables, problem.num_bands)
 
-    grad_re = at_bins(c_mean) + at_bins(c_uu) * (ur - at_bins(mean_u))
-    grad_re += at_bins(c_uv) * (vr - at_bins(mean_v))
-    grad_re += at_bins(c_dd) * (dr - at_bins(mean_d))
-    if problem.spectrum == "amplitude":  # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
-        scale = torch.where(ur > 0, grad_re / torch.where(ur > 0, ur, 1), 0)
-        grad_X = (X * scale.unsqueeze(-1)).view(S.shape)
-    else:
-        grad_im = at_bins(c_uu) * ui + at_bins(c_uv) * vi + at_bins(c_dd) * di
-        grad_X = torch.stack([grad_re, grad_im], dim=-1).view(S.shape)
-    grad_x = torch.fft.irfftn(torch.view_as_complex(grad_X), s=spatial, dim=dims, norm="ortho")
-    del grad_X
-    grad_x = _finish_backward(_pad_channels(grad_x, problem), _activate(input, problem), target, problem)
-    return [grad_x.to(input.dtype)]
+    for b in range(input.shape[0]):
+        c_mean, c_uu, c_uv, c_dd, mean_u, mean_v, mean_d = coefficients[b].to(planes.dtype).unbind(-1)
+        if problem.spectrum == "amplitude":
+            xr, xi, ur, vr, dr = planes[b]
+        else:
+            xr, xi, vr, vi, dr, di = planes[b]
+            ur = xr
+        grad_re = (ur - at_bins(mean_u)).mul_(at_bins(c_uu))
+        grad_re.addcmul_(vr - at_bins(mean_v), at_bins(c_uv)).addcmul_(dr - at_bins(mean_d), at_bins(c_dd))
+        grad_re += at_bins(c_mean)
+        if problem.spectrum == "amplitude":  # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
+            scale = grad_re.div_(ur).masked_fill_(ur == 0, 0)
+            grad_X = torch.complex(xr * scale, xi * scale)
+        else:
+            grad_im = (xi * at_bins(c_uu)).addcmul_(vi, at_bins(c_uv)).addcmul_(di, at_bins(c_dd))
+            grad_X = torch.complex(grad_re, grad_im)
+        torch.fft.irfftn(grad_X.view(half), s=spatial, dim=dims, norm="ortho", out=grad[b : b + 1, problem.offset :])
+    return grad
