@@ -44,30 +44,3 @@ def base_is_prediction(input: torch.Tensor, target: torch.Tensor, problem: Probl
     else:
         y_max = target.detach().flatten(2).abs().amax(-1).float()
     return (x_max <= y_max)[:, problem.offset :]
-
-
-def half_spectra(S: torch.Tensor, D: torch.Tensor, base_is_x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(xr, xi, yr, yi, dr, di): the real and imaginary parts of X, Y and D, contiguous (B·C', M),
-    from the complex half spectra S and D (B, C', *half) of each slice.
-
-    Planar and contiguous because CPU kernels on the interleaved (..., 2) views run about ten
-    times slower; X and Y as S + D·[base is y] and S − D·[base is x], one pass each.
-    """
-    slices = S.shape[0] * S.shape[1]
-    S, D = S.reshape(slices, -1), D.reshape(slices, -1)
-    sr, si, dr, di = (part.contiguous() for part in (S.real, S.imag, D.real, D.imag))
-    to_y = base_is_x.reshape(slices, 1).to(sr.dtype)
-    to_x = 1 - to_y
-    return (torch.addcmul(sr, dr, to_x), torch.addcmul(si, di, to_x),
-            torch.addcmul(sr, dr, to_y, value=-1), torch.addcmul(si, di, to_y, value=-1), dr, di)  # fmt: skip
-
-
-def bin_values(xr, xi, yr, yi, dr, di, spectrum: str):
-    """u, v and d of every bin as (real part, imaginary part or None), each (B·C', M)."""
-    if spectrum == "complex":
-        return (xr, xi), (yr, yi), (dr, di)
-    u = torch.addcmul(xr * xr, xi, xi).sqrt_()
-    v = torch.addcmul(yr * yr, yi, yi).sqrt_()
-    d = (xr + yr).mul_(dr).addcmul_(xi + yi, di)  # |X|² − |Y|² = Re(D·conj(X + Y)), of the size of D
-    d.div_((u + v).clamp_min_(torch.finfo(d.dtype).tiny))  # X = Y = 0 means D = 0: d = 0
-    return (u, None), (v, None), (d, None)

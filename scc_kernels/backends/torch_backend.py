@@ -18,7 +18,7 @@ import torch
 from .._options import Problem, compute_dtype
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import SPREAD, HalfGridTables, half_grid_tables
-from ._spectra import base_is_prediction, bin_values, half_spectra
+from ._spectra import base_is_prediction
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -209,14 +209,44 @@ def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
         x_c, y_c = x[chunk], _dense_target(input[chunk], target[chunk], problem, x.dtype)
         base = torch.where(base_is_x[chunk].view(*base_is_x[chunk].shape, *([1] * len(dims))), x_c, y_c)
         S, D = (torch.fft.rfftn(z, dim=dims, norm="ortho") for z in (base, x_c - y_c))
-        xr, xi, yr, yi, dr, di = half_spectra(S, D, base_is_x[chunk])
-        del base, S, D
-        values = bin_values(xr, xi, yr, yi, dr, di, problem.spectrum)
+        del base
+        values = _bin_values(S, D, base_is_x[chunk], problem.spectrum, planes[:, chunk].flatten(1, 2))
         stats[chunk] = _centred_stats(values, tables, problem.num_bands).view(-1, channels, problem.num_bands, len(STATS))
-        kept = (xr, xi, *(v for v, _ in values)) if problem.spectrum == "amplitude" else (xr, xi, yr, yi, dr, di)
-        for plane, value in zip(planes[:, chunk], kept):
-            plane.view_as(value).copy_(value)
     return [stats, planes]
+
+
+def _bin_values(S, D, base_is_x, spectrum: str, planes: torch.Tensor):
+    """u, v and d of every bin, as (real part, imaginary part or None) each (rows, M), from the
+    complex half spectra S, D (n, C', *half) of a chunk (_spectra.py), written into `planes`
+    (P, rows, M): X, u, v, d (amplitude) or X, Y, D (complex), what the backward reads.
+
+    Planar and contiguous: CPU kernels on the interleaved complex layout run ~10× slower.
+    X = S + D·[base is y], Y = S − D·[base is x]. Amplitude: d = (|X|² − |Y|²)/(|X| + |Y|) with
+    |X|² − |Y|² = Re(D·conj(X + Y)), every term of the size of D (X = Y = 0 means D = 0: d = 0).
+    """
+    rows = planes.shape[1]
+    S, D = S.reshape(rows, -1), D.reshape(rows, -1)
+    to_y = base_is_x.reshape(rows, 1).to(planes.dtype)
+    to_x = 1 - to_y
+    if spectrum == "complex":
+        xr, xi, yr, yi, dr, di = planes
+        dr.copy_(D.real)
+        di.copy_(D.imag)
+    else:
+        xr, xi, u, v, d = planes
+        dr, di = D.real.contiguous(), D.imag.contiguous()
+        yr, yi = torch.empty_like(dr), torch.empty_like(di)
+    torch.addcmul(S.real, dr, to_x, out=xr)
+    torch.addcmul(S.imag, di, to_x, out=xi)
+    torch.addcmul(S.real, dr, to_y, value=-1, out=yr)
+    torch.addcmul(S.imag, di, to_y, value=-1, out=yi)
+    if spectrum == "complex":
+        return (xr, xi), (yr, yi), (dr, di)
+    torch.mul(xr, xr, out=u).addcmul_(xi, xi).sqrt_()
+    torch.mul(yr, yr, out=v).addcmul_(yi, yi).sqrt_()
+    torch.mul(yr.add_(xr), dr, out=d).addcmul_(yi.add_(xi), di)  # Re(D·conj(X + Y))
+    d.div_(torch.add(u, v).clamp_min_(torch.finfo(d.dtype).tiny))
+    return (u, None), (v, None), (d, None)
 
 
 def _band_dot(a: torch.Tensor, b: torch.Tensor, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
@@ -236,7 +266,7 @@ def _per_bin(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> to
 
 
 def _centred_stats(values, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
-    """STATS (B·C', K, 8) of the flat bin values of `bin_values`: band means first, then the
+    """STATS (B·C', K, 8) of the flat bin values of `_bin_values`: band means first, then the
     moments about them (two passes), each Hermitian-weighted."""
     (ur, ui), (vr, vi), (dr, di) = values
     weight = tables.weight.to(ur.dtype)
