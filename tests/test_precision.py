@@ -123,3 +123,30 @@ def test_losses_span_the_near_converged_range():
         losses[confidence] = scc_loss(logits, labels, softmax=True, reduction="none", backend="reference")
     assert 1e-3 < losses[4].median() < 1e-1
     assert 0 < losses[10].median() < 3e-6
+
+
+@pytest.mark.parametrize("spatial", [(9, 10, 11), (12, 10), (7, 8, 6)])
+def test_self_mirrored_columns_are_exactly_hermitian(spatial):
+    """The rfftn columns k = 0 (and n/2) hold bins k and −k along the other axes: after
+    make_hermitian they are exact conjugates, so a band of such pairs has equal amplitudes."""
+    from scc_kernels.backends._spectra import make_hermitian
+
+    generator = torch.Generator().manual_seed(SEED)
+    x = 1e15 * torch.randn(2, 3, *spatial, generator=generator)
+    Z = make_hermitian(torch.fft.rfftn(x, dim=tuple(range(2, x.dim())), norm="ortho"), spatial[-1])
+    other = tuple(range(2, x.dim() - 1))
+    columns = (0, spatial[-1] // 2) if spatial[-1] % 2 == 0 else (0,)
+    for column in columns:
+        plane = Z[..., column]
+        assert torch.equal(plane, plane.flip(other).roll((1,) * len(other), other).conj())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_band_of_mirror_pairs_at_a_huge_magnitude(backend):
+    """64 bands on 9×10×11: some hold just a mirror pair of the zero column. Their amplitudes
+    differ by an ulp of 1e15 in a plain float32 FFT: above eps, r fell from 1 to ~0 (loss 2% off)."""
+    if unavailable_reason(backend, DEVICE) is not None:
+        pytest.skip(f"{backend} cannot run here")
+    for seed in range(3):
+        errors = _errors(backend, "huge 1e15", (9, 10, 11), dict(spectrum="amplitude", bands=64), seed=seed)
+        assert errors.ok, f"seed {seed}: {errors}"

@@ -44,3 +44,19 @@ def base_is_prediction(input: torch.Tensor, target: torch.Tensor, problem: Probl
     else:
         y_max = target.detach().flatten(2).abs().amax(-1).float()
     return (x_max <= y_max)[:, problem.offset :]
+
+
+def make_hermitian(Z: torch.Tensor, last: int) -> torch.Tensor:
+    """In place on an rfftn half spectrum Z (B, C', *half): the last-axis columns that are their
+    own mirror image (k = 0, and k = n/2 for even n) hold spectra of real signals along the other
+    axes, so Z[k] = conj(Z[−k]) there. Float32 FFTs miss that by an ulp, and a band made only of
+    such mirror pairs must see exactly equal amplitudes (r = 1, SPEC §4): a spread of an ulp of
+    a huge amplitude is not below eps. Averaging each bin with its mirror's conjugate restores it
+    (and halves those bins' rounding). irfftn applies the same projection in the backward.
+    `last` is the length of the last spatial axis (its half grid has last // 2 + 1 columns)."""
+    other = tuple(range(2, Z.dim() - 1))
+    for column in (0, last // 2) if last % 2 == 0 else (0,):
+        plane = Z[..., column]
+        mirror = plane.flip(other).roll((1,) * len(other), other) if other else plane  # k → −k mod n
+        Z[..., column] = (plane + mirror.conj()) / 2
+    return Z

@@ -43,7 +43,7 @@ from .._options import Problem
 from .._stats import COEFFICIENTS, PARSEVAL_SUMS, STATS, gradient_coefficients, merge, parseval_stats
 from ..bands import half_grid_tables
 from . import torch_backend
-from ._spectra import base_is_prediction
+from ._spectra import base_is_prediction, make_hermitian
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 THREADS = 256  # scc::THREADS in csrc/scc_kernels.cuh (tests/test_cuda.py checks they agree)
@@ -215,8 +215,8 @@ def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[t
     d = torch.empty_like(base)
     launcher.activate(logits, target, base_is_x, base.view(batch, channels, n), d.view(batch, channels, n), problem,
                       _blocks(n, THREADS * _vec(logits), batch))  # fmt: skip
-    S = torch.fft.rfftn(base, dim=dims, norm="ortho")
-    D = torch.fft.rfftn(d, dim=dims, norm="ortho")
+    S = make_hermitian(torch.fft.rfftn(base, dim=dims, norm="ortho"), spatial[-1])
+    D = make_hermitian(torch.fft.rfftn(d, dim=dims, norm="ortho"), spatial[-1])
     del base, d
     slices, bins = batch * channels, math.prod(S.shape[2:])
     tables = half_grid_tables(spatial, problem.num_bands, input.device)

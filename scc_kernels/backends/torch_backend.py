@@ -18,7 +18,7 @@ import torch
 from .._options import Problem, compute_dtype
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import SPREAD, HalfGridTables, half_grid_tables
-from ._spectra import base_is_prediction
+from ._spectra import base_is_prediction, make_hermitian
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -208,7 +208,7 @@ def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
     for chunk in _chunks(batch, channels * tables.band.numel()):
         x_c, y_c = x[chunk], _dense_target(input[chunk], target[chunk], problem, x.dtype)
         base = torch.where(base_is_x[chunk].view(*base_is_x[chunk].shape, *([1] * len(dims))), x_c, y_c)
-        S, D = (torch.fft.rfftn(z, dim=dims, norm="ortho") for z in (base, x_c - y_c))
+        S, D = (make_hermitian(torch.fft.rfftn(z, dim=dims, norm="ortho"), spatial[-1]) for z in (base, x_c - y_c))
         del base
         values = _bin_values(S, D, base_is_x[chunk], problem.spectrum, planes[:, chunk].flatten(1, 2))
         stats[chunk] = _centred_stats(values, tables, problem.num_bands).view(-1, channels, problem.num_bands, len(STATS))

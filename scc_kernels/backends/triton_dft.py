@@ -461,10 +461,16 @@ def _finish_kernel(x_ptr, t_ptr, acc_ptr, out_ptr, C, N, ignore_index,
 
 @functools.lru_cache(maxsize=16)
 def _twiddles(n: int, device: torch.device) -> torch.Tensor:
-    """(2, n, n) float32: cos and sin of 2π·(k·m mod n)/n, over √n (ortho); symmetric in k, m."""
+    """(2, n, n) float32: cos and sin of 2π·(k·m mod n)/n, over √n (ortho); symmetric in k, m.
+
+    Built from the angles up to π and mirrored (cos(2π − a) = cos a, sin(2π − a) = −sin a
+    exactly), so that the transforms of bins k and −k are exact conjugates: a band of mirror
+    pairs then sees exactly equal amplitudes (r = 1, SPEC §4)."""
     k = torch.arange(n, dtype=torch.int64)
-    angle = (torch.outer(k, k) % n).double() * (2 * math.pi / n)  # exact integer reduction
-    return (torch.stack([torch.cos(angle), torch.sin(angle)]) / math.sqrt(n)).float().to(device)
+    index = torch.outer(k, k) % n  # exact integer reduction
+    folded = torch.minimum(index, n - index).double() * (2 * math.pi / n)
+    sign = torch.where(index > n - index, -1.0, 1.0).double()
+    return (torch.stack([torch.cos(folded), sign * torch.sin(folded)]) / math.sqrt(n)).float().to(device)
 
 
 def _pow2(n: int, low: int, high: int) -> int:
