@@ -58,5 +58,6 @@ def make_hermitian(Z: torch.Tensor, last: int) -> torch.Tensor:
     for column in (0, last // 2) if last % 2 == 0 else (0,):
         plane = Z[..., column]
         mirror = plane.flip(other).roll((1,) * len(other), other) if other else plane  # k → −k mod n
-        Z[..., column] = (plane + mirror.conj()) / 2
+        # conj_physical: a lazy conj() was lost here when the op ran under torch.compile (AOT)
+        Z[..., column] = (plane + mirror.conj_physical()) / 2
     return Z
