@@ -1,8 +1,13 @@
-"""python -m scc_kernels [info | verify | bench]; with no command: info, verify and a short bench."""
+"""python -m scc_kernels [info | verify | bench]; with no command: info, verify and a short bench.
+
+`cli()` is the command line (`python -m scc_kernels`, the `scc-kernels` script); `main(argv)` runs
+one command from Python and never restarts the process.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import sys
@@ -10,14 +15,9 @@ import time
 
 import torch
 
-if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
-    # Without a GPU the triton backend runs in Triton's interpreter, which is chosen when triton
-    # is imported; importing scc_kernels (torch.library) has already imported it: start again.
-    os.environ["TRITON_INTERPRET"] = "1"
-    os.execv(sys.executable, [sys.executable, "-m", "scc_kernels", *sys.argv[1:]])
-
-import scc_kernels  # noqa: E402
-from scc_kernels.backends import load as _load_backend  # noqa: E402
+import scc_kernels
+from scc_kernels.backends import FAST_BACKENDS, unavailable_reason
+from scc_kernels.backends import load as _load_backend
 
 
 def _device() -> torch.device:
@@ -41,7 +41,7 @@ def info(_args=None) -> int:
     else:
         print(f"no CUDA device; {os.cpu_count()} CPU cores" + (", triton runs interpreted" if os.environ.get("TRITON_INTERPRET") == "1" else ""))
     print("backends:")
-    for name, entry in scc_kernels.backends().items():
+    for name, entry in scc_kernels.available_backends().items():
         status = "available" if entry["available"] else f"unavailable: {entry['reason']}"
         if name == "cuda":
             status += f" [{_cuda_build_status()}]"
@@ -88,8 +88,7 @@ def bench(args) -> int:
 
     device = _device()
     names = args.backend or timing.timed_backends(device)
-    shapes = [tuple(int(s) for s in text.split("x")) for text in args.shapes] if args.shapes else (
-        timing.QUICK_SHAPES if args.quick else timing.SHAPES)[device.type]  # fmt: skip
+    shapes = args.shapes or (timing.QUICK_SHAPES if args.quick else timing.SHAPES)[device.type]
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     title = f"{time.strftime('%Y-%m-%d')} {gpu}, torch {torch.__version__}, triton {_version('triton')}"
     print(f"bench on {title}; median of {args.repeats} runs after warm-up; speed-up = reference fwd+bwd / fwd+bwd")
@@ -107,30 +106,88 @@ def bench(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+# ----------------------------------------------------------------------------------------------
+# arguments: every one checked before any work starts (a usage error, exit 2, one line)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """'8x4x256x256' → (8, 4, 256, 256): batch, channels and 1 to 3 spatial sizes, all >= 1."""
+    try:
+        shape = tuple(int(size) for size in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not 3 <= len(shape) <= 5 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape BxCxS1[xS2[xS3]] of positive sizes, e.g. 8x4x256x256")
+    return shape
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _check_backends(parser: argparse.ArgumentParser, names) -> None:
+    for name in names or ():
+        reason = unavailable_reason(name, _device())
+        if reason is not None:
+            parser.error(f"backend {name!r} cannot run here: {reason}")
+
+
+def _check_output(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(path):
+        parser.error(f"{option} {path}: cannot write there (no such writable folder, or a folder of that name)")
+
+
+def _parser() -> argparse.ArgumentParser:
     from scc_kernels.bench import MODES
 
-    parser = argparse.ArgumentParser(prog="python -m scc_kernels", description=__doc__)
+    backends = ["reference", *FAST_BACKENDS]
+    parser = argparse.ArgumentParser(prog="python -m scc_kernels", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="versions, devices, each backend and why it is unavailable")
     p_verify = sub.add_parser("verify", help="every available backend against the float64 reference")
-    p_verify.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    p_verify.add_argument("--backend", action="append", choices=backends, help="only this backend (repeatable)")
     p_verify.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"])
     p_verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p_bench = sub.add_parser("bench", help="forward and forward+backward times next to the reference")
-    p_bench.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    p_bench.add_argument("--backend", action="append", choices=backends[1:], help="only this backend (repeatable)")
     p_bench.add_argument("--quick", action="store_true", help="smaller default shapes")
-    p_bench.add_argument("--shapes", nargs="+", help="e.g. 8x4x256x256 2x4x64x64x64")
+    p_bench.add_argument("--shapes", nargs="+", type=_shape, help="e.g. 8x4x256x256 2x4x64x64x64")
     p_bench.add_argument("--modes", nargs="+", default=["complex", "amplitude", "amplitude-4bands"],
                          choices=list(MODES))  # fmt: skip
-    p_bench.add_argument("--repeats", type=int, default=10)
+    p_bench.add_argument("--repeats", type=_positive_int, default=10)
     p_bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p_bench.add_argument("--floors", action="store_true",
                          help="measure copy bandwidth and matmul rate; report time as a fraction of the floor")  # fmt: skip
     p_bench.add_argument("--csv", help="write the table to this CSV file")
     p_bench.add_argument("--png", help="write a bar chart to this PNG file (matplotlib)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def parse(argv=None) -> argparse.Namespace:
+    """The command's arguments, all checked: a usage error (exit 2) before any work starts."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command in ("verify", "bench"):
+        _check_backends(parser, args.backend)
+    if args.command == "bench":
+        _check_output(parser, "--csv", args.csv)
+        _check_output(parser, "--png", args.png)
+        if args.png and importlib.util.find_spec("matplotlib") is None:
+            parser.error("--png needs matplotlib: pip install matplotlib")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     if args.command == "info":
         return info(args)
     if args.command == "verify":
@@ -140,11 +197,22 @@ def main(argv=None) -> int:
     # the main job: info, verify, and a short bench
     status = info()
     print()
-    status |= verify(parser.parse_args(["verify"]))
+    status |= verify(parse(["verify"]))
     print()
-    status |= bench(parser.parse_args(["bench", "--quick", "--repeats", "5", "--modes", "complex", "amplitude"]))
+    status |= bench(parse(["bench", "--quick", "--repeats", "5", "--modes", "complex", "amplitude"]))
     return status
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command line. The one place that chooses Triton's mode: without a GPU the triton
+    backend runs in Triton's interpreter, which triton reads when it is first imported, and
+    importing scc_kernels (torch.library) already did; so the process starts again once, with
+    TRITON_INTERPRET=1 (unless the caller set it either way)."""
+    if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+        os.environ["TRITON_INTERPRET"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "scc_kernels", *sys.argv[1:]])
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

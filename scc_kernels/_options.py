@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
+import sys
 import warnings
 from typing import Callable, Sequence
 
@@ -20,6 +23,7 @@ SPECTRA = ("amplitude", "complex")
 REDUCTIONS = ("mean", "sum", "none")
 BACKEND_NAMES = ("auto", "reference", "torch", "triton", "cuda", "cupy")
 ACTIVATIONS = ("none", "softmax", "sigmoid")  # what backends see; `other_act` is applied before
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # every loss is computed in float32 at least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +78,9 @@ def make_options(
         raise TypeError(f"other_act must be callable, got {type(other_act).__name__}")
     if int(bool(sigmoid)) + int(bool(softmax)) + int(other_act is not None) > 1:
         raise ValueError("at most one of sigmoid=True, softmax=True and other_act may be given")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or math.isinf(eps):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    # comparisons only (no math.isinf): under torch.compile(dynamic=True) eps may be symbolic
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= _FLOAT32_MAX:
+        raise ValueError(f"eps must be a number in [0, {_FLOAT32_MAX:.4g}] (finite in float32), got {eps!r}")
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise ValueError(f"ignore_index must be None or an int, got {ignore_index!r}")
     activation = "softmax" if softmax else "sigmoid" if sigmoid else "none"
@@ -96,19 +101,25 @@ def make_options(
 
 
 def _check_band_weights(weights, num_bands: int) -> tuple[float, ...]:
-    if isinstance(weights, torch.Tensor):
-        weights = weights.detach().cpu().reshape(-1).tolist()
-    try:
-        values = tuple(float(w) for w in weights)
-    except (TypeError, ValueError):
-        raise ValueError(f"band_weights must be a sequence of numbers, got {weights!r}") from None
+    """One weight per band, finite, >= 0, not all 0; returned divided by the largest, so that
+    no sum of them can overflow (the loss uses w_j / Σ w, unchanged by the scaling)."""
+    if isinstance(weights, torch.Tensor) or hasattr(weights, "ndim"):  # a tensor or a NumPy array
+        if weights.ndim != 1:
+            raise TypeError(f"band_weights must be 1-D, got shape {tuple(weights.shape)}")
+        weights = weights.tolist()
+    elif not isinstance(weights, Sequence) or isinstance(weights, (str, bytes)):
+        raise TypeError(f"band_weights must be a sequence of real numbers or a 1-D tensor, got {type(weights).__name__}")
+    if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights):
+        raise TypeError(f"band_weights must hold real numbers, got {list(weights)!r}")
+    values = tuple(float(w) for w in weights)
     if len(values) != num_bands:
         raise ValueError(f"band_weights needs {num_bands} value(s) (one per band), got {len(values)}")
     if any(not math.isfinite(w) or w < 0 for w in values):
         raise ValueError(f"band_weights must be finite and >= 0, got {values}")
-    if not any(w > 0 for w in values):
+    largest = max(values)
+    if largest == 0:
         raise ValueError("band_weights must not all be zero")
-    return values
+    return tuple(w / largest for w in values)
 
 
 def prepare(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
@@ -133,6 +144,8 @@ def prepare(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
         raise TypeError("target must be real")
 
     num_classes = input.shape[1]
+    if num_classes == 0:
+        raise ValueError(f"input has no channels (C == 0): shape {tuple(input.shape)}")
     if num_classes == 1:
         opts = _single_channel(opts)
 
@@ -166,15 +179,30 @@ def prepare(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
 def _single_channel(opts: SCCOptions) -> SCCOptions:
     changes = {}
     if opts.activation == "softmax":
-        warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=4)
+        warn_caller("single channel prediction, `softmax=True` ignored.")
         changes["activation"] = "none"
     if not opts.include_background:
-        warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=4)
+        warn_caller("single channel prediction, `include_background=False` ignored.")
         changes["include_background"] = True
     if opts.to_onehot_y:
-        warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=4)
+        warn_caller("single channel prediction, `to_onehot_y=True` ignored.")
         changes["to_onehot_y"] = False
     return dataclasses.replace(opts, **changes) if changes else opts
+
+
+_INTERNAL_DIRS = tuple(os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, torch.__file__))
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """warnings.warn pointing at the user's line: the first frame outside scc_kernels and torch
+    (an nn.Module call, a custom op and autograd add frames of their own)."""
+    if torch.compiler.is_compiling():  # dynamo cannot trace frame walking
+        warnings.warn(message, category, stacklevel=2)
+        return
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -185,7 +213,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
     """Labels must lie in [0, C) or equal ignore_index (SPEC §5); returns them as integers.
 
-    CPU: a ValueError. CUDA: an asynchronous device-side assert, so the hot path never syncs.
+    CPU: a ValueError. CUDA, and inside a torch.compile graph (the reference backend's: a
+    data-dependent branch would break it): an asynchronous assert, so the hot path never syncs.
     A floating label map (`to_onehot_y=True`) must hold integral values and comes back as int64.
     """
     checked = labels if ignore_index is None else labels.masked_fill(labels == ignore_index, 0)
@@ -193,7 +222,7 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | Non
     valid = (low >= 0) & (high < num_classes)
     if labels.is_floating_point():
         valid &= (checked == checked.round()).all()
-    if labels.device.type == "cpu":
+    if labels.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(valid):
             invalid = (checked < 0) | (checked >= num_classes)
             if labels.is_floating_point():

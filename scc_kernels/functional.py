@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import torch
+from torch.autograd import forward_ad
 
 from . import reference
 from .backends import load, resolve
-from ._options import Problem, SCCOptions, check_labels, compute_dtype, make_options, prepare
+from ._options import Problem, SCCOptions, check_labels, compute_dtype, make_options, prepare, warn_caller
 from ._stats import loss_from_stats
 
 
@@ -95,11 +96,16 @@ def correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
 def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
     """The per-item loss 1 − r, (B, C') or (C',) with `batch=True`."""
     input, target, opts = prepare(input, target, opts)
+    target = target.detach()  # SPEC §4: the target is a constant of the loss, on every backend
     if opts.other_act is not None:
         input = opts.other_act(input)
     if input.numel() == 0:
         return _no_bins(input, opts)
     name = resolve(opts.backend, input.device, input.dtype)
+    if name != "reference" and (mode := _mode_only_the_reference_supports(input)) is not None:
+        _warn_once(f"scc_kernels: backend {name!r} does not support {mode}; the reference backend computes "
+                   "these losses instead (same values, slower). Pass backend='reference' to silence this.")  # fmt: skip
+        name = "reference"
     with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
         if name == "reference":
             return 1 - reference.spectral_correlation(input, target, opts)
@@ -108,6 +114,27 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
             opts.ignore_index, opts.include_background,
         )  # fmt: skip
         return loss_from_stats(stats, opts)
+
+
+def _mode_only_the_reference_supports(input: torch.Tensor) -> str | None:
+    """The autograd mode in use that the fast backends' custom op has no rule for (SPEC §4):
+    forward mode, or a torch.func transform. Reverse mode, the common case, gives None."""
+    if torch.compiler.is_compiling():  # dynamo traces neither of these
+        return None
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return "torch.func transforms (grad, vmap, jvp, jacrev, hessian, ...)"
+    if forward_ad.unpack_dual(input).tangent is not None:
+        return "forward-mode AD (torch.autograd.forward_ad)"
+    return None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warn_caller(message)
 
 
 def _no_bins(input: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
@@ -200,3 +227,17 @@ def _backward(ctx, grads):
 
 
 _band_stats.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _setup_backward_context(ctx, inputs, output):
+    ctx.backend = inputs[5]
+
+
+def _no_double_backward(ctx, grad):
+    raise RuntimeError(
+        f"scc_kernels: backend {ctx.backend!r} has no double backward (a derivative of the gradient, "
+        "after create_graph=True); backend='reference' supports every autograd mode"
+    )
+
+
+_band_stats_backward.register_autograd(_no_double_backward, setup_context=_setup_backward_context)

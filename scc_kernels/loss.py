@@ -44,6 +44,8 @@ class SCCLoss(torch.nn.Module):
             band_weights=band_weights, ignore_index=ignore_index, batch=batch, eps=eps,
             reduction=reduction, backend=backend,
         )  # fmt: skip
+        if isinstance(other_act, torch.nn.Module):  # a submodule: its parameters train and move with .to()
+            self.other_act = other_act
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return functional.loss(input, target, self.options)

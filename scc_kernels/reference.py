@@ -1,6 +1,6 @@
 """The executable definition: SPEC §3, step by step, in torch.fft with autograd.
 
-Slow on purpose and kept plain: full complex spectra, a mask per band, two-pass centred sums.
+Slow on purpose and kept plain: full complex spectra, a 0/1 mask per band, two-pass centred sums.
 Every other backend is tested against this one in float64.
 """
 
@@ -53,32 +53,27 @@ def spectral_correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOpt
     else:
         u, v = X, Y
 
-    # 5.-6. one r per band, per slice (b, c) or per class when batch=True
+    # 5.-6. one r per band, per slice (b, c) or per class when batch=True: sums over the bins of
+    # the band (a 0/1 mask, so that shapes never depend on data: torch.compile traces this too)
     bins = band_index(spatial, opts.num_bands).to(input.device)
-    per_band = []
-    for band in range(opts.num_bands):
-        in_band = bins == band
-        ub, vb = u[..., in_band], v[..., in_band]  # (B, C', |band|)
-        if opts.batch:
-            ub = ub.transpose(0, 1).reshape(ub.shape[1], -1)
-            vb = vb.transpose(0, 1).reshape(vb.shape[1], -1)
-        per_band.append(_correlation(ub, vb, opts.eps))
+    dims = (0, *spatial_dims) if opts.batch else spatial_dims
+    per_band = [_correlation(u, v, (bins == band).to(dtype), dims, opts.eps) for band in range(opts.num_bands)]
     r = torch.stack(per_band, dim=-1)
 
     # 7. band weights
     return weighted_band_mean(r, opts)
 
 
-def _correlation(u: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
-    """r over the last axis; 1 for an empty band, or where nothing varies and eps = 0."""
-    if u.shape[-1] == 0:
-        return torch.ones(u.shape[:-1], dtype=u.real.dtype, device=u.device)
-    du = u - u.mean(-1, keepdim=True)
-    dv = v - v.mean(-1, keepdim=True)
-    s_uv = (du * dv.conj()).real.sum(-1)
-    s_uu = (du * du.conj()).real.sum(-1)
-    s_vv = (dv * dv.conj()).real.sum(-1)
-    denominator = torch.sqrt((s_uu + eps) * (s_vv + eps))
-    degenerate = denominator == 0  # eps = 0 and a constant u or v: then s_uv = 0 too
+def _correlation(u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dims, eps: float) -> torch.Tensor:
+    """r over the bins where `mask` is 1, summed over `dims`; 1 for an empty band, or where nothing
+    varies and eps = 0."""
+    count = torch.broadcast_to(mask, u.shape).sum(dims, keepdim=True).clamp(min=1)
+    du = (u - (u * mask).sum(dims, keepdim=True) / count) * mask
+    dv = (v - (v * mask).sum(dims, keepdim=True) / count) * mask
+    s_uv = (du * dv.conj()).real.sum(dims)
+    s_uu = (du * du.conj()).real.sum(dims)
+    s_vv = (dv * dv.conj()).real.sum(dims)
+    denominator = torch.sqrt(s_uu + eps) * torch.sqrt(s_vv + eps)  # no product to overflow (large eps)
+    degenerate = denominator == 0  # eps = 0 and a constant u or v (or an empty band): then s_uv = 0 too
     r = torch.where(degenerate, 1.0, (s_uv + eps) / torch.where(degenerate, 1.0, denominator))
     return r.clamp(-1, 1)  # SPEC §4: r ∈ [−1, 1] even where rounding takes it a hair past 1

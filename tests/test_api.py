@@ -1,4 +1,4 @@
-"""Public API: every bad-input row of SPEC §5, SCCLoss, backends(), dispatch, torch.compile, autocast."""
+"""Public API: every bad-input row of SPEC §5, SCCLoss, available_backends(), dispatch, torch.compile, autocast."""
 
 
 import pytest
@@ -100,7 +100,7 @@ def test_bad_options(options, message):
 
 
 def test_unavailable_backend_is_a_runtime_error():
-    for name, info in scc_kernels.backends().items():
+    for name, info in scc_kernels.available_backends().items():
         if info["available"]:
             continue
         with pytest.raises(RuntimeError, match=name):
@@ -216,7 +216,7 @@ def test_module_matches_functional():
 
 
 def test_backends_report():
-    report = scc_kernels.backends()
+    report = scc_kernels.available_backends()
     assert set(report) == {"reference", "torch", "triton", "cuda", "cupy"}
     assert report["reference"]["available"] and report["torch"]["available"]
     for name, info in report.items():

@@ -34,12 +34,11 @@ import functools
 import importlib.util
 import math
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
 
-from .._options import Problem
+from .._options import Problem, warn_caller
 from .._stats import COEFFICIENTS, PARSEVAL_SUMS, STATS, gradient_coefficients, merge, parseval_stats
 from ..bands import half_grid_tables
 from . import torch_backend
@@ -130,13 +129,10 @@ def _extension():
         try:
             return importlib.import_module("scc_kernels._C")
         except ImportError as error:  # e.g. built against another torch: compile a matching one
-            warnings.warn(f"scc_kernels: the prebuilt extension does not load ({error}); compiling it", stacklevel=3)
+            warn_caller(f"scc_kernels: the prebuilt extension does not load ({error}); compiling it")
     from torch.utils.cpp_extension import load
 
-    warnings.warn(
-        "scc_kernels: compiling the CUDA extension for this machine (first use only, about a minute)",
-        stacklevel=3,
-    )
+    warn_caller("scc_kernels: compiling the CUDA extension for this machine (first use only, about a minute)")
     return load(
         name="scc_kernels_cuda",
         sources=[str(CSRC / "scc_kernels.cu"), str(CSRC / "bindings.cpp")],

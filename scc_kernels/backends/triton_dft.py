@@ -101,13 +101,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import warnings
 
 import torch
 import triton
 import triton.language as tl
 
-from .._options import Problem
+from .._options import Problem, warn_caller
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from . import torch_backend
@@ -513,6 +512,18 @@ def _supported(spatial: tuple[int, ...]) -> bool:
     return len(spatial) in MAX_SIDE and max(spatial) <= MAX_SIDE[len(spatial)]
 
 
+def _atomic_order_varies(device: torch.device) -> bool:
+    """The backward's float32 atomic adds land in a varying order on a GPU; the interpreter runs
+    one program at a time."""
+    return device.type == "cuda"
+
+
+def _deterministic_needed(input: torch.Tensor) -> bool:
+    """torch.use_deterministic_algorithms(True) is on and the backward would not be: the torch
+    backend (cuFFT and ops that follow torch's own determinism rules) runs the problem instead."""
+    return torch.are_deterministic_algorithms_enabled() and _atomic_order_varies(input.device)
+
+
 def _fall_back(spatial: tuple[int, ...]) -> bool:
     """True (with a warning the first time for this shape) when the slice is outside the kernels' range."""
     if _supported(spatial):
@@ -520,10 +531,9 @@ def _fall_back(spatial: tuple[int, ...]) -> bool:
     if spatial not in _fallback_warned:
         _fallback_warned.add(spatial)
         limits = ", ".join(f"{rank}D sides <= {side}" for rank, side in MAX_SIDE.items())
-        warnings.warn(
+        warn_caller(
             f"scc_kernels triton backend: spatial shape {spatial} is outside the DFT kernels' range "
-            f"({limits}); computing amplitude/banded spectra with the torch backend instead.",
-            stacklevel=2,
+            f"({limits}); computing amplitude/banded spectra with the torch backend instead."
         )
     return True
 
@@ -567,7 +577,7 @@ def _launch_args(input, target, base_is_x, problem: Problem, plan: dict) -> tupl
 def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """[STATS (B, C', K, 8) float32, base_is_x (B, C') bool]: each tile's statistics merged over tiles."""
     spatial = tuple(input.shape[2:])
-    if _fall_back(spatial):
+    if _fall_back(spatial) or _deterministic_needed(input):
         return torch_backend.band_stats(input, target, problem)
     input, target = input.contiguous(), target.contiguous()
     plan = _plan(spatial)
@@ -584,7 +594,7 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
 
 
 def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
-    if not _supported(tuple(input.shape[2:])):
+    if not _supported(tuple(input.shape[2:])) or _deterministic_needed(input):
         return torch_backend.band_stats_fake(input, target, problem)
     batch, channels = input.shape[0], input.shape[1] - problem.offset
     stats = input.new_empty((batch, channels, problem.num_bands, len(STATS)), dtype=torch.float32)
@@ -592,9 +602,9 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
 
 
 def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
-    spatial = tuple(input.shape[2:])
-    if not _supported(spatial):
+    if saved[0].dtype != torch.bool:  # the forward ran the torch backend: its saved tensors
         return torch_backend.band_stats_backward(grad_stats, stats, input, target, saved, problem)
+    spatial = tuple(input.shape[2:])
     (base_is_x,) = saved
     input, target = input.contiguous(), target.contiguous()
     plan = _plan(spatial)

@@ -8,8 +8,9 @@ c_uu·x + c_uv·y + c_dd·(x − y) (and √N·c_mean at the origin, which enter
 only) from the per-slice COEFFICIENTS of _stats.gradient_coefficients. So the forward reads the
 logits and the target once and the backward reads them once more and writes the gradient once.
 The activation and the one-hot of a label map live in registers only. Each program handles all
-C channels (a class count: small) of BLOCK_N pixels of one batch item, grid (cdiv(N, BLOCK_N), B)
-(the first grid axis is the one allowed > 65535 programs); the per-block partial sums go to a
+C channels (a class count: small) of BLOCK_N pixels of one batch item, on a 1-D grid of
+B·cdiv(N, BLOCK_N) programs (only the first grid axis may exceed 65535; `_grid`), pixel
+offsets in int64 (a slice may hold 2**31 samples or more); the per-block partial sums go to a
 small float32 buffer that torch adds up (deterministic, no atomics; every sum but Σ x·y adds
 non-negative terms, and the origin is in block 0 only).
 """
@@ -65,13 +66,19 @@ def _load_tile(
 
 
 @triton.jit
+def _block(num_blocks):
+    """(batch item, pixel block, int64) of this program on the 1-D grid of `_grid`."""
+    pid = tl.program_id(0).to(tl.int64)
+    return pid // num_blocks, pid % num_blocks
+
+
+@triton.jit
 def _parseval_forward_kernel(
     logits_ptr, target_ptr, partial_ptr, C, N, num_blocks,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, OFFSET: tl.constexpr, ACTIVATION: tl.constexpr,
     LABEL_MAP: tl.constexpr, HAS_IGNORE: tl.constexpr, IGNORE_INDEX: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_b = tl.program_id(1)
+    pid_b, pid_n = _block(num_blocks)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     _, x, y, _ = _load_tile(
         logits_ptr, target_ptr, pid_b, offs_n, C, N,
@@ -96,12 +103,11 @@ def _parseval_forward_kernel(
 
 @triton.jit
 def _parseval_backward_kernel(
-    logits_ptr, target_ptr, coefficients_ptr, grad_ptr, C, N, root_n,
+    logits_ptr, target_ptr, coefficients_ptr, grad_ptr, C, N, num_blocks, root_n,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, OFFSET: tl.constexpr, ACTIVATION: tl.constexpr,
     LABEL_MAP: tl.constexpr, HAS_IGNORE: tl.constexpr, IGNORE_INDEX: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_b = tl.program_id(1)
+    pid_b, pid_n = _block(num_blocks)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     p, x, y, keep = _load_tile(
         logits_ptr, target_ptr, pid_b, offs_n, C, N,
@@ -138,6 +144,15 @@ def _launch_config(channels: int, n: int) -> tuple[int, int, int]:
     return block_c, block_n, num_warps
 
 
+def _grid(batch: int, num_blocks: int) -> tuple[int]:
+    """One grid axis of B·blocks programs: CUDA allows 2**31 − 1 on the first axis, 65535 on the others."""
+    programs = batch * num_blocks
+    if programs >= 2**31:
+        raise ValueError(f"scc_kernels triton backend: {programs} programs (B={batch} × {num_blocks} pixel blocks) "
+                         "exceed CUDA's grid limit; split the batch")  # fmt: skip
+    return (programs,)
+
+
 def _static_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> dict:
     channels, n = input.shape[1], math.prod(input.shape[2:])
     block_c, block_n, num_warps = _launch_config(channels, n)
@@ -157,7 +172,7 @@ def parseval_band_stats(input: torch.Tensor, target: torch.Tensor, problem: Prob
     num_blocks = triton.cdiv(args["N"], args["BLOCK_N"])
     partial = input.new_empty((batch, num_blocks, channels - problem.offset, len(PARSEVAL_SUMS)), dtype=torch.float32)
     if partial.numel():
-        _parseval_forward_kernel[(num_blocks, batch)](
+        _parseval_forward_kernel[_grid(batch, num_blocks)](
             input.contiguous(), target.contiguous(), partial, num_blocks=num_blocks, **args
         )
     return parseval_stats(partial.sum(1), args["N"]).unsqueeze(2)
@@ -169,9 +184,9 @@ def parseval_backward(coefficients, input: torch.Tensor, target: torch.Tensor, p
     input = input.contiguous()
     grad_input = torch.empty_like(input)
     if grad_input.numel():
-        grid = (triton.cdiv(args["N"], args["BLOCK_N"]), input.shape[0])
-        _parseval_backward_kernel[grid](
+        num_blocks = triton.cdiv(args["N"], args["BLOCK_N"])
+        _parseval_backward_kernel[_grid(input.shape[0], num_blocks)](
             input, target.contiguous(), coefficients.to(torch.float32).contiguous(), grad_input,
-            root_n=math.sqrt(args["N"]), **args,
+            num_blocks=num_blocks, root_n=math.sqrt(args["N"]), **args,
         )  # fmt: skip
     return grad_input
