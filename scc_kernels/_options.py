@@ -37,6 +37,8 @@ class SCCOptions:
     include_background: bool = True
     ignore_index: int | None = None
     batch: bool = False
+    sync_batch: bool = False
+    process_group: object | None = None  # a torch.distributed ProcessGroup, or None: the world
     eps: float = 1e-5
     reduction: str = "mean"
     backend: str = "auto"
@@ -58,6 +60,8 @@ def make_options(
     include_background: bool = True,
     ignore_index: int | None = None,
     batch: bool = False,
+    sync_batch: bool = False,
+    process_group=None,
     eps: float = 1e-5,
     reduction: str = "mean",
     backend: str = "auto",
@@ -83,6 +87,11 @@ def make_options(
         raise ValueError(f"eps must be a number in [0, {_FLOAT32_MAX:.4g}] (finite in float32), got {eps!r}")
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise ValueError(f"ignore_index must be None or an int, got {ignore_index!r}")
+    if process_group is not None and not (sync_batch and _is_process_group(process_group)):
+        raise ValueError(f"process_group must be a torch.distributed ProcessGroup used with sync_batch=True, got {process_group!r}")
+    if sync_batch and not batch:
+        warn_caller("`sync_batch=True` needs `batch=True` (one r per class over the batch); ignored.")
+        sync_batch = False
     activation = "softmax" if softmax else "sigmoid" if sigmoid else "none"
     return SCCOptions(
         spectrum=spectrum,
@@ -94,10 +103,16 @@ def make_options(
         include_background=bool(include_background),
         ignore_index=ignore_index,
         batch=bool(batch),
+        sync_batch=bool(sync_batch),
+        process_group=process_group,
         eps=float(eps),
         reduction=reduction,
         backend=backend,
     )
+
+
+def _is_process_group(group) -> bool:
+    return torch.distributed.is_available() and isinstance(group, torch.distributed.ProcessGroup)
 
 
 def _check_band_weights(weights, num_bands: int) -> tuple[float, ...]:

@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from ._distributed import gather_stack
 from ._options import SCCOptions
 
 STATS = ("count", "mean_u", "mean_v", "mean_d", "m2_uu", "m2_vv", "m2_uv", "m2_dd")
@@ -105,6 +106,8 @@ def loss_from_stats(stats: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
     """Per-item loss 1 − r from STATS (B, C', K, 8): (B, C'), or (C',) with `batch=True`."""
     if opts.batch:
         stats = merge(stats, 0)
+        if opts.sync_batch:  # every rank's statistics, merged in the same order on every rank
+            stats = merge(gather_stack(stats, opts.process_group), 0)
     return weighted_band_mean(one_minus_r(stats, opts.eps), opts)
 
 

@@ -34,6 +34,8 @@ def spectral_correlation(
     include_background: bool = True,
     ignore_index: int | None = None,
     batch: bool = False,
+    sync_batch: bool = False,
+    process_group=None,
     eps: float = 1e-5,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -44,7 +46,8 @@ def spectral_correlation(
     opts = make_options(
         spectrum=spectrum, bands=bands, band_weights=band_weights, sigmoid=sigmoid, softmax=softmax,
         other_act=other_act, to_onehot_y=to_onehot_y, include_background=include_background,
-        ignore_index=ignore_index, batch=batch, eps=eps, backend=backend,
+        ignore_index=ignore_index, batch=batch, sync_batch=sync_batch, process_group=process_group,
+        eps=eps, backend=backend,
     )  # fmt: skip
     return correlation(input, target, opts)
 
@@ -63,6 +66,8 @@ def scc_loss(
     include_background: bool = True,
     ignore_index: int | None = None,
     batch: bool = False,
+    sync_batch: bool = False,
+    process_group=None,
     eps: float = 1e-5,
     reduction: str = "mean",
     backend: str = "auto",
@@ -75,7 +80,8 @@ def scc_loss(
     opts = make_options(
         spectrum=spectrum, bands=bands, band_weights=band_weights, sigmoid=sigmoid, softmax=softmax,
         other_act=other_act, to_onehot_y=to_onehot_y, include_background=include_background,
-        ignore_index=ignore_index, batch=batch, eps=eps, reduction=reduction, backend=backend,
+        ignore_index=ignore_index, batch=batch, sync_batch=sync_batch, process_group=process_group,
+        eps=eps, reduction=reduction, backend=backend,
     )  # fmt: skip
     return loss(input, target, opts)
 

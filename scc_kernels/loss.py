@@ -33,6 +33,8 @@ class SCCLoss(torch.nn.Module):
         band_weights: Sequence[float] | torch.Tensor | None = None,
         ignore_index: int | None = None,
         batch: bool = False,
+        sync_batch: bool = False,
+        process_group=None,
         eps: float = 1e-5,
         reduction: str = "mean",
         backend: str = "auto",
@@ -41,8 +43,8 @@ class SCCLoss(torch.nn.Module):
         self.options = make_options(
             include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
             softmax=softmax, other_act=other_act, spectrum=spectrum, bands=bands,
-            band_weights=band_weights, ignore_index=ignore_index, batch=batch, eps=eps,
-            reduction=reduction, backend=backend,
+            band_weights=band_weights, ignore_index=ignore_index, batch=batch, sync_batch=sync_batch,
+            process_group=process_group, eps=eps, reduction=reduction, backend=backend,
         )  # fmt: skip
         if isinstance(other_act, torch.nn.Module):  # a submodule: its parameters train and move with .to()
             self.other_act = other_act

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._distributed import gather_batches
 from ._options import SCCOptions, check_labels, compute_dtype
 from ._stats import weighted_band_mean
 from .bands import band_index
@@ -44,6 +45,8 @@ def spectral_correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOpt
     # 3. drop the background channel
     if not opts.include_background:
         x, y = x[:, 1:], y[:, 1:]
+    if opts.batch and opts.sync_batch:  # r over every rank's batch: gather the slices themselves
+        x, y = gather_batches(x, opts.process_group), gather_batches(y, opts.process_group)
 
     # 4. full complex spectra
     X = torch.fft.fftn(x, dim=spatial_dims, norm="ortho")
