@@ -18,7 +18,8 @@ import scc_kernels.__main__ as cli
 from scc_kernels import SCCLoss, scc_loss
 from scc_kernels.backends import triton_dft, triton_kernels
 
-FAST = ["torch", "triton"]  # the fast backends that run here (triton in the interpreter)
+FAST = ["torch", "triton"]  # fast backends that run on every test machine (triton: interpreted without a GPU)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SETTINGS = [  # (options, label map target?): Parseval and transform paths, both target kinds
     (dict(spectrum="complex", softmax=True), True),
     (dict(spectrum="amplitude", bands=3, softmax=True, ignore_index=255), True),
@@ -27,7 +28,8 @@ SETTINGS = [  # (options, label map target?): Parseval and transform paths, both
 
 
 def _random(batch, channels, spatial, seed, **options):
-    return random_problem(batch, channels, spatial, generator=torch.Generator().manual_seed(seed), **options)
+    return random_problem(batch, channels, spatial, generator=torch.Generator().manual_seed(seed), device=DEVICE,
+                          **options)  # fmt: skip
 
 
 def _inputs(shape, label_map, seed, options):
@@ -86,7 +88,7 @@ def test_opcheck_band_stats_backward(backend, options, label_map):
     logits, target = _inputs((2, 3, 7, 6), label_map, 4, options)
     static = (backend, opts.spectrum, opts.num_bands, opts.activation, opts.ignore_index, opts.include_background)
     stats, *saved = torch.ops.scc_kernels.band_stats(logits, target, *static)
-    grad_stats = torch.randn(stats.shape, generator=torch.Generator().manual_seed(4))
+    grad_stats = torch.randn(stats.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     args = (grad_stats, stats, logits, target, saved, *static)
     # its autograd rule only raises (no double backward), so the gradient checks are left out
     torch.library.opcheck(torch.ops.scc_kernels.band_stats_backward.default, args,
@@ -98,7 +100,8 @@ def test_opcheck_band_stats_backward(backend, options, label_map):
 
 def _float64_problem():
     logits, labels = _random(2, 3, (8, 9), 11)
-    return logits.double(), labels, torch.randn(logits.shape, generator=torch.Generator().manual_seed(12)).double()
+    tangent = torch.randn(logits.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    return logits.double(), labels, tangent.to(DEVICE)
 
 
 def _loss_of(backend):
@@ -174,7 +177,7 @@ def test_reference_double_backward_matches_finite_differences():
 @pytest.mark.parametrize("spectrum", ["complex", "amplitude"])
 def test_no_gradient_flows_to_the_target(backend, spectrum):
     logits, _ = _random(2, 3, (8, 9), 14)
-    soft_target = torch.rand(logits.shape, generator=torch.Generator().manual_seed(14)).requires_grad_(True)
+    soft_target = torch.rand(logits.shape, generator=torch.Generator().manual_seed(14)).to(DEVICE).requires_grad_(True)
     x = logits.requires_grad_(True)
     scc_loss(x, soft_target, softmax=True, spectrum=spectrum, backend=backend).backward()
     assert soft_target.grad is None and x.grad is not None
@@ -188,7 +191,7 @@ def test_other_act_module_is_a_submodule():
     loss.double()
     assert activation[0].weight.dtype == torch.float64  # moved with the loss module
     logits, labels = _random(2, 3, (8, 9), 15)
-    loss(logits.double(), labels).backward()
+    loss.to(DEVICE)(logits.double(), labels).backward()
     assert activation[0].weight.grad is not None and activation[0].weight.grad.abs().sum() > 0
     assert "other_act" in loss.state_dict().__str__()
 
@@ -235,7 +238,8 @@ def test_single_channel_warnings_point_at_the_caller():
 def test_triton_range_warning_points_at_the_caller(monkeypatch):
     monkeypatch.setattr(triton_dft, "_fallback_warned", set())
     with pytest.warns(UserWarning, match="outside the DFT kernels' range") as record:
-        scc_loss(torch.randn(2, 3, 13), torch.randint(0, 3, (2, 13)), softmax=True, backend="triton")
+        scc_loss(torch.randn(2, 3, 13, device=DEVICE), torch.randint(0, 3, (2, 13), device=DEVICE), softmax=True,
+                 backend="triton")  # fmt: skip
     assert record[0].filename == __file__
 
 
@@ -287,7 +291,6 @@ def test_backend_modules_import_by_name():
         (["bench", "--shapes", "abc"], "not a shape"),
         (["bench", "--shapes", "8x4"], "not a shape"),
         (["bench", "--csv", "/nonexistent-folder/table.csv"], "cannot write there"),
-        (["verify", "--backend", "cuda"], "backend 'cuda' cannot run here"),
     ],
 )
 def test_bad_cli_arguments_are_usage_errors(argv, message, capsys):
@@ -296,6 +299,15 @@ def test_bad_cli_arguments_are_usage_errors(argv, message, capsys):
     assert exit.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error and "Traceback" not in error
+
+
+def test_unavailable_backend_is_a_usage_error(capsys):
+    unavailable = [name for name, entry in scc_kernels.available_backends().items() if not entry["available"]]
+    if not unavailable:
+        pytest.skip("every backend can run on this machine")
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["verify", "--backend", unavailable[0]])
+    assert exit.value.code == 2 and f"backend {unavailable[0]!r} cannot run here" in capsys.readouterr().err
 
 
 def test_png_without_matplotlib_is_a_usage_error(monkeypatch, capsys):
