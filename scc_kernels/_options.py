@@ -208,12 +208,10 @@ def _single_channel(opts: SCCOptions) -> SCCOptions:
 _INTERNAL_DIRS = tuple(os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, torch.__file__))
 
 
+@torch.compiler.assume_constant_result  # in a torch.compile graph: run once, while tracing
 def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     """warnings.warn pointing at the user's line: the first frame outside scc_kernels and torch
-    (an nn.Module call, a custom op and autograd add frames of their own)."""
-    if torch.compiler.is_compiling():  # dynamo cannot trace frame walking
-        warnings.warn(message, category, stacklevel=2)
-        return
+    (an nn.Module call, a custom op, autograd and dynamo add frames of their own)."""
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
         frame, level = frame.f_back, level + 1

@@ -235,6 +235,16 @@ def test_single_channel_warnings_point_at_the_caller():
     assert function_record[0].filename == module_record[0].filename == __file__
 
 
+def test_warnings_inside_a_compiled_graph():
+    """A warning is issued once, while dynamo traces, without breaking a fullgraph compile."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, t: scc_loss(x, t, softmax=True, backend="torch"), fullgraph=True)
+    logits, target = torch.randn(2, 1, 8, 9, device=DEVICE), torch.rand(2, 1, 8, 9, device=DEVICE)
+    with pytest.warns(UserWarning, match="single channel prediction") as record:
+        compiled(logits, target)
+    assert record[0].filename == __file__
+
+
 def test_triton_range_warning_points_at_the_caller(monkeypatch):
     monkeypatch.setattr(triton_dft, "_fallback_warned", set())
     with pytest.warns(UserWarning, match="outside the DFT kernels' range") as record:
