@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .functional import scc_loss, spectral_correlation
 from .loss import SCCLoss
+from .planning import plan
 
 __version__ = "0.1.0"
-__all__ = ["SCCLoss", "available_backends", "scc_loss", "spectral_correlation", "__version__"]
+__all__ = ["SCCLoss", "available_backends", "plan", "scc_loss", "spectral_correlation", "__version__"]
 
 
 def available_backends() -> dict[str, dict[str, object]]:

@@ -107,7 +107,11 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
         input = opts.other_act(input)
     if input.numel() == 0:
         return _no_bins(input, opts)
-    name = resolve(opts.backend, input.device, input.dtype)
+    # "auto" on CUDA follows scc_kernels.plan for this shape (a CPU graph stays shape-generic)
+    problem = None
+    if input.is_cuda:
+        problem = (tuple(map(int, input.shape)), opts.spectrum, opts.num_bands, opts.include_background)
+    name = resolve(opts.backend, input.device, input.dtype, problem)
     if name != "reference" and (mode := _mode_only_the_reference_supports(input)) is not None:
         _warn_once(f"scc_kernels: backend {name!r} does not support {mode}; the reference backend computes "
                    "these losses instead (same values, slower). Pass backend='reference' to silence this.")  # fmt: skip

@@ -16,6 +16,7 @@ Nothing outside this package knows how a backend computes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -48,20 +49,24 @@ def unavailable_reason(name: str, device: torch.device | str | None = None) -> s
 
 
 @torch.compiler.assume_constant_result  # decided once when torch.compile traces, not per step
-def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
+def resolve(name: str, device: torch.device, dtype: torch.dtype, problem: tuple | None = None) -> str:
     """The backend to run: `name`, or for "auto" $SCC_KERNELS_BACKEND or the fastest that can run.
 
-    An explicitly named backend that cannot run raises RuntimeError saying why (SPEC §5).
+    "auto": torch for CPU tensors; on CUDA, the pick of `scc_kernels.plan` for `problem` =
+    (input shape, spectrum, bands, include_background). An explicitly named backend that cannot
+    run raises RuntimeError saying why (SPEC §5).
     """
     if name == "auto":
         name = os.environ.get("SCC_KERNELS_BACKEND", "auto") or "auto"
     if name == "auto":
         if device.type != "cuda":
             return "torch"
-        for candidate in FAST_BACKENDS:
-            if _supports_dtype(candidate, dtype) and unavailable_reason(candidate, device) is None:
-                return candidate
-        return "torch"
+        from ..planning import cached_plan
+
+        shape, spectrum, bands, include_background = problem
+        return cached_plan(shape, spectrum=spectrum, bands=bands, dtype=dtype, include_background=include_background,
+                           deterministic=torch.are_deterministic_algorithms_enabled(),
+                           autotune=os.environ.get("SCC_KERNELS_AUTOTUNE") == "1").backend  # fmt: skip
     if name not in ("reference", *FAST_BACKENDS):
         raise ValueError(f"unknown backend {name!r} (from SCC_KERNELS_BACKEND?)")
     if _supports_dtype(name, dtype):
@@ -80,3 +85,22 @@ def _supports_dtype(name: str, dtype: torch.dtype) -> bool:
 def info() -> dict[str, str | None]:
     """For every backend, None if it can run here, else why not."""
     return {name: unavailable_reason(name) for name in ("reference", *FAST_BACKENDS)}
+
+
+_forced_path: str | None = None
+
+
+@contextlib.contextmanager
+def path_override(path: str | None):
+    """Within the block, a backend with several paths for a problem (triton: "dft" or "fft") runs
+    `path`: what `plan`'s autotuning times. None: the backend chooses."""
+    global _forced_path
+    previous, _forced_path = _forced_path, path
+    try:
+        yield
+    finally:
+        _forced_path = previous
+
+
+def forced_path() -> str | None:
+    return _forced_path

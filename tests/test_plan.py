@@ -1,0 +1,116 @@
+"""scc_kernels.plan (module scc_kernels.planning): the cost model's arithmetic, its picks on the spec-sheet profiles, autotuning's
+cache, and `auto` on CUDA following the plan (all without a GPU: the profiles are data)."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import scc_kernels
+from scc_kernels import planning
+from scc_kernels.backends import resolve
+
+
+def test_profiles_are_spec_sheet_data():
+    assert set(planning.PROFILES) >= {"H100", "H200", "A100"}
+    h100, h200, a100 = (planning.PROFILES[name] for name in ("H100", "H200", "A100"))
+    assert h200.dram_gbps / h100.dram_gbps == pytest.approx(4800 / 3350)  # same chip, faster memory
+    assert h200.tf32_tflops == h100.tf32_tflops > a100.tf32_tflops
+
+
+def test_terms_are_bytes_over_bandwidth_flops_over_rate_launches_times_cost():
+    profile = planning.Profile("test", dram_gbps=1000, fp32_tflops=10, tf32_tflops=100, torch_op_us=8)
+    candidate = planning.Candidate("torch", "fft", bytes=2e9, fp32_flops=3e9, tensor_flops=4e10, launches=5,
+                                   launch_us=8)  # fmt: skip
+    timed = planning._timed(candidate, profile)
+    assert timed.memory_ms == pytest.approx(2.0)  # 2 GB at 1000 GB/s
+    assert timed.compute_ms == pytest.approx(0.3 + 0.4)  # 3 GFLOP at 10 TFLOP/s + 40 GFLOP at 100
+    assert timed.launch_ms == pytest.approx(0.04)
+    assert timed.modeled_ms == pytest.approx(2.74)
+
+
+def test_io_bytes_by_hand():
+    # 2×3×4×5 float32 logits (480 B) read twice and the gradient written once, int64 labels read twice
+    problem = planning.Problem((2, 3, 4, 5))
+    assert planning._io_bytes(problem) == 3 * 480 + 2 * 20 * 8
+
+
+@pytest.mark.parametrize("gpu", ["H200", "H100", "A100"])
+def test_picks_on_the_headline_shapes(gpu):
+    parseval = planning.plan((16, 4, 512, 512), spectrum="complex", gpu=gpu)
+    assert parseval.path == "parseval" and parseval.backend in ("cuda", "triton")
+    big_3d = planning.plan((2, 4, 128, 128, 128), spectrum="amplitude", gpu=gpu)
+    assert big_3d.path == "fft"  # the DFT's ~1000x FLOPs lose to cuFFT there
+    dft = next(c for c in big_3d.candidates if c.path == "dft")
+    assert dft.compute_ms > 10 * big_3d.candidates[0].modeled_ms
+    # every candidate but the pick is listed, fastest modeled first, with its terms
+    times = [c.modeled_ms for c in big_3d.candidates]
+    assert times == sorted(times) and {"reference", "torch", "cuda", "triton"} <= {c.backend for c in big_3d.candidates}
+
+
+def test_small_2d_problems_go_to_the_fused_dft_unless_deterministic():
+    small = planning.plan((8, 4, 64, 64), spectrum="amplitude", bands=4, gpu="H200")
+    assert (small.backend, small.path) == ("triton", "dft")
+    deterministic = planning.plan((8, 4, 64, 64), spectrum="amplitude", bands=4, gpu="H200", deterministic=True)
+    assert deterministic.path != "dft"
+
+
+def test_the_table_names_every_candidate_and_the_pick():
+    text = str(planning.plan((2, 4, 128, 128, 128), gpu="H200"))
+    assert "NVIDIA H200" in text and "pick: cuda / fft" in text and "triton     dft" in text
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="gpu must be one of"):
+        planning.plan((2, 3, 8, 8), gpu="V100")
+    with pytest.raises(ValueError, match="input_shape"):
+        planning.plan((2, 3))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs a CUDA device"):
+            planning.plan((2, 3, 8, 8))
+
+
+def test_autotune_times_once_and_caches_in_the_process_and_on_disk(monkeypatch, tmp_path):
+    cache = tmp_path / "autotune.json"
+    monkeypatch.setenv("SCC_KERNELS_CACHE", str(cache))
+    monkeypatch.setattr(planning, "_measured", {})
+    calls = []
+
+    def fake_time(problem, candidate, device, repeats=5):
+        calls.append(candidate.path)
+        return {"fft": 2.0, "dft": 1.0}[candidate.path]
+
+    monkeypatch.setattr(planning, "_time_candidate", fake_time)
+    problem = planning.Problem((2, 3, 16, 16))
+    candidates = [c for c in planning._costs(problem, planning.PROFILES["H200"]) if c.backend == "triton"]
+    cpu = torch.device("cpu")
+    first = planning._autotune(problem, candidates, cpu)
+    assert first == {"triton/fft": 2.0, "triton/dft": 1.0} and len(calls) == 2
+    assert planning._autotune(problem, candidates, cpu) == first and len(calls) == 2  # the process cache
+    monkeypatch.setattr(planning, "_measured", {})
+    assert planning._autotune(problem, candidates, cpu) == first and len(calls) == 2  # the disk cache
+    assert list(json.loads(cache.read_text()).values()) == [first]
+
+
+def test_timing_a_candidate_runs_forward_and_backward():
+    problem = planning.Problem((2, 3, 16, 15))
+    candidate = planning.Candidate("torch", "fft", 0, 0, 0, 0, 0)
+    assert planning._time_candidate(problem, candidate, torch.device("cpu"), repeats=2) > 0
+
+
+def test_auto_on_cuda_follows_the_plan(monkeypatch):
+    picked = dataclasses.make_dataclass("Picked", ["backend"])("cuda")
+    seen = {}
+
+    def fake_plan(shape, **options):
+        seen.update(shape=shape, **options)
+        return picked
+
+    monkeypatch.setattr(planning, "cached_plan", fake_plan)
+    monkeypatch.delenv("SCC_KERNELS_BACKEND", raising=False)
+    problem = ((2, 4, 64, 64), "amplitude", 4, True)
+    assert resolve("auto", torch.device("cuda"), torch.float32, problem) == "cuda"
+    assert seen["shape"] == (2, 4, 64, 64) and seen["bands"] == 4 and seen["dtype"] == torch.float32
+    assert resolve("auto", torch.device("cpu"), torch.float32, None) == "torch"
+    assert scc_kernels.plan is planning.plan  # the function, at the top level
