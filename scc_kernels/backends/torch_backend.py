@@ -182,16 +182,17 @@ def _parseval_backward(coefficients, p, target, problem: Problem) -> torch.Tenso
 # ~5x faster interleaved than on strided real parts); X, Y, D planar for the complex spectrum.
 # Recomputing them costs more.
 PLANES = {"amplitude": 3, "complex": 6}
-# Half-spectrum values per group of batch elements transformed together (one element at least):
-# each bin-sized temporary then stays about 0.5 MiB, within a CPU core's L2 cache (measured here:
-# 2**20 values per group ran 1.5-2x slower than 2**17 at 8x4x256x256).
+# Half-spectrum values per group of batch elements transformed together on a CPU (one element at
+# least): each bin-sized temporary then stays about 0.5 MiB, within a core's L2 cache (measured
+# here: 2**20 values per group ran 1.5-2x slower than 2**17 at 8x4x256x256). On a GPU the whole
+# batch is one group: every group costs each op a launch.
 CHUNK_BINS = 2**17
 
 
-def _chunks(batch: int, per_item: int):
-    """Slices of the batch, each of about CHUNK_BINS values (one batch element at least)."""
-    size = max(1, CHUNK_BINS // max(per_item, 1))
-    return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
+def _chunks(batch: int, per_item: int, device: torch.device):
+    """Slices of the batch, each of about CHUNK_BINS values on a CPU (one batch element at least)."""
+    size = batch if device.type != "cpu" else max(1, CHUNK_BINS // max(per_item, 1))
+    return [slice(start, min(start + size, batch)) for start in range(0, batch, max(size, 1))]
 
 
 def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
@@ -207,7 +208,7 @@ def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
     batch, channels = x.shape[:2]
     stats = x.new_empty((batch, channels, problem.num_bands, len(STATS)))
     saved = _new_saved(x, problem.spectrum, batch, channels, tables.band.numel(), x.dtype)
-    for chunk in _chunks(batch, channels * tables.band.numel()):
+    for chunk in _chunks(batch, channels * tables.band.numel(), input.device):
         x_c, y_c = x[chunk], _dense_target(input[chunk], target[chunk], problem, x.dtype)
         base = torch.where(base_is_x[chunk].view(*base_is_x[chunk].shape, *([1] * len(dims))), x_c, y_c)
         S, D = (make_hermitian(torch.fft.rfftn(z, dim=dims, norm="ortho"), spatial[-1]) for z in (base, x_c - y_c))
@@ -316,7 +317,7 @@ def _spectral_backward(coefficients, input, saved, problem: Problem) -> torch.Te
     def at_bins(per_band):  # (rows, K) → (rows, M), or (rows, 1) for one band
         return _per_bin(per_band, tables, problem.num_bands)
 
-    for chunk in _chunks(input.shape[0], channels * bins):
+    for chunk in _chunks(input.shape[0], channels * bins, input.device):
         coefficient = coefficients[chunk].to(planes.dtype).flatten(0, 1).unbind(-1)
         c_mean, c_uu, c_uv, c_dd, mean_u, mean_v, mean_d = coefficient
         values = planes[:, chunk].flatten(1, 2)
