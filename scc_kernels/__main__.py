@@ -1,4 +1,4 @@
-"""python -m scc_kernels [info | verify | bench]; with no command: info, verify and a short bench.
+"""python -m scc_kernels [info | verify | bench | plan | nnunet-install]; with no command: info, verify, a short bench.
 
 `cli()` is the command line (`python -m scc_kernels`, the `scc-kernels` script); `main(argv)` runs
 one command from Python and never restarts the process.
@@ -18,6 +18,8 @@ import torch
 import scc_kernels
 from scc_kernels.backends import FAST_BACKENDS, unavailable_reason
 from scc_kernels.backends import load as _load_backend
+from scc_kernels.integrations import nnunet_install
+from scc_kernels.planning import PROFILES
 
 
 def _device() -> torch.device:
@@ -106,6 +108,14 @@ def bench(args) -> int:
     return 0
 
 
+def plan(args) -> int:
+    for shape in args.shapes:
+        print(scc_kernels.plan(shape, spectrum=args.spectrum, bands=args.bands, dtype=getattr(torch, args.dtype),
+                               gpu=args.gpu, deterministic=args.deterministic, autotune=args.autotune or None))  # fmt: skip
+        print()
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # arguments: every one checked before any work starts (a usage error, exit 2, one line)
 
@@ -169,6 +179,16 @@ def _parser() -> argparse.ArgumentParser:
                          help="measure copy bandwidth and matmul rate; report time as a fraction of the floor")  # fmt: skip
     p_bench.add_argument("--csv", help="write the table to this CSV file")
     p_bench.add_argument("--png", help="write a bar chart to this PNG file (matplotlib)")
+    p_plan = sub.add_parser("plan", help="the cost model's candidates and pick for a problem (scc_kernels.plan)")
+    p_plan.add_argument("shapes", nargs="+", type=_shape, help="input shapes, e.g. 2x4x128x128x128")
+    p_plan.add_argument("--spectrum", default="amplitude", choices=["amplitude", "complex"])
+    p_plan.add_argument("--bands", type=_positive_int, default=None)
+    p_plan.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p_plan.add_argument("--gpu", choices=sorted(PROFILES), help="a GPU profile (default: this machine's GPU)")
+    p_plan.add_argument("--deterministic", action="store_true", help="leave out paths with float32 atomics")
+    p_plan.add_argument("--autotune", action="store_true", help="also time every candidate on this GPU")
+    p_nnunet = sub.add_parser("nnunet-install", help="let nnU-Net v2 find nnUNetTrainerSCC (nnUNetv2_train ... -tr nnUNetTrainerSCC)")
+    p_nnunet.add_argument("--uninstall", action="store_true", help="remove what nnunet-install wrote")
     return parser
 
 
@@ -183,6 +203,14 @@ def parse(argv=None) -> argparse.Namespace:
         _check_output(parser, "--png", args.png)
         if args.png and importlib.util.find_spec("matplotlib") is None:
             parser.error("--png needs matplotlib: pip install matplotlib")
+    if args.command == "plan" and args.gpu is None and not torch.cuda.is_available():
+        parser.error("plan: no CUDA device here; name a GPU profile with --gpu " + "/".join(sorted(PROFILES)))
+    if args.command == "plan" and args.autotune and args.gpu is not None:
+        parser.error("plan --autotune times this machine's GPU: leave out --gpu")
+    if args.command == "nnunet-install":
+        reason = nnunet_install.unusable_reason()
+        if reason is not None:
+            parser.error(reason)
     return args
 
 
@@ -194,6 +222,10 @@ def main(argv=None) -> int:
         return verify(args)
     if args.command == "bench":
         return bench(args)
+    if args.command == "plan":
+        return plan(args)
+    if args.command == "nnunet-install":
+        return nnunet_install.uninstall() if args.uninstall else nnunet_install.install()
     # the main job: info, verify, and a short bench
     status = info()
     print()

@@ -114,3 +114,21 @@ def test_auto_on_cuda_follows_the_plan(monkeypatch):
     assert seen["shape"] == (2, 4, 64, 64) and seen["bands"] == 4 and seen["dtype"] == torch.float32
     assert resolve("auto", torch.device("cpu"), torch.float32, None) == "torch"
     assert scc_kernels.plan is planning.plan  # the function, at the top level
+
+
+def test_plan_command_prints_the_table(capsys):
+    import scc_kernels.__main__ as cli
+
+    assert cli.main(["plan", "2x4x128x128x128", "16x4x512x512", "--spectrum", "amplitude", "--gpu", "H200"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("pick: cuda / fft") == 2 and "2x4x128x128x128" in out
+
+
+@pytest.mark.parametrize("argv, message", [(["plan", "2x4x8x8", "--gpu", "H200", "--autotune"], "leave out --gpu"),
+                                           (["plan", "2x4", "--gpu", "H200"], "not a shape")])  # fmt: skip
+def test_plan_command_usage_errors(argv, message, capsys):
+    import scc_kernels.__main__ as cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err

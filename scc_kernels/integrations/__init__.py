@@ -1,0 +1,1 @@
+"""Adapters that put SCCLoss into other frameworks' training loops; each imports its framework itself."""
