@@ -295,9 +295,13 @@ def _dominant(c: Candidate) -> str:
 
 
 def _runs_here(backend: str, dtype: torch.dtype) -> bool:
-    from .backends import _supports_dtype, unavailable_reason
+    """Can run on the current CUDA device now: the cuda backend only prebuilt (auto must not start
+    a minute-long JIT compile that nobody asked for; backend="cuda" still may)."""
+    from .backends import _supports_dtype, load, unavailable_reason
 
-    return _supports_dtype(backend, dtype) and unavailable_reason(backend, "cuda") is None
+    if not _supports_dtype(backend, dtype) or unavailable_reason(backend, "cuda") is not None:
+        return False
+    return backend != "cuda" or load("cuda").build_status() == "prebuilt"
 
 
 # ----------------------------------------------------------------------------------------------
