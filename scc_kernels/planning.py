@@ -261,6 +261,8 @@ def plan(input_shape, *, spectrum: str = "amplitude", bands: int | None = None, 
     problem = Problem(tuple(input_shape), spectrum, 1 if bands is None else bands, dtype, include_background)
     if len(problem.shape) < 3 or min(problem.shape) < 1:
         raise ValueError(f"input_shape must be (B, C, *spatial) with sizes >= 1, got {input_shape!r}")
+    if spectrum not in ("amplitude", "complex") or problem.bands < 1:
+        raise ValueError(f"spectrum must be 'amplitude' or 'complex' and bands None or >= 1, got {spectrum!r}, {bands!r}")
     if gpu is not None and gpu not in PROFILES:
         raise ValueError(f"gpu must be one of {tuple(PROFILES)} or None (the current device), got {gpu!r}")
     if gpu is None and not torch.cuda.is_available():

@@ -66,6 +66,8 @@ def test_bad_arguments():
         planning.plan((2, 3, 8, 8), gpu="V100")
     with pytest.raises(ValueError, match="input_shape"):
         planning.plan((2, 3))
+    with pytest.raises(ValueError, match="bands"):
+        planning.plan((2, 3, 8, 8), bands=0, gpu="H200")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="needs a CUDA device"):
             planning.plan((2, 3, 8, 8))
