@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from scc_kernels._options import Problem
-from scc_kernels.backends import torch_backend, triton_dft
+from scc_kernels.backends import torch_backend, triton_backend, triton_dft
 from scc_kernels.backends._spectra import base_is_prediction
 from scc_kernels.verify import blob_labels
 from utils import assert_matches_reference, converged_problem, random_problem
@@ -154,33 +154,30 @@ def test_bands_of_few_bins(spectrum, regime, device):
     assert_matches_reference("triton", logits, labels, spectrum=spectrum, bands=12, softmax=True)
 
 
-def test_too_large_falls_back_to_torch_with_one_warning(monkeypatch, device):
+def test_too_large_runs_the_fft_path_without_a_warning(monkeypatch, device):
+    """A slice outside the DFT kernels' range runs triton_fft (triton_backend.transform_path)."""
     monkeypatch.setattr(triton_dft, "MAX_SIDE", {2: 8, 3: 8})
-    monkeypatch.setattr(triton_dft, "_fallback_warned", set())
     logits, target = random_problem(2, 3, (9, 7), device=device)
     problem = Problem("amplitude", 3, "softmax", None, True)
-
-    with pytest.warns(UserWarning, match=r"\(9, 7\).*torch backend"):
-        out = triton_dft.band_stats(logits, target, problem)
-    expected = torch_backend.band_stats(logits, target, problem)
-    assert len(out) == len(expected) > 1  # torch's saved spectra travel to its backward
-    torch.testing.assert_close(out[0], expected[0])
-    fake = triton_dft.band_stats_fake(logits, target, problem)
-    assert [t.shape for t in fake] == [t.shape for t in out]
-
-    grad_stats = torch.randn_like(out[0])
+    grad_stats = torch.randn((2, 3, 3, 8), generator=torch.Generator().manual_seed(1)).to(device)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        triton_dft.band_stats(logits, target, problem)  # the same shape again: no second warning
-        grad = triton_dft.band_stats_backward(grad_stats, out[0], logits, target, out[1:], problem)
-    expected_grad = torch_backend.band_stats_backward(grad_stats, out[0], logits, target, out[1:], problem)
-    torch.testing.assert_close(grad, expected_grad)
+        out = triton_backend.band_stats(logits, target, problem)
+        fake = triton_backend.band_stats_fake(logits, target, problem)
+        grad = triton_backend.band_stats_backward(grad_stats, out[0], logits, target, out[1:], problem)
+    assert triton_backend.saved_path(out[1:]) == "fft"
+    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in out]
+    expected = torch_backend.band_stats(logits, target, problem)
+    torch.testing.assert_close(out[0], expected[0], rtol=1e-5, atol=1e-6)
+    expected_grad = torch_backend.band_stats_backward(grad_stats, expected[0], logits, target, expected[1:], problem)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
 
 
-def test_one_spatial_dim_falls_back(monkeypatch, device):
-    monkeypatch.setattr(triton_dft, "_fallback_warned", set())
+def test_one_spatial_dim_runs_the_fft_path(device):
     logits, target = random_problem(1, 2, (11,), device=device)
     problem = Problem("amplitude", 2, "sigmoid", None, True)
-    with pytest.warns(UserWarning, match=r"\(11,\)"):
-        out = triton_dft.band_stats(logits, target, problem)
-    torch.testing.assert_close(out[0], torch_backend.band_stats(logits, target, problem)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = triton_backend.band_stats(logits, target, problem)
+    assert triton_backend.saved_path(out[1:]) == "fft"
+    torch.testing.assert_close(out[0], torch_backend.band_stats(logits, target, problem)[0], rtol=1e-5, atol=1e-6)

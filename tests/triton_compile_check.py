@@ -11,7 +11,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from scc_kernels.backends import triton_dft, triton_kernels
+from scc_kernels.backends import triton_dft, triton_fft, triton_kernels
 
 
 def compile_kernel(kernel, types, constexprs, capability, num_warps=4):
@@ -50,8 +50,23 @@ def dft_cases():
     yield triton_dft._finish_kernel, finish, dict(ACT=1, IGNORE=True, BLOCK=1024), 90, 4
 
 
+def fft_cases():
+    block = dict(BLOCK=triton_fft.BLOCK)
+    for capability in (90, 80):
+        # softmax of float32 logits against a label map with ignore_index; sigmoid of bf16 against a dense target
+        for dtype, target, constexprs in [("fp32", "*i64", dict(ACT=1, LABEL=True, IGNORE=True)),
+                                          ("bf16", "*fp32", dict(ACT=2, LABEL=False, IGNORE=False))]:
+            types = dict(x_ptr=f"*{dtype}", t_ptr=target, base_ptr="*i1", base_out_ptr="*fp32",
+                         difference_out_ptr="*fp32", ignore_index="i64")  # fmt: skip
+            yield triton_fft._signals_kernel, types, {**constexprs, **block}, capability, 4
+        types = dict(s_ptr="*fp32", d_ptr="*fp32", base_ptr="*i1", band_ptr="*i32", herm_ptr="*fp32", out_ptr="*fp32",
+                     coefficients_ptr="*fp32", grad_ptr="*fp32")  # fmt: skip
+        for kernel, amplitude in itertools.product((triton_fft._stats_kernel, triton_fft._grad_kernel), (True, False)):
+            yield kernel, types, dict(AMPLITUDE=amplitude, **block), capability, 4
+
+
 if __name__ == "__main__":
-    for kernel, types, constexprs, capability, warps in [*parseval_cases(), *dft_cases()]:
+    for kernel, types, constexprs, capability, warps in [*parseval_cases(), *dft_cases(), *fft_cases()]:
         shared = compile_kernel(kernel, types, constexprs, capability, warps)
-        print(f"sm_{capability} {kernel.fn.__name__:<28} {types.get('x_ptr', types.get('logits_ptr'))} "
+        print(f"sm_{capability} {kernel.fn.__name__:<28} {next(iter(types.values()))} "
               f"shared memory {shared} B", flush=True)  # fmt: skip

@@ -92,8 +92,8 @@ reference (amplitude, K=4, softmax, 3 classes) to loss/grad 4.0e-8 / 8.6e-7 at 5
 4.7e-8 / 6.1e-7 at 32³ for random labels, 3.6e-7 / 8.9e-7 at 256² and 2.5e-7 / 2.3e-6 at 32³
 near convergence (converged_problem, confidence 8).
 
-Sizes: 2D up to 512×512 and 3D up to 128×128×128 (`MAX_SIDE`). Larger slices, and 1D, run
-torch_backend instead, with a warning the first time each shape is seen.
+Sizes: 2D up to 512×512 and 3D up to 128×128×128 (`MAX_SIDE`). triton_backend.transform_path
+sends larger slices, and 1D, to triton_fft.py (the same kernels around torch.fft).
 """
 
 from __future__ import annotations
@@ -106,15 +106,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .._options import Problem, warn_caller
+from .._options import Problem
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
-from . import torch_backend
 from ._spectra import base_is_prediction
 
 MAX_SIDE = {2: 512, 3: 128}  # largest axis length per spatial rank the kernels are checked for
 _ACTIVATIONS = {"none": 0, "softmax": 1, "sigmoid": 2}
-_fallback_warned: set[tuple[int, ...]] = set()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,22 +290,13 @@ def _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_ptr, out_ptr,
-                    C, offset, D, H, W, K, ignore_index, tiles_h, tiles_w, num_tiles,
-                    ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, AMPLITUDE: tl.constexpr,
-                    PRECISION: tl.constexpr, THREE_D: tl.constexpr, BKD: tl.constexpr, BKH: tl.constexpr,
-                    BKW: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
-    slice_id, tile, b, c, kd, kh, kw, base_is_x = _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD, BKH, BKW)
-    sr, si, dr, di = _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index, base_is_x,
-                                    kd, kh, kw, ACT, LABEL, IGNORE, PRECISION, THREE_D, BKD, BKH, BKW, BH, BW)
-    xr, xi, yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
-    valid, band, weight = _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw)
-    # this tile's STATS per band, centred on the tile's own means (two passes over the registers);
-    # the imaginary parts' band means are 0 (Hermitian symmetry), so they enter the moments as they are
-    out = out_ptr + (slice_id.to(tl.int64) * num_tiles + tile) * K * 8
+def _store_tile_stats(out, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K, AMPLITUDE: tl.constexpr):
+    """out[j, :] = the 8 STATS of the tile's bins of band j, for every band j they touch (Hermitian
+    weights folded in), centred on the tile's own means: two passes over the registers. The
+    imaginary parts' band means are 0 (Hermitian symmetry): they enter the moments as they are."""
     first = tl.min(tl.where(valid, band, K))
     last = tl.max(tl.where(valid, band, -1))
-    for j in range(first, last + 1):  # only the bands this tile touches
+    for j in range(first, last + 1):
         w = tl.where(band == j, weight, 0.0)
         count = tl.sum(w)
         inverse_count = 1.0 / tl.maximum(count, 1.0)
@@ -337,6 +326,41 @@ def _forward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_ptr
 
 
 @triton.jit
+def _forward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_ptr, out_ptr,
+                    C, offset, D, H, W, K, ignore_index, tiles_h, tiles_w, num_tiles,
+                    ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, AMPLITUDE: tl.constexpr,
+                    PRECISION: tl.constexpr, THREE_D: tl.constexpr, BKD: tl.constexpr, BKH: tl.constexpr,
+                    BKW: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+    slice_id, tile, b, c, kd, kh, kw, base_is_x = _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD, BKH, BKW)
+    sr, si, dr, di = _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index, base_is_x,
+                                    kd, kh, kw, ACT, LABEL, IGNORE, PRECISION, THREE_D, BKD, BKH, BKW, BH, BW)
+    xr, xi, yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
+    valid, band, weight = _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw)
+    out = out_ptr + (slice_id.to(tl.int64) * num_tiles + tile) * K * 8
+    _store_tile_stats(out, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K, AMPLITUDE)
+
+
+@triton.jit
+def _bin_gradient(coefficients, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE: tl.constexpr):
+    """The loss's gradient w.r.t. X at each bin (real, imaginary), from its band's COEFFICIENTS
+    (`coefficients`: this slice's (K, 7) table) and X, Y, u, v, d: torch_backend._spectral_backward's
+    per-bin formulas, ∂L/∂Re u, then through u = |X| (0 at X = 0, SPEC §4) or u = X."""
+    at = coefficients + band * 7
+    c_mean = tl.load(at + 0, mask=valid, other=0.0)
+    c_uu = tl.load(at + 1, mask=valid, other=0.0)
+    c_uv = tl.load(at + 2, mask=valid, other=0.0)
+    c_dd = tl.load(at + 3, mask=valid, other=0.0)
+    mean_u = tl.load(at + 4, mask=valid, other=0.0)
+    mean_v = tl.load(at + 5, mask=valid, other=0.0)
+    mean_d = tl.load(at + 6, mask=valid, other=0.0)
+    grad_re = c_mean + c_uu * (u_re - mean_u) + c_uv * (v_re - mean_v) + c_dd * (d_re - mean_d)
+    if AMPLITUDE:
+        scale = tl.where(u_re > 0, grad_re / tl.where(u_re > 0, u_re, 1.0), 0.0)
+        return scale * xr, scale * xi
+    return grad_re, c_uu * xi + c_uv * yi + c_dd * di
+
+
+@triton.jit
 def _backward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_ptr, coefficients_ptr, acc_ptr,
                      C, offset, D, H, W, K, ignore_index, tiles_h, tiles_w,
                      ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, AMPLITUDE: tl.constexpr,
@@ -347,24 +371,11 @@ def _backward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_pt
                                     kd, kh, kw, ACT, LABEL, IGNORE, PRECISION, THREE_D, BKD, BKH, BKW, BH, BW)
     xr, xi, yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
     valid, band, weight = _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw)
-    # the band's COEFFICIENTS at every bin, from the (slices, K, 7) table
-    coefficients = coefficients_ptr + slice_id.to(tl.int64) * K * 7 + band * 7
-    c_mean = tl.load(coefficients + 0, mask=valid, other=0.0)
-    c_uu = tl.load(coefficients + 1, mask=valid, other=0.0)
-    c_uv = tl.load(coefficients + 2, mask=valid, other=0.0)
-    c_dd = tl.load(coefficients + 3, mask=valid, other=0.0)
-    mean_u = tl.load(coefficients + 4, mask=valid, other=0.0)
-    mean_v = tl.load(coefficients + 5, mask=valid, other=0.0)
-    mean_d = tl.load(coefficients + 6, mask=valid, other=0.0)
     # conj(G) per bin (torch_backend._spectral_backward's formulas on the conj spectra), Hermitian weight folded in
-    grad_re = c_mean + c_uu * (u_re - mean_u) + c_uv * (v_re - mean_v) + c_dd * (d_re - mean_d)
-    if AMPLITUDE:
-        scale = tl.where(u_re > 0, grad_re / tl.where(u_re > 0, u_re, 1.0), 0.0) * weight  # |z|' = 0 at z = 0
-        gr = scale * xr
-        gi = scale * xi
-    else:
-        gr = grad_re * weight
-        gi = (c_uu * xi + c_uv * yi + c_dd * di) * weight
+    gr, gi = _bin_gradient(coefficients_ptr + slice_id.to(tl.int64) * K * 7, band, valid, xr, xi, yi, di, u_re, v_re,
+                           d_re, AMPLITUDE)  # fmt: skip
+    gr *= weight
+    gi *= weight
     # grad[n] = Re Σ_k h_k·conj(G_k)·e^{-2πi k·n/N}/√N: D axis, then H, then W
     acc = acc_ptr + (b.to(tl.int64) * C + c) * D * H * W
     kd_ok = kd < D
@@ -518,26 +529,6 @@ def _atomic_order_varies(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _deterministic_needed(input: torch.Tensor) -> bool:
-    """torch.use_deterministic_algorithms(True) is on and the backward would not be: the torch
-    backend (cuFFT and ops that follow torch's own determinism rules) runs the problem instead."""
-    return torch.are_deterministic_algorithms_enabled() and _atomic_order_varies(input.device)
-
-
-def _fall_back(spatial: tuple[int, ...]) -> bool:
-    """True (with a warning the first time for this shape) when the slice is outside the kernels' range."""
-    if _supported(spatial):
-        return False
-    if spatial not in _fallback_warned:
-        _fallback_warned.add(spatial)
-        limits = ", ".join(f"{rank}D sides <= {side}" for rank, side in MAX_SIDE.items())
-        warn_caller(
-            f"scc_kernels triton backend: spatial shape {spatial} is outside the DFT kernels' range "
-            f"({limits}); computing amplitude/banded spectra with the torch backend instead."
-        )
-    return True
-
-
 def _device_guard(device: torch.device):
     """Triton launches on the current CUDA device; make it the tensors' one."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -577,8 +568,6 @@ def _launch_args(input, target, base_is_x, problem: Problem, plan: dict) -> tupl
 def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """[STATS (B, C', K, 8) float32, base_is_x (B, C') bool]: each tile's statistics merged over tiles."""
     spatial = tuple(input.shape[2:])
-    if _fall_back(spatial) or _deterministic_needed(input):
-        return torch_backend.band_stats(input, target, problem)
     input, target = input.contiguous(), target.contiguous()
     plan = _plan(spatial)
     batch, channels = input.shape[0], input.shape[1] - problem.offset
@@ -594,16 +583,12 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
 
 
 def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
-    if not _supported(tuple(input.shape[2:])) or _deterministic_needed(input):
-        return torch_backend.band_stats_fake(input, target, problem)
     batch, channels = input.shape[0], input.shape[1] - problem.offset
     stats = input.new_empty((batch, channels, problem.num_bands, len(STATS)), dtype=torch.float32)
     return [stats, input.new_empty((batch, channels), dtype=torch.bool)]
 
 
 def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
-    if saved[0].dtype != torch.bool:  # the forward ran the torch backend: its saved tensors
-        return torch_backend.band_stats_backward(grad_stats, stats, input, target, saved, problem)
     spatial = tuple(input.shape[2:])
     (base_is_x,) = saved
     input, target = input.contiguous(), target.contiguous()
