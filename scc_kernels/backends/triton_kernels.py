@@ -145,10 +145,11 @@ def _launch_config(channels: int, n: int) -> tuple[int, int, int]:
 
 
 def _grid(batch: int, num_blocks: int) -> tuple[int]:
-    """One grid axis of B·blocks programs: CUDA allows 2**31 − 1 on the first axis, 65535 on the others."""
+    """One grid axis of rows·blocks programs (rows: batch items or slices): CUDA allows 2**31 − 1
+    on the first axis, 65535 on the others."""
     programs = batch * num_blocks
     if programs >= 2**31:
-        raise ValueError(f"scc_kernels triton backend: {programs} programs (B={batch} × {num_blocks} pixel blocks) "
+        raise ValueError(f"scc_kernels triton backend: {programs} programs ({batch} rows × {num_blocks} blocks) "
                          "exceed CUDA's grid limit; split the batch")  # fmt: skip
     return (programs,)
 
