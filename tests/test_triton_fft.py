@@ -18,7 +18,7 @@ from scc_kernels._options import Problem, make_options
 from scc_kernels.backends import torch_backend, triton_backend, triton_dft, triton_fft
 from scc_kernels.backends._spectra import base_is_prediction
 from scc_kernels.verify import huge_problem
-from utils import compare_with_reference, converged_problem, random_problem
+from utils import assert_matches_reference, converged_problem, random_problem
 
 
 @pytest.fixture
@@ -33,12 +33,6 @@ def fft_path(monkeypatch):
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _assert_matches_reference(seed, logits, target, **options):
-    """SPEC v2 §4 through scc_loss(backend="triton") against the float64 reference."""
-    errors = compare_with_reference("triton", logits, target, **options)
-    assert errors.ok, f"seed {seed}: {errors} ({options})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +132,7 @@ def test_end_to_end_matches_reference(regime, spatial, options, device):
     else:
         logits, target = random_problem(2, 3, spatial, ignore_index=options.get("ignore_index"),
                                         label_map="sigmoid" not in options, device=device, generator=generator)  # fmt: skip
-    _assert_matches_reference(seed, logits, target, **options)
+    assert_matches_reference("triton", logits, target, seed=seed, **options)
 
 
 @pytest.mark.usefixtures("fft_path")
@@ -151,7 +145,7 @@ def test_half_precision_inputs(spatial, options, label_map, dtype, device):
     """Computed in float32: the loss is float32, the gradient the input's dtype (compare_with_reference)."""
     logits, target = random_problem(2, 3, spatial, label_map=label_map, ignore_index=options.get("ignore_index"),
                                     dtype=dtype, device=device, generator=_generator(7))  # fmt: skip
-    _assert_matches_reference(7, logits, target, **options)
+    assert_matches_reference("triton", logits, target, seed=7, **options)
 
 
 # ----------------------------------------------------------------------------------------------

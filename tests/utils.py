@@ -5,7 +5,9 @@ from scc_kernels.verify import compare_with_reference, converged_problem, random
 __all__ = ["assert_matches_reference", "compare_with_reference", "converged_problem", "random_problem"]
 
 
-def assert_matches_reference(backend, logits, target, **options):
-    """SPEC v2 §4 against the float64 reference (errors as fractions of the tolerance)."""
+def assert_matches_reference(backend, logits, target, seed=None, **options):
+    """SPEC v2 §4 against the float64 reference (errors as fractions of the tolerance); the seed
+    that made the inputs, if given, goes into the failure message."""
     errors = compare_with_reference(backend, logits, target, **options)
-    assert errors.ok, f"{backend}: {errors} ({options})"
+    where = "" if seed is None else f" seed {seed}"
+    assert errors.ok, f"{backend}{where}: {errors} ({options})"
