@@ -22,7 +22,8 @@ import torch
 SPECTRA = ("amplitude", "complex")
 REDUCTIONS = ("mean", "sum", "none")
 BACKEND_NAMES = ("auto", "reference", "torch", "triton", "cuda", "cupy")
-ACTIVATIONS = ("none", "softmax", "sigmoid")  # what backends see; `other_act` is applied before
+ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}  # what backends see (kernel constants, csrc's
+# scc::Activation); `other_act` is applied before
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # every loss is computed in float32 at least
 
 
@@ -216,6 +217,11 @@ def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level + 1)
+
+
+def is_label_map(input: torch.Tensor, target: torch.Tensor) -> bool:
+    """A prepared target is an integer label map (B, *S) rather than dense (B, C, *S)."""
+    return target.dim() == input.dim() - 1
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -16,7 +16,7 @@ from torch.autograd import forward_ad
 
 from . import reference
 from .backends import load, resolve
-from ._options import Problem, SCCOptions, check_labels, compute_dtype, make_options, prepare, warn_caller
+from ._options import Problem, SCCOptions, check_labels, compute_dtype, is_label_map, make_options, prepare, warn_caller
 from ._stats import loss_from_stats
 
 
@@ -167,7 +167,7 @@ def _problem(spectrum, num_bands, activation, ignore_index, include_background) 
 
 
 def _label_map(input: torch.Tensor, target: torch.Tensor, ignore_index, check: bool) -> torch.Tensor:
-    if target.dim() != input.dim() - 1:
+    if not is_label_map(input, target):
         return target
     if check:
         return check_labels(target, input.shape[1], ignore_index)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ._distributed import gather_batches
-from ._options import SCCOptions, check_labels, compute_dtype
+from ._options import SCCOptions, check_labels, compute_dtype, is_label_map
 from ._stats import weighted_band_mean
 from .bands import band_index
 
@@ -28,7 +28,7 @@ def spectral_correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOpt
         x = torch.softmax(x, dim=1)
     elif opts.activation == "sigmoid":
         x = torch.sigmoid(x)
-    label_map = target.dim() == input.dim() - 1
+    label_map = is_label_map(input, target)
     if label_map:
         labels = check_labels(target, num_classes, opts.ignore_index).long()
         valid = torch.ones_like(labels, dtype=torch.bool)

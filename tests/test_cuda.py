@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import scc_kernels
-from scc_kernels._options import Problem
+from scc_kernels._options import ACTIVATION_CODES, Problem
 from scc_kernels.backends import cuda_backend, load, torch_backend, unavailable_reason
 from scc_kernels.bands import band_index
 from scc_kernels.verify import huge_problem
@@ -196,7 +196,7 @@ def test_python_constants_match_the_header():
     for name in ("THREADS", "BAND_ITEMS"):
         assert int(re.search(rf"constexpr int {name} = (\d+);", source).group(1)) == getattr(cuda_backend, name)
     codes = dict(re.findall(r"ACT_(\w+) = (\d+)", source))
-    assert {k.lower(): int(v) for k, v in codes.items()} == cuda_backend.ACTIVATION_CODES
+    assert {k.lower(): int(v) for k, v in codes.items()} == ACTIVATION_CODES
 
 
 def test_csrc_path_at_the_repository_root_is_the_package_sources():
@@ -264,7 +264,7 @@ class _HostLauncher:
         args = [ctypes.c_int(SCALAR_CODES[logits.dtype]), ctypes.c_int(TARGET_CODES[target.dtype]),
                 _pointer(logits), _pointer(target), *map(_pointer, pointers), ctypes.c_int(batch),
                 ctypes.c_int(blocks), ctypes.c_int(classes), ctypes.c_longlong(n), ctypes.c_int(problem.offset),
-                ctypes.c_int(cuda_backend.ACTIVATION_CODES[problem.activation]), ctypes.c_int(ignore is not None),
+                ctypes.c_int(ACTIVATION_CODES[problem.activation]), ctypes.c_int(ignore is not None),
                 ctypes.c_longlong(0 if ignore is None else ignore)]  # fmt: skip
         if root_n:
             args.append(ctypes.c_float(math.sqrt(n)))

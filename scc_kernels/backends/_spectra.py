@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .._options import Problem
+from .._options import Problem, is_label_map
 
 
 def base_is_prediction(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
@@ -34,7 +34,7 @@ def base_is_prediction(input: torch.Tensor, target: torch.Tensor, problem: Probl
         x_max = input.detach().flatten(2).abs().amax(-1).float()
     else:
         x_max = input.new_ones((batch, classes), dtype=torch.float32)
-    if target.dim() == input.dim() - 1:  # label map: which classes occur (at kept samples)
+    if is_label_map(input, target):  # label map: which classes occur (at kept samples)
         labels = target.reshape(batch, -1).long()
         kept = torch.ones_like(labels, dtype=torch.float32)
         if problem.ignore_index is not None:

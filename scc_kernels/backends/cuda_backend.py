@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from .._options import Problem, warn_caller
+from .._options import ACTIVATION_CODES, Problem, is_label_map, warn_caller
 from .._stats import COEFFICIENTS, PARSEVAL_SUMS, STATS, gradient_coefficients, merge, parseval_stats
 from ..bands import half_grid_tables
 from . import torch_backend
@@ -47,7 +47,6 @@ from ._spectra import base_is_prediction, make_hermitian
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 THREADS = 256  # scc::THREADS in csrc/scc_kernels.cuh (tests/test_cuda.py checks they agree)
 BAND_ITEMS = 4  # scc::BAND_ITEMS
-ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}  # scc::Activation
 MAX_BLOCKS = 4096  # blocks per launch we aim for: fills any current GPU, keeps partials small
 # C++ types of the template kernels' instances: logits; label map (integer) or dense target (float)
 CPP_SCALAR_TYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
@@ -243,7 +242,7 @@ def _flat(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torc
     """Logits (B, C, N) and the target as the kernels read it: labels (B, N) or float32 (B, C, N)."""
     batch, classes = input.shape[:2]
     logits = input.reshape(batch, classes, -1).contiguous()
-    if target.dim() == input.dim() - 1:
+    if is_label_map(input, target):
         labels = target.reshape(batch, -1)
         if labels.dtype not in LABEL_DTYPES:  # int8, int16, uint16...: widening keeps every value
             labels = labels.to(torch.int64)

@@ -19,7 +19,8 @@ import torch
 
 from .._options import Problem
 from . import cuda_backend
-from .cuda_backend import ACTIVATION_CODES, CPP_SCALAR_TYPES, CPP_TARGET_TYPES, CSRC, THREADS, kernel_names
+from .._options import ACTIVATION_CODES
+from .cuda_backend import CPP_SCALAR_TYPES, CPP_TARGET_TYPES, CSRC, THREADS, kernel_names
 
 
 def unavailable_reason(device: torch.device) -> str | None:

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .._options import Problem, compute_dtype
+from .._options import Problem, compute_dtype, is_label_map
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import SPREAD, HalfGridTables, half_grid_tables
 from ._spectra import base_is_prediction, make_hermitian
@@ -55,13 +55,9 @@ def _labels(target: torch.Tensor, problem: Problem):
     return torch.where(valid, labels, 0), valid
 
 
-def _is_label_map(input: torch.Tensor, target: torch.Tensor) -> bool:
-    return target.dim() == input.dim() - 1
-
-
 def _dense_target(input: torch.Tensor, target: torch.Tensor, problem: Problem, dtype) -> torch.Tensor:
     """Output channels of the target as floats, (B, C', *S); a label map becomes class masks."""
-    if not _is_label_map(input, target):
+    if not is_label_map(input, target):
         return target[:, problem.offset :].to(dtype)
     labels, valid = _labels(target, problem)
     classes = torch.arange(problem.offset, input.shape[1], device=input.device)
@@ -113,7 +109,7 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
 def _finish_backward(grad_x, p, target, problem: Problem) -> torch.Tensor:
     """Gradient w.r.t. the probabilities (a fresh tensor, changed in place) → w.r.t. the input:
     ignored positions, activation."""
-    if _is_label_map(p, target) and problem.ignore_index is not None:
+    if is_label_map(p, target) and problem.ignore_index is not None:
         grad_x.mul_(_labels(target, problem)[1].unsqueeze(1))
     return _activation_backward(grad_x, p, problem)
 
@@ -129,7 +125,7 @@ def _parseval_stats(input, target, problem: Problem) -> torch.Tensor:
     x = p.flatten(2)
     owned = x.untyped_storage().data_ptr() != input.untyped_storage().data_ptr()  # not the caller's input
     rest = x[..., 1:]
-    if _is_label_map(input, target):  # per class, straight from the labels (never one-hot)
+    if is_label_map(input, target):  # per class, straight from the labels (never one-hot)
         labels, valid = _labels(target.flatten(1), problem)
         weight = x.new_ones(()).expand(labels.shape) if valid is None else valid.to(x.dtype)
         if valid is not None:
@@ -157,7 +153,7 @@ def _parseval_backward(coefficients, p, target, problem: Problem) -> torch.Tenso
     (c_uu + c_dd)·x + (c_uv − c_dd)·y (x − y is rounded as much as x itself here, and no copy of
     x is needed), and at the origin √N·c_mean (the origin enters through the means only)."""
     shape = p.shape
-    label_map = _is_label_map(p, target)
+    label_map = is_label_map(p, target)
     p = p.flatten(2)
     c_mean, c_uu, c_uv, c_dd = _pad_channels(coefficients.to(p.dtype), problem)[..., :4].unbind(-1)
     to_x, to_y = c_uu + c_dd, c_uv - c_dd
@@ -201,7 +197,7 @@ def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     p = _activate(input, problem)
     x = p[:, problem.offset :]
-    if _is_label_map(input, target) and problem.ignore_index is not None:
+    if is_label_map(input, target) and problem.ignore_index is not None:
         x = x * _labels(target, problem)[1].unsqueeze(1)
     base_is_x = base_is_prediction(input, target, problem)
     tables = half_grid_tables(spatial, problem.num_bands, input.device)

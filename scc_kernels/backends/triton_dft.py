@@ -106,13 +106,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .._options import Problem
+from .._options import ACTIVATION_CODES, Problem, is_label_map
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction
 
 MAX_SIDE = {2: 512, 3: 128}  # largest axis length per spatial rank the kernels are checked for
-_ACTIVATIONS = {"none": 0, "softmax": 1, "sigmoid": 2}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,7 +545,7 @@ def _launch_args(input, target, base_is_x, problem: Problem, plan: dict) -> tupl
     """Arguments shared by the forward and backward kernels (before their output pointers)."""
     depth, height, width = plan["dims"]
     tables = half_grid_tables(tuple(input.shape[2:]), problem.num_bands, input.device)
-    label_map = target.dim() == input.dim() - 1
+    label_map = is_label_map(input, target)
     tensors = [
         input, target, _twiddles(depth, input.device), _twiddles(height, input.device),
         _twiddles(width, input.device), tables.band32, tables.weight, base_is_x.contiguous(),
@@ -554,7 +553,7 @@ def _launch_args(input, target, base_is_x, problem: Problem, plan: dict) -> tupl
     scalars = [input.shape[1], problem.offset, depth, height, width, problem.num_bands, _ignore_value(problem),
                plan["tiles"][1], plan["tiles"][2]]
     constants = dict(
-        ACT=_ACTIVATIONS[problem.activation], LABEL=label_map, IGNORE=label_map and problem.ignore_index is not None,
+        ACT=ACTIVATION_CODES[problem.activation], LABEL=label_map, IGNORE=label_map and problem.ignore_index is not None,
         AMPLITUDE=problem.spectrum == "amplitude", PRECISION=_precision(input.dtype), THREE_D=plan["three_d"],
         num_warps=4, **plan["blocks"],
     )  # fmt: skip

@@ -54,11 +54,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .._options import Problem
+from .._options import ACTIVATION_CODES, Problem, is_label_map
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction, make_hermitian
-from .triton_dft import (_ACTIVATIONS, _bin_gradient, _bin_values, _device_guard, _finish_kernel, _ignore_value,
+from .triton_dft import (_bin_gradient, _bin_values, _device_guard, _finish_kernel, _ignore_value,
                          _load_pair, _store_tile_stats)
 from .triton_kernels import _block, _grid
 
@@ -151,14 +151,14 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
     input, target = input.contiguous(), target.contiguous()
     batch, channels = input.shape[0], input.shape[1] - problem.offset
     slices, samples = batch * channels, math.prod(spatial)
-    label_map = target.dim() == input.dim() - 1
+    label_map = is_label_map(input, target)
     base_is_x = base_is_prediction(input, target, problem).contiguous()
     signals = torch.empty((2, batch, channels, *spatial), device=input.device, dtype=torch.float32)
     num_blocks = triton.cdiv(samples, BLOCK)
     with _device_guard(input.device):
         _signals_kernel[_grid(slices, num_blocks)](
             input, target, base_is_x, signals[0], signals[1], input.shape[1], problem.offset, samples, num_blocks,
-            _ignore_value(problem), ACT=_ACTIVATIONS[problem.activation], LABEL=label_map,
+            _ignore_value(problem), ACT=ACTIVATION_CODES[problem.activation], LABEL=label_map,
             IGNORE=label_map and problem.ignore_index is not None, BLOCK=BLOCK, num_warps=4,
         )  # fmt: skip
         spectra = torch.fft.rfftn(signals, dim=tuple(range(3, signals.dim())), norm="ortho")
@@ -201,7 +201,7 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
     grad = torch.empty(input.shape, device=input.device, dtype=torch.float32)
     grad[:, : problem.offset] = 0
     out = grad if input.dtype == torch.float32 else torch.empty_like(input)
-    label_map = target.dim() == input.dim() - 1
+    label_map = is_label_map(input, target)
     finish_block = max(FINISH_BLOCK, triton.next_power_of_2(triton.cdiv(samples, 65535)))
     with _device_guard(input.device):
         _grad_kernel[_grid(slices, num_tiles)](
@@ -212,7 +212,7 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
                          out=grad[:, problem.offset :])  # fmt: skip
         del grad_half
         _finish_kernel[(batch, triton.cdiv(samples, finish_block))](
-            input, target, grad, out, classes, samples, _ignore_value(problem), ACT=_ACTIVATIONS[problem.activation],
+            input, target, grad, out, classes, samples, _ignore_value(problem), ACT=ACTIVATION_CODES[problem.activation],
             IGNORE=label_map and problem.ignore_index is not None, BLOCK=finish_block,
         )  # fmt: skip
     return out

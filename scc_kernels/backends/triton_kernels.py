@@ -23,11 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._options import Problem
+from .._options import ACTIVATION_CODES, Problem, is_label_map
 from .._stats import PARSEVAL_SUMS, parseval_stats
-
-_ACTIVATION = {"none": 0, "softmax": 1, "sigmoid": 2}
-
 
 @triton.jit
 def _load_tile(
@@ -157,11 +154,11 @@ def _grid(batch: int, num_blocks: int) -> tuple[int]:
 def _static_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> dict:
     channels, n = input.shape[1], math.prod(input.shape[2:])
     block_c, block_n, num_warps = _launch_config(channels, n)
-    label_map = target.dim() == input.dim() - 1
+    label_map = is_label_map(input, target)
     has_ignore = label_map and problem.ignore_index is not None
     return dict(
         C=channels, N=n, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=num_warps, OFFSET=problem.offset,
-        ACTIVATION=_ACTIVATION[problem.activation], LABEL_MAP=label_map,
+        ACTIVATION=ACTIVATION_CODES[problem.activation], LABEL_MAP=label_map,
         HAS_IGNORE=has_ignore, IGNORE_INDEX=problem.ignore_index if has_ignore else 0,
     )  # fmt: skip
 
