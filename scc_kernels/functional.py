@@ -1,22 +1,23 @@
 """Functional API and the one dispatch point.
 
 options → (checked tensors) → backend: the reference computes r directly with autograd; a
-fast backend runs as the custom op `scc_kernels::band_stats` (registered with torch.library,
-with a fake implementation and its own autograd, so torch.compile keeps one graph), and
+fast backend runs as the custom op `scc_kernels::band_stats` (ops.py: registered with
+torch.library, with a fake implementation and its own autograd, so torch.compile keeps one graph), and
 _stats.loss_from_stats turns its band statistics into 1 − r. The loss is formed as 1 − r
 directly, never as 1 minus a rounded r (SPEC §4); `spectral_correlation` returns 1 minus it.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.autograd import forward_ad
 
+from . import ops  # noqa: F401  (registers torch.ops.scc_kernels.*)
 from . import reference
-from .backends import load, resolve
-from ._options import Problem, SCCOptions, check_labels, compute_dtype, is_label_map, make_options, prepare, warn_caller
+from .backends import resolve
+from ._options import SCCOptions, compute_dtype, make_options, prepare, warn_caller
 from ._stats import loss_from_stats
 
 
@@ -156,98 +157,3 @@ def _no_bins(input: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
     shape = (channels,) if opts.batch else (batch, channels)
     zeros = torch.zeros(shape, dtype=compute_dtype(input.dtype), device=input.device)
     return zeros + 0 * input.sum()
-
-
-# ----------------------------------------------------------------------------------------------
-# the custom op: band statistics of one backend, with a hand-written backward
-
-
-def _problem(spectrum, num_bands, activation, ignore_index, include_background) -> Problem:
-    return Problem(spectrum, num_bands, activation, ignore_index, include_background)
-
-
-def _label_map(input: torch.Tensor, target: torch.Tensor, ignore_index, check: bool) -> torch.Tensor:
-    if not is_label_map(input, target):
-        return target
-    if check:
-        return check_labels(target, input.shape[1], ignore_index)
-    return target.long() if target.is_floating_point() else target
-
-
-@torch.library.custom_op("scc_kernels::band_stats", mutates_args=())
-def _band_stats(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    backend: str,
-    spectrum: str,
-    num_bands: int,
-    activation: str,
-    ignore_index: Optional[int],
-    include_background: bool,
-) -> list[torch.Tensor]:
-    """[stats (B, C', K, 8) in _stats.STATS order, *tensors the backend saves for its backward]."""
-    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
-    target = _label_map(input, target, ignore_index, check=True)
-    return load(backend).band_stats(input, target, problem)
-
-
-@_band_stats.register_fake
-def _(input, target, backend, spectrum, num_bands, activation, ignore_index, include_background):
-    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
-    return load(backend).band_stats_fake(input, target, problem)
-
-
-@torch.library.custom_op("scc_kernels::band_stats_backward", mutates_args=())
-def _band_stats_backward(
-    grad_stats: torch.Tensor,
-    stats: torch.Tensor,
-    input: torch.Tensor,
-    target: torch.Tensor,
-    saved: list[torch.Tensor],
-    backend: str,
-    spectrum: str,
-    num_bands: int,
-    activation: str,
-    ignore_index: Optional[int],
-    include_background: bool,
-) -> torch.Tensor:
-    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
-    target = _label_map(input, target, ignore_index, check=False)
-    return load(backend).band_stats_backward(grad_stats.contiguous(), stats, input, target, saved, problem)
-
-
-@_band_stats_backward.register_fake
-def _(grad_stats, stats, input, target, saved, *args):
-    return torch.empty_like(input)
-
-
-def _setup_context(ctx, inputs, output):
-    input, target, *static = inputs
-    ctx.static = static
-    ctx.save_for_backward(input, target, *output)
-    ctx.set_materialize_grads(False)  # the saved spectra get no gradient: no zero tensors for them
-
-
-def _backward(ctx, grads):
-    input, target, stats, *saved = ctx.saved_tensors
-    grad_input = None
-    if ctx.needs_input_grad[0] and grads[0] is not None:
-        grad_input = torch.ops.scc_kernels.band_stats_backward(grads[0], stats, input, target, saved, *ctx.static)
-    return (grad_input, None, *([None] * len(ctx.static)))
-
-
-_band_stats.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _setup_backward_context(ctx, inputs, output):
-    ctx.backend = inputs[5]
-
-
-def _no_double_backward(ctx, grad):
-    raise RuntimeError(
-        f"scc_kernels: backend {ctx.backend!r} has no double backward (a derivative of the gradient, "
-        "after create_graph=True); backend='reference' supports every autograd mode"
-    )
-
-
-_band_stats_backward.register_autograd(_no_double_backward, setup_context=_setup_backward_context)

@@ -1,0 +1,111 @@
+"""The two custom ops every fast backend runs as (torch.library), with their fakes and autograd.
+
+    scc_kernels::band_stats(input, target, backend, spectrum, num_bands, activation,
+                            ignore_index, include_background) -> [stats (B, C', K, 8), *saved]
+    scc_kernels::band_stats_backward(grad_stats, stats, input, target, saved, ...) -> grad of input
+
+A registered op with a fake implementation keeps torch.compile to one graph whatever a backend
+does inside (Triton launches, a C++ extension, CuPy); the backward is an op too, so that AOT
+autograd traces it. The backward's own autograd rule raises: no double backward through a fast
+backend (the reference supports every autograd mode; functional.py routes the others there).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._options import Problem, check_labels, is_label_map
+from .backends import load
+
+
+def _problem(spectrum, num_bands, activation, ignore_index, include_background) -> Problem:
+    return Problem(spectrum, num_bands, activation, ignore_index, include_background)
+
+
+def _label_map(input: torch.Tensor, target: torch.Tensor, ignore_index, check: bool) -> torch.Tensor:
+    if not is_label_map(input, target):
+        return target
+    if check:
+        return check_labels(target, input.shape[1], ignore_index)
+    return target.long() if target.is_floating_point() else target
+
+
+@torch.library.custom_op("scc_kernels::band_stats", mutates_args=())
+def _band_stats(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    backend: str,
+    spectrum: str,
+    num_bands: int,
+    activation: str,
+    ignore_index: Optional[int],
+    include_background: bool,
+) -> list[torch.Tensor]:
+    """[stats (B, C', K, 8) in _stats.STATS order, *tensors the backend saves for its backward]."""
+    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
+    target = _label_map(input, target, ignore_index, check=True)
+    return load(backend).band_stats(input, target, problem)
+
+
+@_band_stats.register_fake
+def _(input, target, backend, spectrum, num_bands, activation, ignore_index, include_background):
+    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
+    return load(backend).band_stats_fake(input, target, problem)
+
+
+@torch.library.custom_op("scc_kernels::band_stats_backward", mutates_args=())
+def _band_stats_backward(
+    grad_stats: torch.Tensor,
+    stats: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    saved: list[torch.Tensor],
+    backend: str,
+    spectrum: str,
+    num_bands: int,
+    activation: str,
+    ignore_index: Optional[int],
+    include_background: bool,
+) -> torch.Tensor:
+    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
+    target = _label_map(input, target, ignore_index, check=False)
+    return load(backend).band_stats_backward(grad_stats.contiguous(), stats, input, target, saved, problem)
+
+
+@_band_stats_backward.register_fake
+def _(grad_stats, stats, input, target, saved, *args):
+    return torch.empty_like(input)
+
+
+def _setup_context(ctx, inputs, output):
+    input, target, *static = inputs
+    ctx.static = static
+    ctx.save_for_backward(input, target, *output)
+    ctx.set_materialize_grads(False)  # the saved spectra get no gradient: no zero tensors for them
+
+
+def _backward(ctx, grads):
+    input, target, stats, *saved = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0] and grads[0] is not None:
+        grad_input = torch.ops.scc_kernels.band_stats_backward(grads[0], stats, input, target, saved, *ctx.static)
+    return (grad_input, None, *([None] * len(ctx.static)))
+
+
+_band_stats.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _setup_backward_context(ctx, inputs, output):
+    ctx.backend = inputs[5]
+
+
+def _no_double_backward(ctx, grad):
+    raise RuntimeError(
+        f"scc_kernels: backend {ctx.backend!r} has no double backward (a derivative of the gradient, "
+        "after create_graph=True); backend='reference' supports every autograd mode"
+    )
+
+
+_band_stats_backward.register_autograd(_no_double_backward, setup_context=_setup_backward_context)
