@@ -119,7 +119,7 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
         name = "reference"
     with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
         if name == "reference":
-            return 1 - reference.spectral_correlation(input, target, opts)
+            return 1 - reference.band_weighted_r(input, target, opts)
         stats, *_ = torch.ops.scc_kernels.band_stats(
             input, target, name, opts.spectrum, opts.num_bands, opts.activation,
             opts.ignore_index, opts.include_background,

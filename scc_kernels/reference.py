@@ -15,7 +15,7 @@ from ._stats import weighted_band_mean
 from .bands import band_index
 
 
-def spectral_correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
+def band_weighted_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
     """Band-weighted r, shape (B, C') or (C',) with `batch=True`, for prepared arguments."""
     dtype = compute_dtype(input.dtype)
     num_classes = input.shape[1]
