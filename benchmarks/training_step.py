@@ -22,7 +22,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from scc_kernels import SCCLoss
-from scc_kernels.bench import timed_backends
+from scc_kernels.bench import timed_backends, timer
 
 DEFAULT_SHAPES = ["8x4x256x256", "2x4x96x96x96"]
 
@@ -53,19 +53,6 @@ def _step_fn(shape, loss_fn, device, seed=0):
     return step
 
 
-def _time_ms(step, device) -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end)
-    start = time.perf_counter()
-    step()
-    return (time.perf_counter() - start) * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", type=_shape, default=[_shape(s) for s in DEFAULT_SHAPES])
@@ -90,9 +77,10 @@ def main() -> None:
             arms[f"DiceCE + SCC {name}"] = lambda out, y, scc=scc: dice_ce(out, y) + args.lam * scc(out, y)
         steps = {arm: _step_fn(shape, loss_fn, device) for arm, loss_fn in arms.items()}
         times = {arm: [] for arm in arms}
+        measure = timer(device)
         for round_ in range(args.repeats + 1):
             for arm, step in steps.items():
-                elapsed = _time_ms(step, device)
+                elapsed = measure(step)
                 if round_:  # the first round warms up
                     times[arm].append(elapsed)
         base = statistics.median(times["DiceCE"])

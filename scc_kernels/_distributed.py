@@ -14,22 +14,16 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as distributed_autograd
 
-from ._options import warn_caller
-
-
-_warned_not_distributed = False
+from ._options import warn_caller_once
 
 
 def _group_or_none(group):
     """The process group to merge over, or None (not distributed: this process's batch only,
     with a warning the first time)."""
-    global _warned_not_distributed
     if dist.is_available() and dist.is_initialized():
         return group if group is not None else dist.group.WORLD
-    if not _warned_not_distributed:
-        _warned_not_distributed = True
-        warn_caller("scc_kernels: sync_batch=True without an initialised torch.distributed process group: "
-                    "the statistics of this process only")  # fmt: skip
+    warn_caller_once("scc_kernels: sync_batch=True without an initialised torch.distributed process group: "
+                     "the statistics of this process only")  # fmt: skip
     return None
 
 

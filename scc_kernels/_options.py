@@ -224,6 +224,17 @@ def is_label_map(input: torch.Tensor, target: torch.Tensor) -> bool:
     return target.dim() == input.dim() - 1
 
 
+_warned: set[str] = set()
+
+
+@torch.compiler.assume_constant_result  # in a torch.compile graph: run once, while tracing
+def warn_caller_once(message: str) -> None:
+    """warn_caller, the first time this process sees `message`."""
+    if message not in _warned:
+        _warned.add(message)
+        warn_caller(message)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation and loss dtype (SPEC §4): float64 stays float64, everything else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -62,7 +62,8 @@ def make_inputs(shape, dtype, device, seed=0):
     return logits, labels
 
 
-def _timer(device: torch.device):
+def timer(device: torch.device):
+    """measure(fn) -> ms of one call of fn: CUDA events on a GPU, wall time on a CPU."""
     if device.type == "cuda":
         def measure(fn):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -81,7 +82,7 @@ def _timer(device: torch.device):
 
 def time_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
     """Median wall time of `fn` in ms, after `warmup` untimed calls (compilation never counts)."""
-    measure = _timer(device)
+    measure = timer(device)
     for _ in range(warmup):
         fn()
     return statistics.median(measure(fn) for _ in range(repeats))

@@ -17,7 +17,7 @@ from torch.autograd import forward_ad
 from . import ops  # noqa: F401  (registers torch.ops.scc_kernels.*)
 from . import reference
 from .backends import resolve
-from ._options import SCCOptions, compute_dtype, make_options, prepare, warn_caller
+from ._options import SCCOptions, compute_dtype, make_options, prepare, warn_caller_once
 from ._stats import loss_from_stats
 
 
@@ -114,7 +114,7 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
         problem = (tuple(map(int, input.shape)), opts.spectrum, opts.num_bands, opts.include_background)
     name = resolve(opts.backend, input.device, input.dtype, problem)
     if name != "reference" and (mode := _mode_only_the_reference_supports(input)) is not None:
-        _warn_once(f"scc_kernels: backend {name!r} does not support {mode}; the reference backend computes "
+        warn_caller_once(f"scc_kernels: backend {name!r} does not support {mode}; the reference backend computes "
                    "these losses instead (same values, slower). Pass backend='reference' to silence this.")  # fmt: skip
         name = "reference"
     with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
@@ -137,15 +137,6 @@ def _mode_only_the_reference_supports(input: torch.Tensor) -> str | None:
     if forward_ad.unpack_dual(input).tangent is not None:
         return "forward-mode AD (torch.autograd.forward_ad)"
     return None
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warn_caller(message)
 
 
 def _no_bins(input: torch.Tensor, opts: SCCOptions) -> torch.Tensor:

@@ -34,7 +34,6 @@ import functools
 import json
 import math
 import os
-import time
 
 import torch
 
@@ -357,6 +356,7 @@ def _write_cache(entries: dict) -> None:
 
 def _time_candidate(problem: Problem, c: Candidate, device: torch.device, repeats: int = 5) -> float:
     from .backends import path_override
+    from .bench import time_ms
     from .functional import scc_loss
 
     generator = torch.Generator().manual_seed(0)
@@ -368,17 +368,7 @@ def _time_candidate(problem: Problem, c: Candidate, device: torch.device, repeat
             scc_loss(logits, labels, softmax=True, spectrum=problem.spectrum, bands=problem.bands,
                      include_background=problem.include_background, backend=c.backend).backward()  # fmt: skip
 
-    times = []
-    for attempt in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if attempt:  # the first call compiles and warms up
-            times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+    return time_ms(step, device, repeats, warmup=1)  # the first call compiles and warms up
 
 
 def triton_path(shape: tuple[int, ...], spectrum: str, bands: int, dtype: torch.dtype, include_background: bool,
