@@ -219,6 +219,11 @@ def _timed(c: Candidate, profile: Profile) -> Candidate:
 ATOMIC_PATHS = {("triton", "dft")}  # order-dependent float32 atomics in the backward
 
 
+def _allowed(c: Candidate, deterministic: bool) -> bool:
+    """A fast path that may run: deterministic mode leaves out the atomic ones."""
+    return c.backend != "reference" and not (deterministic and (c.backend, c.path) in ATOMIC_PATHS)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     backend: str
@@ -269,7 +274,7 @@ def plan(input_shape, *, spectrum: str = "amplitude", bands: int | None = None, 
     profile = PROFILES[gpu] if gpu is not None else profile_of()
     deterministic = deterministic or torch.are_deterministic_algorithms_enabled()
     candidates = sorted(_costs(problem, profile), key=lambda c: c.modeled_ms)
-    eligible = [c for c in candidates if c.backend != "reference" and not (deterministic and (c.backend, c.path) in ATOMIC_PATHS)]
+    eligible = [c for c in candidates if _allowed(c, deterministic)]
     if gpu is None:
         eligible = [c for c in eligible if _runs_here(c.backend, dtype)]
     if autotune if autotune is not None else os.environ.get("SCC_KERNELS_AUTOTUNE") == "1":
@@ -387,8 +392,7 @@ def triton_path(shape: tuple[int, ...], spectrum: str, bands: int, dtype: torch.
 def _triton_path(shape, spectrum, bands, dtype, include_background, device, deterministic, autotune) -> str:
     problem = Problem(shape, spectrum, bands, dtype, include_background)
     profile = PROFILES.get(_profile_name(device)) or profile_of(device)
-    triton = [c for c in _costs(problem, profile) if c.backend == "triton"
-              and not (deterministic and (c.backend, c.path) in ATOMIC_PATHS)]  # fmt: skip
+    triton = [c for c in _costs(problem, profile) if c.backend == "triton" and _allowed(c, deterministic)]
     if autotune:
         measured = _autotune(problem, triton, device)
         return min(triton, key=lambda c: measured[f"{c.backend}/{c.path}"]).path
