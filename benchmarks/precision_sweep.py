@@ -24,8 +24,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before scc_kernels imports triton
 
-from scc_kernels.backends import info, unavailable_reason  # noqa: E402
-from scc_kernels.verify import compare_with_reference, make_problem  # noqa: E402
+from scc_kernels.backends import info, unavailable_reason
+from scc_kernels.verify import compare_with_reference, make_problem
 
 REGIMES = ["random", "converged 4", "converged 6", "converged 8", "converged 10", "huge 1e15", "huge 1e30"]
 SETTINGS = [("complex", None), ("amplitude", None), ("amplitude", 4), ("complex", 24), ("amplitude", 64)]
@@ -42,8 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = args.backend or [n for n in info() if n != "reference" and unavailable_reason(n, device) is None]
-    print(f"{time.strftime('%Y-%m-%d')} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
-          f"torch {torch.__version__}; {args.seeds} seeds; errors as fractions of SPEC v2's tolerance")  # fmt: skip
+    print(
+        f"{time.strftime('%Y-%m-%d')} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
+        f"torch {torch.__version__}; {args.seeds} seeds; errors as fractions of SPEC v2's tolerance"
+    )
     worst = collections.defaultdict(lambda: [0.0, 0.0, 0, 0])  # (backend, regime) → loss, grad, cases, NaN
     start = time.perf_counter()
     for name in [*names, "reference"]:
@@ -57,8 +59,9 @@ def main() -> None:
                 for spatial in shapes:
                     for seed in range(args.seeds):
                         generator = torch.Generator().manual_seed(seed)
-                        logits, target = make_problem(regime, 2, 3, spatial, options, dtype=torch.float32,
-                                                      device=device, generator=generator)  # fmt: skip
+                        logits, target = make_problem(
+                            regime, 2, 3, spatial, options, dtype=torch.float32, device=device, generator=generator
+                        )
                         errors = compare_with_reference(name, logits, target, **options)
                         entry = worst[name, regime]
                         entry[2] += 1

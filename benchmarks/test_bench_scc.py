@@ -40,6 +40,10 @@ def test_scc(benchmark, direction, backend, mode, shape):
 
     step()  # first call: compilation and caches, never timed
     benchmark.group = f"{direction} {mode} {'x'.join(map(str, shape))}"
-    benchmark.extra_info.update(device=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
-                                torch=torch.__version__, backend=backend, mode=mode)  # fmt: skip
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        backend=backend,
+        mode=mode,
+    )
     benchmark.pedantic(step, rounds=5 if DEVICE.type == "cpu" else 50, warmup_rounds=1)

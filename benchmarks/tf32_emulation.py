@@ -99,8 +99,10 @@ def fwd(x, modes):
     zr, zi = _along(cw, x, -1, modes[-1]), -_along(sw, x, -1, modes[-1])
     for axis in range(-2, -len(modes) - 1, -1):  # (cos − i·sin)·z
         c, s = twiddles(x.shape[axis], x.shape[axis])
-        zr, zi = (_along(c, zr, axis, modes[axis]) + _along(s, zi, axis, modes[axis]),
-                  _along(c, zi, axis, modes[axis]) - _along(s, zr, axis, modes[axis]))  # fmt: skip
+        zr, zi = (
+            _along(c, zr, axis, modes[axis]) + _along(s, zi, axis, modes[axis]),
+            _along(c, zi, axis, modes[axis]) - _along(s, zr, axis, modes[axis]),
+        )
     return torch.complex(zr, zi)
 
 
@@ -110,8 +112,10 @@ def inv(G, spatial, modes):
     gr, gi = G.real.float(), G.imag.float()
     for axis in range(-len(modes), -1):  # (cos + i·sin)·g
         c, s = twiddles(spatial[axis], spatial[axis])
-        gr, gi = (_along(c, gr, axis, modes[axis]) - _along(s, gi, axis, modes[axis]),
-                  _along(c, gi, axis, modes[axis]) + _along(s, gr, axis, modes[axis]))  # fmt: skip
+        gr, gi = (
+            _along(c, gr, axis, modes[axis]) - _along(s, gi, axis, modes[axis]),
+            _along(c, gi, axis, modes[axis]) + _along(s, gr, axis, modes[axis]),
+        )
     n = spatial[-1]
     cw, sw = twiddles(n, n // 2 + 1)
     h = hermitian_weights(spatial)[(0,) * (len(spatial) - 1)].float().view(-1, 1)
@@ -186,14 +190,17 @@ def table(spatial, channels, seeds, modes, axis_modes):
     gives the dot precision of each axis's stage."""
     size = "x".join(map(str, spatial))
     print(f"{size}, C = {channels}, worst of {seeds} seed(s)")
-    print(f"{'input':<12} {'spectrum':<14} {'mode':<8} {'tol':<4} {'loss/tol':>9} {'grad/tol':>9} "
-          f"{'loss rel':>9} {'grad rel':>9} {'p grad/tol':>10} {'p grad rel':>10} {'min L64':>9}")
+    print(
+        f"{'input':<12} {'spectrum':<14} {'mode':<8} {'tol':<4} {'loss/tol':>9} {'grad/tol':>9} "
+        f"{'loss rel':>9} {'grad rel':>9} {'p grad/tol':>10} {'p grad rel':>10} {'min L64':>9}"
+    )
     for regime in INPUTS:
         worst, smallest = {}, {}
         for seed in range(seeds):
             generator = torch.Generator().manual_seed(seed)
-            logits, labels = make_problem(regime, 1, channels, spatial, {}, dtype=torch.float64, device="cpu",
-                                          generator=generator)  # fmt: skip
+            logits, labels = make_problem(
+                regime, 1, channels, spatial, {}, dtype=torch.float64, device="cpu", generator=generator
+            )
             x = torch.softmax(logits, 1).float().double()
             for spectrum, bands in SPECTRA:
                 L64, g64 = reference(x, labels, spectrum, bands)
@@ -207,9 +214,13 @@ def table(spatial, channels, seeds, modes, axis_modes):
         for (spectrum, bands, mode), e in worst.items():
             name = spectrum + ("" if bands is None else f" K={bands}")
             tol = "f32" if TOLERANCE_DTYPE[mode] == torch.float32 else "f16"
-            print(f"{regime:<12} {name:<14} {mode:<8} {tol:<4} " + " ".join(f"{v:9.2e}" for v in e[:4])
-                  + "".join(f" {v:10.2e}" for v in e[4:])
-                  + f" {smallest[spectrum, bands]:9.2e}", flush=True)
+            print(
+                f"{regime:<12} {name:<14} {mode:<8} {tol:<4} "
+                + " ".join(f"{v:9.2e}" for v in e[:4])
+                + "".join(f" {v:10.2e}" for v in e[4:])
+                + f" {smallest[spectrum, bands]:9.2e}",
+                flush=True,
+            )
 
 
 def main(dims, default_sizes, channels, axis_modes=same_on_every_axis):

@@ -5,11 +5,12 @@ measurement.
 
     python benchmarks/tf32_emulation_3d.py [--sizes 64 128] [--seeds 2] [--modes tf32 tf32x3]
 """
+
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from tf32_emulation import main  # noqa: E402
+from tf32_emulation import main
 
 
 def axis_modes(mode, dims):  # (D, H, W): the D stage is elementwise float32 on the CUDA cores

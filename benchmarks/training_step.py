@@ -38,8 +38,14 @@ def _step_fn(shape, loss_fn, device, seed=0):
     """A closure running one training step of a fresh UNet (same weights and data for every arm)."""
     batch, classes, *spatial = shape
     torch.manual_seed(seed)
-    model = UNet(spatial_dims=len(spatial), in_channels=1, out_channels=classes, channels=(16, 32, 64, 128),
-                 strides=(2, 2, 2), num_res_units=1).to(device)  # fmt: skip
+    model = UNet(
+        spatial_dims=len(spatial),
+        in_channels=1,
+        out_channels=classes,
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        num_res_units=1,
+    ).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 1, *spatial, generator=generator).to(device)
@@ -56,7 +62,9 @@ def _step_fn(shape, loss_fn, device, seed=0):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", type=_shape, default=[_shape(s) for s in DEFAULT_SHAPES])
-    parser.add_argument("--backend", action="append", help="SCC backends to time (default: reference and the fast ones that run here)")
+    parser.add_argument(
+        "--backend", action="append", help="SCC backends to time (default: reference and the fast ones that run here)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lam", type=float, default=0.5, help="weight of the SCC term")
     parser.add_argument("--spectrum", default="amplitude", choices=["amplitude", "complex"])
@@ -64,10 +72,16 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backends = args.backend or ["reference", *timed_backends(device)]
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"training step on {time.strftime('%Y-%m-%d')} {machine}, torch {torch.__version__}; MONAI UNet "
-          f"(16-32-64-128), SGD; DiceCE vs DiceCE + {args.lam}·SCC({args.spectrum}); median of {args.repeats} "
-          "interleaved rounds after one warm-up round")  # fmt: skip
+    machine = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"training step on {time.strftime('%Y-%m-%d')} {machine}, torch {torch.__version__}; MONAI UNet "
+        f"(16-32-64-128), SGD; DiceCE vs DiceCE + {args.lam}·SCC({args.spectrum}); median of {args.repeats} "
+        "interleaved rounds after one warm-up round"
+    )
     print(f"{'shape':<16} {'arm':<22} {'step ms':>9} {'SCC adds ms':>12} {'share':>7}")
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
     for shape in args.shapes:

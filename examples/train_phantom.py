@@ -162,8 +162,15 @@ def make_phantoms(n: int, size: int, seed: int, shifted: bool) -> tuple[torch.Te
     image = i_tissue + 0.12 * _smooth_field(g, n, size, 6)
     # Other organs and vessels: random blobs anywhere, some as bright as blood, under the heart.
     for _ in range(4):
-        blob = _ellipse(xx, yy, _uniform(g, n, -0.8, 0.8), _uniform(g, n, -0.8, 0.8),
-                        _uniform(g, n, 0.05, 0.2), _uniform(g, n, 0.05, 0.2), _uniform(g, n, 0, math.pi))
+        blob = _ellipse(
+            xx,
+            yy,
+            _uniform(g, n, -0.8, 0.8),
+            _uniform(g, n, -0.8, 0.8),
+            _uniform(g, n, 0.05, 0.2),
+            _uniform(g, n, 0.05, 0.2),
+            _uniform(g, n, 0, math.pi),
+        )
         image = torch.where(blob < 1, _uniform(g, n, 0.1, 0.9).expand(n, size, size), image)
     body = _ellipse(xx, yy, 0.0, 0.0, _uniform(g, n, 0.85, 0.98), _uniform(g, n, 0.7, 0.9), torch.zeros(n, 1, 1))
     image = torch.where(body < 1, image, torch.full_like(image, 0.02))
@@ -194,8 +201,14 @@ def make_phantoms(n: int, size: int, seed: int, shifted: bool) -> tuple[torch.Te
 
 def make_model() -> UNet:
     """A small 2D UNet: a few minutes of CPU training per arm and seed."""
-    return UNet(spatial_dims=2, in_channels=1, out_channels=NUM_CLASSES,
-                channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=1)
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=NUM_CLASSES,
+        channels=(8, 16, 32, 64),
+        strides=(2, 2, 2),
+        num_res_units=1,
+    )
 
 
 def train(arm: str, seed: int, data: dict, cfg: dict, device: torch.device, lam: float):
@@ -212,12 +225,11 @@ def train(arm: str, seed: int, data: dict, cfg: dict, device: torch.device, lam:
     batches = torch.empty(0, dtype=torch.int64)
     curve = {"dice_ce": [], "scc": [], "total": []}
     model.train()
-    bar = tqdm(range(cfg["iterations"]), desc=f"{arm} seed {seed}", leave=False,
-               disable=not sys.stderr.isatty())
+    bar = tqdm(range(cfg["iterations"]), desc=f"{arm} seed {seed}", leave=False, disable=not sys.stderr.isatty())
     for _ in bar:
         if len(batches) < cfg["batch_size"]:  # a new epoch: reshuffle
             batches = torch.cat([batches, torch.randperm(len(images), generator=order)])
-        index, batches = batches[: cfg["batch_size"]], batches[cfg["batch_size"]:]
+        index, batches = batches[: cfg["batch_size"]], batches[cfg["batch_size"] :]
         x, y = images[index].to(device), labels[index].to(device)
         logits = model(x)
         loss_dice_ce = dice_ce(logits, y)
@@ -239,8 +251,7 @@ def train(arm: str, seed: int, data: dict, cfg: dict, device: torch.device, lam:
 def predict(model, images: torch.Tensor, device: torch.device, chunk: int = 64) -> torch.Tensor:
     """Argmax label maps (n, H, W) for images (n, 1, H, W)."""
     model.eval()
-    return torch.cat([model(images[i:i + chunk].to(device)).argmax(1).cpu()
-                      for i in range(0, len(images), chunk)])
+    return torch.cat([model(images[i : i + chunk].to(device)).argmax(1).cpu() for i in range(0, len(images), chunk)])
 
 
 def dice_per_class(prediction: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -288,8 +299,15 @@ def paired(arm_scores: list[float], base_scores: list[float]) -> dict:
     """Paired comparison over seeds: mean and std of arm − baseline, wins/losses, t and p."""
     d = np.asarray(arm_scores) - np.asarray(base_scores)
     n = len(d)
-    out = {"n": n, "mean_diff": float(d.mean()), "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
-           "std_diff": None, "t": None, "p": None}
+    out = {
+        "n": n,
+        "mean_diff": float(d.mean()),
+        "wins": int((d > 0).sum()),
+        "losses": int((d < 0).sum()),
+        "std_diff": None,
+        "t": None,
+        "p": None,
+    }
     if n >= 2:
         sd = float(d.std(ddof=1))
         out["std_diff"] = sd
@@ -301,6 +319,7 @@ def paired(arm_scores: list[float], base_scores: list[float]) -> dict:
 
 def summarise(runs: dict) -> tuple[dict, dict]:
     """Mean ± std over seeds per arm, domain and class; paired comparisons with the baseline."""
+
     def scores(arm, domain, key):
         return [run["dice"][domain][key] for run in runs[arm]]
 
@@ -312,8 +331,10 @@ def summarise(runs: dict) -> tuple[dict, dict]:
             comparisons[arm][domain] = {}
             for key in KEYS:
                 values = scores(arm, domain, key)
-                summary[arm][domain][key] = {"mean": float(np.mean(values)),
-                                             "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+                summary[arm][domain][key] = {
+                    "mean": float(np.mean(values)),
+                    "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                }
                 comparisons[arm][domain][key] = paired(values, scores(BASELINE, domain, key))
     del comparisons[BASELINE]
     return summary, comparisons
@@ -333,19 +354,35 @@ def environment(device: torch.device) -> dict:
         pass
     repo = pathlib.Path(scc_kernels.__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-        "numpy": np.__version__, "scc_kernels_commit": commit, "scc_kernels_tree_modified": dirty,
-        "machine": {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": str(device),
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+        "scc_kernels_commit": commit,
+        "scc_kernels_tree_modified": dirty,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": cpu,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
     }
 
 
@@ -356,6 +393,7 @@ def to_json(results: dict) -> str:
 
 def table(summary: dict, comparisons: dict) -> str:
     """The results as Markdown: Dice mean ± std per arm, then the paired differences."""
+
     def cell(s):
         return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["std"] is not None else "")
 
@@ -366,8 +404,10 @@ def table(summary: dict, comparisons: dict) -> str:
         p = f"{c['p']:.2f}" if c["p"] >= 0.01 else f"{c['p']:.0e}"
         return text + f", t = {c['t']:+.2f}, p = {p})"
 
-    lines = ["| arm | " + " | ".join(f"{d} {NAMES[k]}" for d in ("in-domain", "shifted") for k in KEYS) + " |",
-             "|---" * (1 + 2 * len(KEYS)) + "|"]
+    lines = [
+        "| arm | " + " | ".join(f"{d} {NAMES[k]}" for d in ("in-domain", "shifted") for k in KEYS) + " |",
+        "|---" * (1 + 2 * len(KEYS)) + "|",
+    ]
     for arm, s in summary.items():
         lines.append(f"| {LABELS[arm]} | " + " | ".join(cell(s[d][k]) for d in DOMAINS for k in KEYS) + " |")
     lines += ["", "| vs DiceCE, paired over seeds | Δ mean Dice in-domain | Δ mean Dice shifted |", "|---|---|---|"]
@@ -391,8 +431,13 @@ def plot_dice(runs: dict, summary: dict, path: pathlib.Path) -> None:
             stds = [summary[arm][domain][k]["std"] or 0.0 for k in KEYS]
             ax.bar(x, means, width, yerr=stds, capsize=3, label=LABELS[arm], color=COLOURS[arm], alpha=0.85)
             for j, k in enumerate(KEYS):  # every seed as a dot
-                ax.scatter(np.full(len(runs[arm]), x[j]), [r["dice"][domain][k] for r in runs[arm]],
-                           s=8, color="black", zorder=3)
+                ax.scatter(
+                    np.full(len(runs[arm]), x[j]),
+                    [r["dice"][domain][k] for r in runs[arm]],
+                    s=8,
+                    color="black",
+                    zorder=3,
+                )
         ax.set_xticks(np.arange(len(KEYS)), [NAMES[k] for k in KEYS])
         ax.set_title("in-domain test set" if domain == "in_domain" else "shifted-domain test set")
         ax.grid(axis="y", alpha=0.3)
@@ -460,25 +505,35 @@ def plot_examples(examples: dict, path: pathlib.Path) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train a small MONAI UNet on synthetic cardiac phantoms with DiceCE alone and "
-                    "DiceCE + λ·SCC (amplitude, complex, amplitude with 4 bands); report per-class "
-                    "Dice in-domain and on a shifted domain, paired over seeds.",
+        "DiceCE + λ·SCC (amplitude, complex, amplitude with 4 bands); report per-class "
+        "Dice in-domain and on a shifted domain, paired over seeds.",
         epilog=f"full defaults: {FULL['seeds']} seeds, {FULL['iterations']} iterations of batch "
-               f"{FULL['batch_size']}, {FULL['size']}x{FULL['size']} images ({FULL['n_train']} training, "
-               f"{FULL['n_test']} per test set). --quick: {QUICK['seeds']} seed, {QUICK['iterations']} "
-               "iterations, small sets (a smoke test, not a result).")
+        f"{FULL['batch_size']}, {FULL['size']}x{FULL['size']} images ({FULL['n_train']} training, "
+        f"{FULL['n_test']} per test set). --quick: {QUICK['seeds']} seed, {QUICK['iterations']} "
+        "iterations, small sets (a smoke test, not a result).",
+    )
     parser.add_argument("--out", type=pathlib.Path, required=True, help="output folder (results.json, *.png)")
     parser.add_argument("--quick", action="store_true", help="one short run per arm (under 2 minutes on 2 CPU cores)")
     parser.add_argument("--seeds", type=int, help="training seeds per arm, 0..N-1 (default: 10; --quick: 1)")
     parser.add_argument("--iterations", type=int, help="training iterations per run (default: 400; --quick: 12)")
     parser.add_argument("--batch-size", type=int, help="training batch size (default: 16; --quick: 8)")
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
-                        help="arms to train (default: all); DiceCE alone is always trained, as the pair of the others")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=list(ARMS),
+        default=list(ARMS),
+        help="arms to train (default: all); DiceCE alone is always trained, as the pair of the others",
+    )
     parser.add_argument("--lam", type=float, default=0.5, help="λ, the SCC term's weight (default: 0.5)")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch (default: 1: this small network gains little from more, "
-                             "and contended threads on a shared machine slow it several-fold)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default: 1: this small network gains little from more, "
+        "and contended threads on a shared machine slow it several-fold)",
+    )
     args = parser.parse_args(argv)
     for name in ("seeds", "iterations", "batch_size", "threads"):
         value = getattr(args, name)
@@ -492,11 +547,23 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     cfg = dict(QUICK if args.quick else FULL)
     arms = [BASELINE] + [arm for arm in ARMS if arm in args.arms and arm != BASELINE]
-    cfg.update({k: v for k, v in (("seeds", args.seeds), ("iterations", args.iterations),
-                                  ("batch_size", args.batch_size)) if v is not None})
-    cfg.update(lam=args.lam, lr=args.lr, threads=args.threads, quick=args.quick, data_seeds=DATA_SEEDS,
-               arms={arm: ARMS[arm] for arm in arms}, model="monai UNet(2D, channels 8-16-32-64, "
-               "strides 2-2-2, 1 residual unit), Adam, DiceCELoss(softmax, to_onehot_y) [+ λ·SCCLoss(softmax)]")
+    cfg.update(
+        {
+            k: v
+            for k, v in (("seeds", args.seeds), ("iterations", args.iterations), ("batch_size", args.batch_size))
+            if v is not None
+        }
+    )
+    cfg.update(
+        lam=args.lam,
+        lr=args.lr,
+        threads=args.threads,
+        quick=args.quick,
+        data_seeds=DATA_SEEDS,
+        arms={arm: ARMS[arm] for arm in arms},
+        model="monai UNet(2D, channels 8-16-32-64, "
+        "strides 2-2-2, 1 residual unit), Adam, DiceCELoss(softmax, to_onehot_y) [+ λ·SCCLoss(softmax)]",
+    )
     # cuBLAS needs this before its first use to run deterministically (ignored on a CPU).
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
@@ -512,8 +579,7 @@ def main(argv=None) -> None:
         "shifted": make_phantoms(cfg["n_test"], cfg["size"], DATA_SEEDS["shifted"], shifted=True),
     }
     shown = 3  # example predictions per domain
-    examples = {d: {"images": data[d][0][:shown, 0].numpy(), "labels": data[d][1][:shown, 0].numpy()}
-                for d in DOMAINS}
+    examples = {d: {"images": data[d][0][:shown, 0].numpy(), "labels": data[d][1][:shown, 0].numpy()} for d in DOMAINS}
     examples["predictions"] = {}
 
     runs = {arm: [] for arm in arms}
@@ -529,19 +595,28 @@ def main(argv=None) -> None:
             if seed == 0:
                 examples["predictions"][arm] = {d: predictions[d][:shown].numpy() for d in DOMAINS}
             runs[arm].append({"seed": seed, "dice": dice, "train_time_s": round(train_time, 2), "curve": curve})
-            print(f"seed {seed} {arm:22s} Dice in-domain {dice['in_domain']['mean']:.4f} "
-                  f"shifted {dice['shifted']['mean']:.4f}  ({train_time:.0f} s)", flush=True)
+            print(
+                f"seed {seed} {arm:22s} Dice in-domain {dice['in_domain']['mean']:.4f} "
+                f"shifted {dice['shifted']['mean']:.4f}  ({train_time:.0f} s)",
+                flush=True,
+            )
 
     summary, comparisons = summarise(runs)
     plot_dice(runs, summary, args.out / "dice.png")
     plot_curves(runs, args.out / "training_curves.png")
     plot_examples(examples, args.out / "examples.png")
     wall = time.perf_counter() - start
-    results = {"config": cfg, "environment": environment(device), "wall_time_s": round(wall, 1),
-               "runs": runs, "summary": summary, "paired_vs_dicece": comparisons,
-               "notes": "Dice: per image, averaged over the test set; classes 1 blood pool, 2 myocardium, "
-                        "3 right ventricle. Paired: arm − DiceCE at the same seed (same initial weights and "
-                        "batch order); p from a two-sided paired t-test, not corrected for multiple comparisons."}
+    results = {
+        "config": cfg,
+        "environment": environment(device),
+        "wall_time_s": round(wall, 1),
+        "runs": runs,
+        "summary": summary,
+        "paired_vs_dicece": comparisons,
+        "notes": "Dice: per image, averaged over the test set; classes 1 blood pool, 2 myocardium, "
+        "3 right ventricle. Paired: arm − DiceCE at the same seed (same initial weights and "
+        "batch order); p from a two-sided paired t-test, not corrected for multiple comparisons.",
+    }
     (args.out / "results.json").write_text(to_json(results), encoding="utf-8")
     print(table(summary, comparisons))
     print(f"wall time {wall:.0f} s; results in {args.out}")

@@ -7,7 +7,7 @@ from .loss import SCCLoss
 from .planning import plan
 
 __version__ = "0.1.0"
-__all__ = ["SCCLoss", "available_backends", "plan", "scc_loss", "spectral_correlation", "__version__"]
+__all__ = ["SCCLoss", "__version__", "available_backends", "plan", "scc_loss", "spectral_correlation"]
 
 
 def available_backends() -> dict[str, dict[str, object]]:

@@ -29,7 +29,7 @@ def _device() -> torch.device:
 def _version(module: str) -> str:
     try:
         return __import__(module).__version__
-    except Exception as error:  # noqa: BLE001 - any failure means "not usable here"
+    except Exception as error:
         return f"not available ({type(error).__name__})"
 
 
@@ -39,9 +39,15 @@ def info(_args=None) -> int:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            print(f"cuda:{i} {props.name}, {props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, CUDA {torch.version.cuda}")
+            memory_gib = props.total_memory / 2**30
+            print(
+                f"cuda:{i} {props.name}, {memory_gib:.0f} GiB, sm_{props.major}{props.minor}, CUDA {torch.version.cuda}"
+            )
     else:
-        print(f"no CUDA device; {os.cpu_count()} CPU cores" + (", triton runs interpreted" if os.environ.get("TRITON_INTERPRET") == "1" else ""))
+        print(
+            f"no CUDA device; {os.cpu_count()} CPU cores"
+            + (", triton runs interpreted" if os.environ.get("TRITON_INTERPRET") == "1" else "")
+        )
     print("backends:")
     for name, entry in scc_kernels.available_backends().items():
         status = "available" if entry["available"] else f"unavailable: {entry['reason']}"
@@ -64,11 +70,15 @@ def verify(args) -> int:
     device = _device()
     dtypes = [getattr(torch, name) for name in args.dtype]
     names = args.backend or None
-    print(f"verify on {device} against the float64 reference, SPEC v2 §4: per loss value |L - L64| <= "
-          f"rtol*|L64| + {checks.LOSS_ATOL:g}, gradient of the mean loss |g - g64| <= rtol*|g64| + {checks.GRAD_ATOL:g}, "
-          f"rtol = 1e-4 / 1e-3 (float32), 1e-2 (half types)")  # fmt: skip
-    print("errors as fractions of that tolerance (<= 1 passes); the plain float32 reference is shown for "
-          "comparison (SPEC does not require it to pass); NaN is allowed only where a float32 sum overflows")
+    print(
+        f"verify on {device} against the float64 reference, SPEC v2 §4: per loss value |L - L64| <= "
+        f"rtol*|L64| + {checks.LOSS_ATOL:g}, gradient of the mean loss |g - g64| <= rtol*|g64| + {checks.GRAD_ATOL:g}, "
+        f"rtol = 1e-4 / 1e-3 (float32), 1e-2 (half types)"
+    )
+    print(
+        "errors as fractions of that tolerance (<= 1 passes); the plain float32 reference is shown for "
+        "comparison (SPEC does not require it to pass); NaN is allowed only where a float32 sum overflows"
+    )
     start = time.perf_counter()
     results = checks.run(device, names, dtypes, seed=args.seed)
     comparison = checks.run(device, ["reference"], [d for d in dtypes if d == torch.float32], seed=args.seed)
@@ -79,7 +89,9 @@ def verify(args) -> int:
         name = check.backend
         if check in comparison:
             name, result = "ref f32", "(info)"
-        print(f"{name:<10} {e.loss:>9.1e} {e.grad:>9.1e} {e.loss_rel:>9.1e} {e.grad_rel:>9.1e}  {result:<6}  {check.case}")
+        print(
+            f"{name:<10} {e.loss:>9.1e} {e.grad:>9.1e} {e.loss_rel:>9.1e} {e.grad_rel:>9.1e}  {result:<6}  {check.case}"
+        )
     failed = sum(not c.ok for c in results)
     print(f"{len(results) - failed} passed, {failed} failed ({time.perf_counter() - start:.2f} s)")
     return 1 if failed else 0
@@ -91,7 +103,11 @@ def bench(args) -> int:
     device = _device()
     names = args.backend or timing.timed_backends(device)
     shapes = args.shapes or (timing.QUICK_SHAPES if args.quick else timing.SHAPES)[device.type]
-    gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    gpu = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    )
     title = f"{time.strftime('%Y-%m-%d')} {gpu}, torch {torch.__version__}, triton {_version('triton')}"
     print(f"bench on {title}; median of {args.repeats} runs after warm-up; speed-up = reference fwd+bwd / fwd+bwd")
     floors = None
@@ -99,8 +115,16 @@ def bench(args) -> int:
         floors = timing.Floors.measure(device)
         print(f"floors: copy {floors.copy_gbps:.0f} GB/s, float32/TF32 matmul {floors.matmul_tflops:.3g} TFLOP/s")
     print(timing.HEADER)
-    rows = timing.run(names, device, shapes, modes=args.modes, repeats=args.repeats, memory=not args.no_memory,
-                      floors=floors, progress=lambda line: print(line, flush=True))  # fmt: skip
+    rows = timing.run(
+        names,
+        device,
+        shapes,
+        modes=args.modes,
+        repeats=args.repeats,
+        memory=not args.no_memory,
+        floors=floors,
+        progress=lambda line: print(line, flush=True),
+    )
     if args.csv:
         timing.write_csv(rows, args.csv)
     if args.png:
@@ -110,8 +134,17 @@ def bench(args) -> int:
 
 def plan(args) -> int:
     for shape in args.shapes:
-        print(scc_kernels.plan(shape, spectrum=args.spectrum, bands=args.bands, dtype=getattr(torch, args.dtype),
-                               gpu=args.gpu, deterministic=args.deterministic, autotune=args.autotune or None))  # fmt: skip
+        print(
+            scc_kernels.plan(
+                shape,
+                spectrum=args.spectrum,
+                bands=args.bands,
+                dtype=getattr(torch, args.dtype),
+                gpu=args.gpu,
+                deterministic=args.deterministic,
+                autotune=args.autotune or None,
+            )
+        )
         print()
     return 0
 
@@ -127,7 +160,9 @@ def _shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not 3 <= len(shape) <= 5 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a shape BxCxS1[xS2[xS3]] of positive sizes, e.g. 8x4x256x256")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape BxCxS1[xS2[xS3]] of positive sizes, e.g. 8x4x256x256"
+        )
     return shape
 
 
@@ -171,12 +206,16 @@ def _parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--backend", action="append", choices=backends[1:], help="only this backend (repeatable)")
     p_bench.add_argument("--quick", action="store_true", help="smaller default shapes")
     p_bench.add_argument("--shapes", nargs="+", type=_shape, help="e.g. 8x4x256x256 2x4x64x64x64")
-    p_bench.add_argument("--modes", nargs="+", default=["complex", "amplitude", "amplitude-4bands"],
-                         choices=list(MODES))  # fmt: skip
+    p_bench.add_argument(
+        "--modes", nargs="+", default=["complex", "amplitude", "amplitude-4bands"], choices=list(MODES)
+    )
     p_bench.add_argument("--repeats", type=_positive_int, default=10)
     p_bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p_bench.add_argument("--floors", action="store_true",
-                         help="measure copy bandwidth and matmul rate; report time as a fraction of the floor")  # fmt: skip
+    p_bench.add_argument(
+        "--floors",
+        action="store_true",
+        help="measure copy bandwidth and matmul rate; report time as a fraction of the floor",
+    )
     p_bench.add_argument("--csv", help="write the table to this CSV file")
     p_bench.add_argument("--png", help="write a bar chart to this PNG file (matplotlib)")
     p_plan = sub.add_parser("plan", help="the cost model's candidates and pick for a problem (scc_kernels.plan)")
@@ -187,7 +226,9 @@ def _parser() -> argparse.ArgumentParser:
     p_plan.add_argument("--gpu", choices=sorted(PROFILES), help="a GPU profile (default: this machine's GPU)")
     p_plan.add_argument("--deterministic", action="store_true", help="leave out paths with float32 atomics")
     p_plan.add_argument("--autotune", action="store_true", help="also time every candidate on this GPU")
-    p_nnunet = sub.add_parser("nnunet-install", help="let nnU-Net v2 find nnUNetTrainerSCC (nnUNetv2_train ... -tr nnUNetTrainerSCC)")
+    p_nnunet = sub.add_parser(
+        "nnunet-install", help="let nnU-Net v2 find nnUNetTrainerSCC (nnUNetv2_train ... -tr nnUNetTrainerSCC)"
+    )
     p_nnunet.add_argument("--uninstall", action="store_true", help="remove what nnunet-install wrote")
     return parser
 

@@ -22,8 +22,10 @@ def _group_or_none(group):
     with a warning the first time)."""
     if dist.is_available() and dist.is_initialized():
         return group if group is not None else dist.group.WORLD
-    warn_caller_once("scc_kernels: sync_batch=True without an initialised torch.distributed process group: "
-                     "the statistics of this process only")  # fmt: skip
+    warn_caller_once(
+        "scc_kernels: sync_batch=True without an initialised torch.distributed process group: "
+        "the statistics of this process only"
+    )
     return None
 
 

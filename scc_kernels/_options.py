@@ -15,7 +15,7 @@ import numbers
 import os
 import sys
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -74,9 +74,8 @@ def make_options(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if backend not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
-    if bands is not None:
-        if isinstance(bands, bool) or not isinstance(bands, int) or bands < 1:
-            raise ValueError(f"bands must be None or an int >= 1, got {bands!r}")
+    if bands is not None and (isinstance(bands, bool) or not isinstance(bands, int) or bands < 1):
+        raise ValueError(f"bands must be None or an int >= 1, got {bands!r}")
     if band_weights is not None:
         band_weights = _check_band_weights(band_weights, 1 if bands is None else bands)
     if other_act is not None and not callable(other_act):
@@ -89,7 +88,9 @@ def make_options(
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise ValueError(f"ignore_index must be None or an int, got {ignore_index!r}")
     if process_group is not None and not (sync_batch and _is_process_group(process_group)):
-        raise ValueError(f"process_group must be a torch.distributed ProcessGroup used with sync_batch=True, got {process_group!r}")
+        raise ValueError(
+            f"process_group must be a torch.distributed ProcessGroup used with sync_batch=True, got {process_group!r}"
+        )
     if sync_batch and not batch:
         warn_caller("`sync_batch=True` needs `batch=True` (one r per class over the batch); ignored.")
         sync_batch = False
@@ -124,7 +125,9 @@ def _check_band_weights(weights, num_bands: int) -> tuple[float, ...]:
             raise TypeError(f"band_weights must be 1-D, got shape {tuple(weights.shape)}")
         weights = weights.tolist()
     elif not isinstance(weights, Sequence) or isinstance(weights, (str, bytes)):
-        raise TypeError(f"band_weights must be a sequence of real numbers or a 1-D tensor, got {type(weights).__name__}")
+        raise TypeError(
+            f"band_weights must be a sequence of real numbers or a 1-D tensor, got {type(weights).__name__}"
+        )
     if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights):
         raise TypeError(f"band_weights must hold real numbers, got {list(weights)!r}")
     values = tuple(float(w) for w in weights)
@@ -151,8 +154,7 @@ def prepare(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
         raise TypeError(f"input must be a floating tensor, got {input.dtype}")
     if input.dim() < 3:
         raise ValueError(
-            f"input must have the layout (B, C, *spatial) with at least one spatial dim, "
-            f"got shape {tuple(input.shape)}"
+            f"input must have the layout (B, C, *spatial) with at least one spatial dim, got shape {tuple(input.shape)}"
         )
     if input.device != target.device:
         raise ValueError(f"input is on {input.device} but target is on {target.device}")
@@ -259,8 +261,7 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | Non
                 invalid |= checked != checked.round()
             bad = checked[invalid][:5].tolist()
             raise ValueError(
-                f"label map values must be integers in [0, {num_classes}) or ignore_index="
-                f"{ignore_index}; found {bad}"
+                f"label map values must be integers in [0, {num_classes}) or ignore_index={ignore_index}; found {bad}"
             )
     else:
         torch._assert_async(valid, "scc_kernels: label outside [0, C) and not ignore_index")

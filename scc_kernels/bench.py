@@ -51,8 +51,11 @@ class Row:
 def timed_backends(device: torch.device) -> list[str]:
     """The fast backends worth timing on `device`: those that can run there, but not Triton's
     interpreter on a CPU (its times say nothing about the kernels)."""
-    return [name for name in FAST_BACKENDS if unavailable_reason(name, device) is None
-            and not (name == "triton" and device.type == "cpu")]  # fmt: skip
+    return [
+        name
+        for name in FAST_BACKENDS
+        if unavailable_reason(name, device) is None and not (name == "triton" and device.type == "cpu")
+    ]
 
 
 def make_inputs(shape, dtype, device, seed=0):
@@ -65,6 +68,7 @@ def make_inputs(shape, dtype, device, seed=0):
 def timer(device: torch.device):
     """measure(fn) -> ms of one call of fn: CUDA events on a GPU, wall time on a CPU."""
     if device.type == "cuda":
+
         def measure(fn):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -73,10 +77,12 @@ def timer(device: torch.device):
             torch.cuda.synchronize()
             return start.elapsed_time(end)
     else:
+
         def measure(fn):
             start = time.perf_counter()
             fn()
             return (time.perf_counter() - start) * 1e3
+
     return measure
 
 
@@ -86,6 +92,21 @@ def time_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     return statistics.median(measure(fn) for _ in range(repeats))
+
+
+def _loss_steps(logits, labels, backend: str, options: dict):
+    """The two timed steps on a fresh leaf: a forward without grad, and a forward + backward."""
+    x = logits.clone().requires_grad_(True)
+
+    def forward():
+        with torch.no_grad():
+            scc_loss(x, labels, backend=backend, **options)
+
+    def forward_backward():
+        scc_loss(x, labels, backend=backend, **options).backward()
+        x.grad = None
+
+    return forward, forward_backward
 
 
 def peak_extra_mib(backend, mode, shape, dtype, device: torch.device) -> float:
@@ -103,7 +124,8 @@ def peak_extra_mib(backend, mode, shape, dtype, device: torch.device) -> float:
         "import json, re, sys, torch; from scc_kernels.bench import make_inputs, MODES; "
         "from scc_kernels import scc_loss; a = json.loads(sys.argv[1]); "
         "x, y = make_inputs(tuple(a['shape']), getattr(torch, a['dtype']), 'cpu'); "
-        "x.requires_grad_(True); scc_loss(x[:1, :, :2], y[:1, :2], backend=a['backend'], **MODES[a['mode']]).backward(); "
+        "x.requires_grad_(True); "
+        "scc_loss(x[:1, :, :2], y[:1, :2], backend=a['backend'], **MODES[a['mode']]).backward(); "
         "status = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
         "open('/proc/self/clear_refs', 'w').write('5'); base = status('VmRSS'); "
         "scc_loss(x, y, backend=a['backend'], **MODES[a['mode']]).backward(); "
@@ -125,7 +147,7 @@ class Floors:
     matmul_tflops: float  # float32 matmul with TF32 tensor cores allowed, 8192², in TFLOP/s
 
     @staticmethod
-    def measure(device: torch.device) -> "Floors":
+    def measure(device: torch.device) -> Floors:
         n = 2**28 if device.type == "cuda" else 2**24
         a, b = torch.empty(n, device=device), torch.randn(n, device=device)
         copy_ms = time_ms(lambda: a.copy_(b), device, repeats=20)
@@ -156,8 +178,17 @@ class Floors:
         return max(memory_ms, flop_ms)
 
 
-def run(backend_names, device: torch.device, shapes, modes=tuple(MODES), dtype=torch.float32, repeats=10,
-        memory=True, floors: Floors | None = None, progress=print) -> list[Row]:  # fmt: skip
+def run(
+    backend_names,
+    device: torch.device,
+    shapes,
+    modes=tuple(MODES),
+    dtype=torch.float32,
+    repeats=10,
+    memory=True,
+    floors: Floors | None = None,
+    progress=print,
+) -> list[Row]:
     rows = []
     for shape in shapes:
         for mode in modes:
@@ -165,37 +196,41 @@ def run(backend_names, device: torch.device, shapes, modes=tuple(MODES), dtype=t
             reference_time = None
             floor = floors.forward_backward_ms(mode, shape, dtype) if floors else None
             for name in ["reference", *backend_names]:
-                x = logits.clone().requires_grad_(True)
-
-                def forward():
-                    with torch.no_grad():
-                        scc_loss(x, labels, backend=name, **MODES[mode])
-
-                def forward_backward():
-                    scc_loss(x, labels, backend=name, **MODES[mode]).backward()
-                    x.grad = None
-
+                forward, forward_backward = _loss_steps(logits, labels, name, MODES[mode])
                 fwd = time_ms(forward, device, repeats)
                 fwd_bwd = time_ms(forward_backward, device, repeats)
                 reference_time = reference_time or fwd_bwd
                 peak = peak_extra_mib(name, mode, shape, dtype, device) if memory else None
-                row = Row(name, mode, "x".join(map(str, shape)), str(dtype)[6:], fwd, fwd_bwd, peak,
-                          reference_time / fwd_bwd, floor)  # fmt: skip
+                row = Row(
+                    name,
+                    mode,
+                    "x".join(map(str, shape)),
+                    str(dtype)[6:],
+                    fwd,
+                    fwd_bwd,
+                    peak,
+                    reference_time / fwd_bwd,
+                    floor,
+                )
                 rows.append(row)
                 progress(format_row(row))
     return rows
 
 
-HEADER = (f"{'backend':<10} {'mode':<17} {'shape':<17} {'dtype':<8} {'fwd ms':>9} {'fwd+bwd ms':>11} "
-          f"{'peak MiB':>9} {'speed-up':>9} {'floor ms':>9} {'of floor':>9}")  # fmt: skip
+HEADER = (
+    f"{'backend':<10} {'mode':<17} {'shape':<17} {'dtype':<8} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+    f"{'peak MiB':>9} {'speed-up':>9} {'floor ms':>9} {'of floor':>9}"
+)
 
 
 def format_row(row: Row) -> str:
     peak = "-" if row.peak_extra_mib is None else f"{row.peak_extra_mib:.1f}"
     floor = "-" if row.floor_ms is None else f"{row.floor_ms:.3f}"
     share = "-" if row.floor_ms is None else f"{100 * row.floor_ms / row.forward_backward_ms:.1f}%"
-    return (f"{row.backend:<10} {row.mode:<17} {row.shape:<17} {row.dtype:<8} {row.forward_ms:>9.2f} "
-            f"{row.forward_backward_ms:>11.2f} {peak:>9} {row.speedup:>8.1f}x {floor:>9} {share:>9}")  # fmt: skip
+    return (
+        f"{row.backend:<10} {row.mode:<17} {row.shape:<17} {row.dtype:<8} {row.forward_ms:>9.2f} "
+        f"{row.forward_backward_ms:>11.2f} {peak:>9} {row.speedup:>8.1f}x {floor:>9} {share:>9}"
+    )
 
 
 def write_csv(rows: list[Row], path: str) -> None:
@@ -218,7 +253,10 @@ def write_png(rows: list[Row], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        times = [next((r.forward_backward_ms for r in rows if (r.shape, r.mode) == g and r.backend == name), 0) for g in groups]
+        times = [
+            next((r.forward_backward_ms for r in rows if (r.shape, r.mode) == g and r.backend == name), 0)
+            for g in groups
+        ]
         ax.bar([j + i * width for j in range(len(groups))], times, width, label=name)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
     ax.set_xticklabels([f"{m}\n{s}" for s, m in groups], fontsize=8)

@@ -9,16 +9,18 @@ directly, never as 1 minus a rounded r (SPEC §4); `spectral_correlation` return
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.autograd import forward_ad
 
-from . import ops  # noqa: F401  (registers torch.ops.scc_kernels.*)
-from . import reference
-from .backends import resolve
+from . import (
+    ops,  # noqa: F401  (registers torch.ops.scc_kernels.*)
+    reference,
+)
 from ._options import SCCOptions, compute_dtype, make_options, prepare, warn_caller_once
 from ._stats import loss_from_stats
+from .backends import resolve
 
 
 def spectral_correlation(
@@ -45,11 +47,21 @@ def spectral_correlation(
     Arguments as in `scc_loss` (SPEC §2), without `reduction`.
     """
     opts = make_options(
-        spectrum=spectrum, bands=bands, band_weights=band_weights, sigmoid=sigmoid, softmax=softmax,
-        other_act=other_act, to_onehot_y=to_onehot_y, include_background=include_background,
-        ignore_index=ignore_index, batch=batch, sync_batch=sync_batch, process_group=process_group,
-        eps=eps, backend=backend,
-    )  # fmt: skip
+        spectrum=spectrum,
+        bands=bands,
+        band_weights=band_weights,
+        sigmoid=sigmoid,
+        softmax=softmax,
+        other_act=other_act,
+        to_onehot_y=to_onehot_y,
+        include_background=include_background,
+        ignore_index=ignore_index,
+        batch=batch,
+        sync_batch=sync_batch,
+        process_group=process_group,
+        eps=eps,
+        backend=backend,
+    )
     return correlation(input, target, opts)
 
 
@@ -79,11 +91,22 @@ def scc_loss(
     binary masks), or an integer label map (B, *spatial) / (B, 1, *spatial).
     """
     opts = make_options(
-        spectrum=spectrum, bands=bands, band_weights=band_weights, sigmoid=sigmoid, softmax=softmax,
-        other_act=other_act, to_onehot_y=to_onehot_y, include_background=include_background,
-        ignore_index=ignore_index, batch=batch, sync_batch=sync_batch, process_group=process_group,
-        eps=eps, reduction=reduction, backend=backend,
-    )  # fmt: skip
+        spectrum=spectrum,
+        bands=bands,
+        band_weights=band_weights,
+        sigmoid=sigmoid,
+        softmax=softmax,
+        other_act=other_act,
+        to_onehot_y=to_onehot_y,
+        include_background=include_background,
+        ignore_index=ignore_index,
+        batch=batch,
+        sync_batch=sync_batch,
+        process_group=process_group,
+        eps=eps,
+        reduction=reduction,
+        backend=backend,
+    )
     return loss(input, target, opts)
 
 
@@ -114,16 +137,24 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
         problem = (tuple(map(int, input.shape)), opts.spectrum, opts.num_bands, opts.include_background)
     name = resolve(opts.backend, input.device, input.dtype, problem)
     if name != "reference" and (mode := _mode_only_the_reference_supports(input)) is not None:
-        warn_caller_once(f"scc_kernels: backend {name!r} does not support {mode}; the reference backend computes "
-                   "these losses instead (same values, slower). Pass backend='reference' to silence this.")  # fmt: skip
+        warn_caller_once(
+            f"scc_kernels: backend {name!r} does not support {mode}; the reference backend computes "
+            "these losses instead (same values, slower). Pass backend='reference' to silence this."
+        )
         name = "reference"
     with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
         if name == "reference":
             return 1 - reference.band_weighted_r(input, target, opts)
         stats, *_ = torch.ops.scc_kernels.band_stats(
-            input, target, name, opts.spectrum, opts.num_bands, opts.activation,
-            opts.ignore_index, opts.include_background,
-        )  # fmt: skip
+            input,
+            target,
+            name,
+            opts.spectrum,
+            opts.num_bands,
+            opts.activation,
+            opts.ignore_index,
+            opts.include_background,
+        )
         return loss_from_stats(stats, opts)
 
 

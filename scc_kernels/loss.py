@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -41,11 +41,22 @@ class SCCLoss(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.options = make_options(
-            include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
-            softmax=softmax, other_act=other_act, spectrum=spectrum, bands=bands,
-            band_weights=band_weights, ignore_index=ignore_index, batch=batch, sync_batch=sync_batch,
-            process_group=process_group, eps=eps, reduction=reduction, backend=backend,
-        )  # fmt: skip
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            spectrum=spectrum,
+            bands=bands,
+            band_weights=band_weights,
+            ignore_index=ignore_index,
+            batch=batch,
+            sync_batch=sync_batch,
+            process_group=process_group,
+            eps=eps,
+            reduction=reduction,
+            backend=backend,
+        )
         if isinstance(other_act, torch.nn.Module):  # a submodule: its parameters train and move with .to()
             self.other_act = other_act
 

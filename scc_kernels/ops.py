@@ -12,8 +12,6 @@ backend (the reference supports every autograd mode; functional.py routes the ot
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from ._options import Problem, check_labels, is_label_map
@@ -40,7 +38,7 @@ def _band_stats(
     spectrum: str,
     num_bands: int,
     activation: str,
-    ignore_index: Optional[int],
+    ignore_index: int | None,
     include_background: bool,
 ) -> list[torch.Tensor]:
     """[stats (B, C', K, 8) in _stats.STATS order, *tensors the backend saves for its backward]."""
@@ -66,7 +64,7 @@ def _band_stats_backward(
     spectrum: str,
     num_bands: int,
     activation: str,
-    ignore_index: Optional[int],
+    ignore_index: int | None,
     include_background: bool,
 ) -> torch.Tensor:
     problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)

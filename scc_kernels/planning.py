@@ -164,8 +164,16 @@ def _costs(p: Problem, profile: Profile) -> list[Candidate]:
         # writes the spectral gradient, 1 inverse transform, and the activation backward
         signals = 2 * 4 * slices * pixels
         spectra = 2 * 8 * slices * bins
-        fused = (_io_bytes(p) + signals + _fft_bytes(p, 2) + spectra + spectra + 8 * slices * bins
-                 + _fft_bytes(p, 1) + 2 * 4 * slices * pixels)  # fmt: skip
+        fused = (
+            _io_bytes(p)
+            + signals
+            + _fft_bytes(p, 2)
+            + spectra
+            + spectra
+            + 8 * slices * bins
+            + _fft_bytes(p, 1)
+            + 2 * 4 * slices * pixels
+        )
         fft_flops = _fft_flops(p, 3) + elementwise + 30 * slices * bins
         for backend, launch in (("triton", profile.triton_launch_us), ("cuda", profile.cuda_launch_us)):
             candidates.append(Candidate(backend, "fft", fused, fft_flops, 0, 8 + 3 * len(p.shape[2:]), launch))
@@ -178,8 +186,9 @@ def _costs(p: Problem, profile: Profile) -> list[Candidate]:
             candidates.append(dft)
     # the reference: full complex spectra, autograd's saved tensors, ~40 passes over them
     reference_bytes = _io_bytes(p) + 40 * 8 * slices * pixels + 2 * _fft_bytes(p, 2)
-    candidates.append(Candidate("reference", "fft", reference_bytes, _fft_flops(p, 4) * 2, 0, 60 + 12 * p.bands,
-                                profile.torch_op_us))  # fmt: skip
+    candidates.append(
+        Candidate("reference", "fft", reference_bytes, _fft_flops(p, 4) * 2, 0, 60 + 12 * p.bands, profile.torch_op_us)
+    )
     return [_timed(candidate, profile) for candidate in candidates]
 
 
@@ -199,8 +208,15 @@ def _dft_cost(p: Problem, profile: Profile) -> Candidate | None:
     # into a float32 buffer once per (pixel, tile): atomics resolved in L2, counted at 1/4
     tiles = math.prod(triton_dft._plan(spatial)["tiles"])
     atomics = 8 * p.slices * p.pixels * tiles
-    return Candidate("triton", "dft", _io_bytes(p) + 8 * p.slices * p.pixels + atomics / 4, 0, tensor_flops, 3,
-                     profile.triton_launch_us)  # fmt: skip
+    return Candidate(
+        "triton",
+        "dft",
+        _io_bytes(p) + 8 * p.slices * p.pixels + atomics / 4,
+        0,
+        tensor_flops,
+        3,
+        profile.triton_launch_us,
+    )
 
 
 def _timed(c: Candidate, profile: Profile) -> Candidate:
@@ -236,24 +252,36 @@ class Plan:
     def __str__(self) -> str:
         p = self.problem
         shape = "x".join(map(str, p.shape))
-        lines = [f"plan for {shape} {p.spectrum}, bands={p.bands}, {str(p.dtype).removeprefix('torch.')} on "
-                 f"{self.profile.name} ({self.profile.dram_gbps:.0f} GB/s, fp32 {self.profile.fp32_tflops:g} / "
-                 f"tf32 {self.profile.tf32_tflops:g} TFLOP/s)",  # fmt: skip
-                 f"{'backend':<10} {'path':<9} {'model ms':>9} {'memory':>8} {'compute':>8} {'launch':>7} "
-                 f"{'GB':>8} {'GFLOP':>9} {'measured':>9}"]  # fmt: skip
+        lines = [
+            f"plan for {shape} {p.spectrum}, bands={p.bands}, {str(p.dtype).removeprefix('torch.')} on "
+            f"{self.profile.name} ({self.profile.dram_gbps:.0f} GB/s, fp32 {self.profile.fp32_tflops:g} / "
+            f"tf32 {self.profile.tf32_tflops:g} TFLOP/s)",
+            f"{'backend':<10} {'path':<9} {'model ms':>9} {'memory':>8} {'compute':>8} {'launch':>7} "
+            f"{'GB':>8} {'GFLOP':>9} {'measured':>9}",
+        ]
         for c in self.candidates:
             measured = "-" if c.measured_ms is None else f"{c.measured_ms:.3f}"
             mark = "  <- pick" if (c.backend, c.path) == (self.backend, self.path) else ""
-            lines.append(f"{c.backend:<10} {c.path:<9} {c.modeled_ms:9.3f} {c.memory_ms:8.3f} {c.compute_ms:8.3f} "
-                         f"{c.launch_ms:7.3f} {c.bytes / 1e9:8.3f} {(c.fp32_flops + c.tensor_flops) / 1e9:9.1f} "
-                         f"{measured:>9}{mark}")  # fmt: skip
+            lines.append(
+                f"{c.backend:<10} {c.path:<9} {c.modeled_ms:9.3f} {c.memory_ms:8.3f} {c.compute_ms:8.3f} "
+                f"{c.launch_ms:7.3f} {c.bytes / 1e9:8.3f} {(c.fp32_flops + c.tensor_flops) / 1e9:9.1f} "
+                f"{measured:>9}{mark}"
+            )
         lines.append(f"pick: {self.backend} / {self.path}: {self.reason}")
         return "\n".join(lines)
 
 
-def plan(input_shape, *, spectrum: str = "amplitude", bands: int | None = None, dtype: torch.dtype = torch.float32,
-         gpu: str | None = None, deterministic: bool = False, include_background: bool = True,
-         autotune: bool | None = None) -> Plan:  # fmt: skip
+def plan(
+    input_shape,
+    *,
+    spectrum: str = "amplitude",
+    bands: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    gpu: str | None = None,
+    deterministic: bool = False,
+    include_background: bool = True,
+    autotune: bool | None = None,
+) -> Plan:
     """The backend and path for an input of `input_shape` (B, C, *S) on a GPU.
 
     gpu: a profile name ("H200", "H100", "A100"): the model only, every candidate considered;
@@ -266,7 +294,9 @@ def plan(input_shape, *, spectrum: str = "amplitude", bands: int | None = None, 
     if len(problem.shape) < 3 or min(problem.shape) < 1:
         raise ValueError(f"input_shape must be (B, C, *spatial) with sizes >= 1, got {input_shape!r}")
     if spectrum not in ("amplitude", "complex") or problem.bands < 1:
-        raise ValueError(f"spectrum must be 'amplitude' or 'complex' and bands None or >= 1, got {spectrum!r}, {bands!r}")
+        raise ValueError(
+            f"spectrum must be 'amplitude' or 'complex' and bands None or >= 1, got {spectrum!r}, {bands!r}"
+        )
     if gpu is not None and gpu not in PROFILES:
         raise ValueError(f"gpu must be one of {tuple(PROFILES)} or None (the current device), got {gpu!r}")
     if gpu is None and not torch.cuda.is_available():
@@ -289,7 +319,8 @@ def plan(input_shape, *, spectrum: str = "amplitude", bands: int | None = None, 
         best = eligible[0]
         second = next((c for c in eligible[1:]), None)
         reason = f"lowest modeled time ({_dominant(best)}-bound)" + (
-            f", {second.modeled_ms / best.modeled_ms:.1f}x ahead of {second.backend}/{second.path}" if second else "")
+            f", {second.modeled_ms / best.modeled_ms:.1f}x ahead of {second.backend}/{second.path}" if second else ""
+        )
     return Plan(best.backend, best.path, reason, profile, problem, tuple(candidates))
 
 
@@ -317,14 +348,24 @@ _measured: dict[str, dict[str, float]] = {}
 
 
 def _cache_path() -> str:
-    return os.environ.get("SCC_KERNELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "scc_kernels",
-                                                               "autotune.json"))  # fmt: skip
+    return os.environ.get(
+        "SCC_KERNELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "scc_kernels", "autotune.json")
+    )
 
 
 def _signature(problem: Problem, device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return json.dumps([name, torch.__version__, list(problem.shape), problem.spectrum, problem.bands,
-                       str(problem.dtype), problem.include_background])  # fmt: skip
+    return json.dumps(
+        [
+            name,
+            torch.__version__,
+            list(problem.shape),
+            problem.spectrum,
+            problem.bands,
+            str(problem.dtype),
+            problem.include_background,
+        ]
+    )
 
 
 def _autotune(problem: Problem, candidates: list[Candidate], device: torch.device | None = None) -> dict[str, float]:
@@ -370,22 +411,43 @@ def _time_candidate(problem: Problem, c: Candidate, device: torch.device, repeat
 
     def step():
         with path_override(c.path):
-            scc_loss(logits, labels, softmax=True, spectrum=problem.spectrum, bands=problem.bands,
-                     include_background=problem.include_background, backend=c.backend).backward()  # fmt: skip
+            scc_loss(
+                logits,
+                labels,
+                softmax=True,
+                spectrum=problem.spectrum,
+                bands=problem.bands,
+                include_background=problem.include_background,
+                backend=c.backend,
+            ).backward()
 
     return time_ms(step, device, repeats, warmup=1)  # the first call compiles and warms up
 
 
-def triton_path(shape: tuple[int, ...], spectrum: str, bands: int, dtype: torch.dtype, include_background: bool,
-                device: torch.device) -> str:  # fmt: skip
-    """"dft" or "fft" for the triton backend on a CUDA device: the plan's choice between its two
+def triton_path(
+    shape: tuple[int, ...],
+    spectrum: str,
+    bands: int,
+    dtype: torch.dtype,
+    include_background: bool,
+    device: torch.device,
+) -> str:
+    """ "dft" or "fft" for the triton backend on a CUDA device: the plan's choice between its two
     paths (autotuned if autotuning is on), deterministic mode excluding the DFT's atomics."""
     from .backends import forced_path
 
     if forced_path() is not None:
         return forced_path()
-    return _triton_path(tuple(shape), spectrum, bands, dtype, include_background, device,
-                        torch.are_deterministic_algorithms_enabled(), os.environ.get("SCC_KERNELS_AUTOTUNE") == "1")
+    return _triton_path(
+        tuple(shape),
+        spectrum,
+        bands,
+        dtype,
+        include_background,
+        device,
+        torch.are_deterministic_algorithms_enabled(),
+        os.environ.get("SCC_KERNELS_AUTOTUNE") == "1",
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -25,8 +25,9 @@ LOSS_ATOL = 1e-6
 GRAD_ATOL = 1e-7
 
 
-def random_problem(batch, channels, spatial, *, label_map=True, ignore_index=None, dtype=torch.float32,
-                   device="cpu", generator=None):  # fmt: skip
+def random_problem(
+    batch, channels, spatial, *, label_map=True, ignore_index=None, dtype=torch.float32, device="cpu", generator=None
+):
     """Random logits (B, C, *S) and a target: an int64 label map (B, *S) or soft targets (B, C, *S).
 
     With ignore_index, about a tenth of the labels are set to it.
@@ -55,8 +56,9 @@ def blob_labels(batch, channels, spatial, *, generator=None) -> torch.Tensor:
     return labels
 
 
-def converged_problem(batch, channels, spatial, *, confidence, ignore_index=None, dtype=torch.float32,
-                      device="cpu", generator=None):  # fmt: skip
+def converged_problem(
+    batch, channels, spatial, *, confidence, ignore_index=None, dtype=torch.float32, device="cpu", generator=None
+):
     """Logits `confidence·one-hot + N(0, 1)` for blob label maps: softmax nearly equals the target.
 
     With softmax and one band, confidence 4 gives losses of about 1e-3 to 1e-2, 6 about 1e-4 to
@@ -175,13 +177,23 @@ def make_problem(regime: str, batch, channels, spatial, options, *, dtype, devic
     kind, _, value = regime.partition(" ")
     ignore_index = options.get("ignore_index")
     if kind == "converged":
-        return converged_problem(batch, channels, spatial, confidence=float(value), ignore_index=ignore_index,
-                                 dtype=dtype, device=device, generator=generator)  # fmt: skip
+        return converged_problem(
+            batch,
+            channels,
+            spatial,
+            confidence=float(value),
+            ignore_index=ignore_index,
+            dtype=dtype,
+            device=device,
+            generator=generator,
+        )
     if kind == "huge":
-        return huge_problem(batch, channels, spatial, magnitude=float(value), dtype=dtype, device=device,
-                            generator=generator)  # fmt: skip
-    return random_problem(batch, channels, spatial, ignore_index=ignore_index, dtype=dtype, device=device,
-                          generator=generator)  # fmt: skip
+        return huge_problem(
+            batch, channels, spatial, magnitude=float(value), dtype=dtype, device=device, generator=generator
+        )
+    return random_problem(
+        batch, channels, spatial, ignore_index=ignore_index, dtype=dtype, device=device, generator=generator
+    )
 
 
 def run(device: torch.device, names: list[str] | None = None, dtypes=(torch.float32,), seed: int = 0) -> list[Check]:
@@ -192,8 +204,9 @@ def run(device: torch.device, names: list[str] | None = None, dtypes=(torch.floa
         for dtype in dtypes:
             for regime, batch, channels, spatial, options in CASES:
                 generator = torch.Generator().manual_seed(seed)
-                logits, target = make_problem(regime, batch, channels, spatial, options, dtype=dtype, device=device,
-                                              generator=generator)  # fmt: skip
+                logits, target = make_problem(
+                    regime, batch, channels, spatial, options, dtype=dtype, device=device, generator=generator
+                )
                 errors = compare_with_reference(name, logits, target, **options)
                 shape = f"{batch}x{channels}x{'x'.join(map(str, spatial))}"
                 case = f"{str(dtype)[6:]} {regime} {shape} " + " ".join(f"{k}={v}" for k, v in options.items())

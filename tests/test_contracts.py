@@ -28,8 +28,9 @@ SETTINGS = [  # (options, label map target?): Parseval and transform paths, both
 
 
 def _random(batch, channels, spatial, seed, **options):
-    return random_problem(batch, channels, spatial, generator=torch.Generator().manual_seed(seed), device=DEVICE,
-                          **options)  # fmt: skip
+    return random_problem(
+        batch, channels, spatial, generator=torch.Generator().manual_seed(seed), device=DEVICE, **options
+    )
 
 
 def _inputs(shape, label_map, seed, options):
@@ -76,8 +77,16 @@ def test_opcheck_band_stats(backend, options, label_map, requires_grad):
     opts = scc_kernels._options.make_options(**options)
     logits, target = _inputs((2, 3, 7, 6), label_map, 3, options)
     logits.requires_grad_(requires_grad)
-    args = (logits, target, backend, opts.spectrum, opts.num_bands, opts.activation, opts.ignore_index,
-            opts.include_background)  # fmt: skip
+    args = (
+        logits,
+        target,
+        backend,
+        opts.spectrum,
+        opts.num_bands,
+        opts.activation,
+        opts.ignore_index,
+        opts.include_background,
+    )
     torch.library.opcheck(torch.ops.scc_kernels.band_stats.default, args)
 
 
@@ -91,8 +100,11 @@ def test_opcheck_band_stats_backward(backend, options, label_map):
     grad_stats = torch.randn(stats.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     args = (grad_stats, stats, logits, target, saved, *static)
     # its autograd rule only raises (no double backward), so the gradient checks are left out
-    torch.library.opcheck(torch.ops.scc_kernels.band_stats_backward.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))  # fmt: skip
+    torch.library.opcheck(
+        torch.ops.scc_kernels.band_stats_backward.default,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
+    )
 
 
 # --- 2. autograd modes: the reference computes what the custom op cannot, with one warning -----
@@ -105,7 +117,7 @@ def _float64_problem():
 
 
 def _loss_of(backend):
-    logits, labels, _ = _float64_problem()
+    _logits, labels, _ = _float64_problem()
     return lambda x: scc_loss(x, labels, softmax=True, bands=2, backend=backend)
 
 
@@ -140,7 +152,9 @@ def test_autograd_modes_give_the_reference_values(backend, mode):
 
     expected = mode(lambda x: loss(x, "reference"), logits, tangent)
     scc_kernels._options._warned.clear()
-    with pytest.warns(UserWarning, match=rf"backend '{backend}' does not support .*reference backend computes") as record:
+    with pytest.warns(
+        UserWarning, match=rf"backend '{backend}' does not support .*reference backend computes"
+    ) as record:
         got = mode(lambda x: loss(x, backend), logits, tangent)
     assert got is not None and torch.isfinite(got).all()
     torch.testing.assert_close(got, expected)
@@ -164,7 +178,9 @@ def test_reference_double_backward_matches_finite_differences():
     x = logits.requires_grad_(True)
 
     def grad_norm(x):
-        (grad,) = torch.autograd.grad(scc_loss(x, labels, softmax=True, bands=2, backend="reference"), x, create_graph=True)
+        (grad,) = torch.autograd.grad(
+            scc_loss(x, labels, softmax=True, bands=2, backend="reference"), x, create_graph=True
+        )
         return grad.square().sum()
 
     assert torch.autograd.gradcheck(grad_norm, (x,))
@@ -199,8 +215,11 @@ def test_other_act_module_is_a_submodule():
 # --- 7. options (SPEC v2 §5) -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("weights", ["12", {1: 2, 3: 4}, {1.0, 2.0}, b"12", torch.ones(2, 1), ["1", "2"], (True, False)],
-                         ids=["str", "dict", "set", "bytes", "2-D tensor", "strings", "bools"])  # fmt: skip
+@pytest.mark.parametrize(
+    "weights",
+    ["12", {1: 2, 3: 4}, {1.0, 2.0}, b"12", torch.ones(2, 1), ["1", "2"], (True, False)],
+    ids=["str", "dict", "set", "bytes", "2-D tensor", "strings", "bools"],
+)
 def test_band_weights_of_the_wrong_type(weights):
     with pytest.raises(TypeError, match="band_weights"):
         SCCLoss(bands=2, band_weights=weights)
@@ -263,7 +282,9 @@ def test_deterministic_mode_avoids_the_atomic_backward(monkeypatch):
     before = _value_and_grad(lambda x, t: scc_loss(x, t, **options), logits, labels)
     torch.use_deterministic_algorithms(True)
     try:
-        stats, *saved = torch.ops.scc_kernels.band_stats(logits, labels, "triton", "amplitude", 2, "softmax", None, True)
+        _stats, *saved = torch.ops.scc_kernels.band_stats(
+            logits, labels, "triton", "amplitude", 2, "softmax", None, True
+        )
         assert triton_backend.saved_path(saved) == "fft"  # the FFT path (no atomics), not the DFT's
         after = _value_and_grad(lambda x, t: scc_loss(x, t, **options), logits, labels)
     finally:
@@ -276,8 +297,13 @@ def test_deterministic_mode_avoids_the_atomic_backward(monkeypatch):
 
 def test_importing_the_cli_module_does_not_restart_the_process():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", "import scc_kernels.__main__; print('imported once')"],
-                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", "import scc_kernels.__main__; print('imported once')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and result.stdout == "imported once\n", result.stderr
 
 
@@ -316,7 +342,9 @@ def test_unavailable_backend_is_a_usage_error(capsys):
 
 def test_png_without_matplotlib_is_a_usage_error(monkeypatch, capsys):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a)
+    )
     with pytest.raises(SystemExit) as exit:
         cli.main(["bench", "--png", "chart.png"])
     assert exit.value.code == 2 and "matplotlib" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from utils import assert_matches_reference, converged_problem, random_problem
 
 import scc_kernels
 from scc_kernels._options import ACTIVATION_CODES, Problem
@@ -33,14 +34,16 @@ from scc_kernels.backends import cuda_backend, load, torch_backend, unavailable_
 from scc_kernels.bands import band_index
 from scc_kernels.verify import huge_problem
 
-from utils import assert_matches_reference, converged_problem, random_problem
-
 CSRC = cuda_backend.CSRC
 NVCC = shutil.which("nvcc")
 ARCHS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
 # what torch's extension build adds: the kernels must not rely on __half's C++ operators
-TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]  # fmt: skip
+TORCH_NVCC_FLAGS = [
+    "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-D__CUDA_NO_HALF2_OPERATORS__",
+]
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="needs nvcc on PATH")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -85,8 +88,16 @@ def _bindings_command(directory: Path) -> list[str] | str:
     # the C++ standard this torch builds extensions with
     std = "c++20" if "-std=c++20" in inspect.getsource(sys.modules["torch.utils.cpp_extension"]) else "c++17"
     includes = [*include_paths(), sysconfig.get_paths()["include"], str(cuda_include), str(directory / "stub")]
-    return [compiler, "-fsyntax-only", f"-std={std}", "-Wall", "-Werror", "-DTORCH_EXTENSION_NAME=_C",
-            *(f"-I{p}" for p in includes), str(CSRC / "bindings.cpp")]  # fmt: skip
+    return [
+        compiler,
+        "-fsyntax-only",
+        f"-std={std}",
+        "-Wall",
+        "-Werror",
+        "-DTORCH_EXTENSION_NAME=_C",
+        *(f"-I{p}" for p in includes),
+        str(CSRC / "bindings.cpp"),
+    ]
 
 
 def _emulator_command(directory: Path) -> list[str] | str:
@@ -94,9 +105,20 @@ def _emulator_command(directory: Path) -> list[str] | str:
     compiler, cuda_include = shutil.which("c++") or shutil.which("g++"), _cuda_include()
     if compiler is None or cuda_include is None:
         return "needs a C++ compiler and the CUDA toolkit's headers"
-    return [compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-fno-strict-aliasing", f"-I{CSRC}",
-            f"-I{cuda_include}", str(Path(__file__).with_name("cuda_host_emulator.cpp")),
-            "-o", str(directory / "host_kernels.so")]  # fmt: skip
+    return [
+        compiler,
+        "-std=c++20",
+        "-O1",
+        "-shared",
+        "-fPIC",
+        "-pthread",
+        "-fno-strict-aliasing",
+        f"-I{CSRC}",
+        f"-I{cuda_include}",
+        str(Path(__file__).with_name("cuda_host_emulator.cpp")),
+        "-o",
+        str(directory / "host_kernels.so"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +128,36 @@ def compilations(tmp_path_factory):
     commands = {}
     if NVCC is not None:
         for source in sorted(CSRC.glob("*.cu")):
-            commands[source.name] = [NVCC, "-c", "-std=c++17", "-O3", *ARCHS, *TORCH_NVCC_FLAGS, str(source),
-                                     "-o", str(directory / (source.stem + ".o"))]  # fmt: skip
+            commands[source.name] = [
+                NVCC,
+                "-c",
+                "-std=c++17",
+                "-O3",
+                *ARCHS,
+                *TORCH_NVCC_FLAGS,
+                str(source),
+                "-o",
+                str(directory / (source.stem + ".o")),
+            ]
         # to PTX, as NVRTC compiles: no host compiler, no ptxas
         header = _header_check_source(directory)
-        commands["header"] = [NVCC, "-ptx", "-std=c++17", "-arch=compute_80", str(header),
-                              "-o", str(directory / "header.ptx")]  # fmt: skip
+        commands["header"] = [
+            NVCC,
+            "-ptx",
+            "-std=c++17",
+            "-arch=compute_80",
+            str(header),
+            "-o",
+            str(directory / "header.ptx"),
+        ]
     commands["bindings"] = _bindings_command(directory)
     commands["emulator"] = _emulator_command(directory)
     processes = {
-        name: command if isinstance(command, str) else
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        name: command
+        if isinstance(command, str)
+        else subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for name, command in commands.items()
-    }  # fmt: skip
+    }
     yield processes
     for process in processes.values():
         if not isinstance(process, str) and process.poll() is None:
@@ -261,11 +300,21 @@ class _HostLauncher:
     def _activation(self, function, logits, target, pointers, problem, blocks, root_n):
         batch, classes, n = logits.shape
         ignore = problem.ignore_index
-        args = [ctypes.c_int(SCALAR_CODES[logits.dtype]), ctypes.c_int(TARGET_CODES[target.dtype]),
-                _pointer(logits), _pointer(target), *map(_pointer, pointers), ctypes.c_int(batch),
-                ctypes.c_int(blocks), ctypes.c_int(classes), ctypes.c_longlong(n), ctypes.c_int(problem.offset),
-                ctypes.c_int(ACTIVATION_CODES[problem.activation]), ctypes.c_int(ignore is not None),
-                ctypes.c_longlong(0 if ignore is None else ignore)]  # fmt: skip
+        args = [
+            ctypes.c_int(SCALAR_CODES[logits.dtype]),
+            ctypes.c_int(TARGET_CODES[target.dtype]),
+            _pointer(logits),
+            _pointer(target),
+            *map(_pointer, pointers),
+            ctypes.c_int(batch),
+            ctypes.c_int(blocks),
+            ctypes.c_int(classes),
+            ctypes.c_longlong(n),
+            ctypes.c_int(problem.offset),
+            ctypes.c_int(ACTIVATION_CODES[problem.activation]),
+            ctypes.c_int(ignore is not None),
+            ctypes.c_longlong(0 if ignore is None else ignore),
+        ]
         if root_n:
             args.append(ctypes.c_float(math.sqrt(n)))
         function(*args)
@@ -282,15 +331,25 @@ class _HostLauncher:
 
     def band_stats(self, S, D, base_is_x, band, weight, partials, amplitude):
         slices, bins = S.shape
-        self.lib.band_stats(*map(_pointer, (S, D, base_is_x, band, weight, partials)), ctypes.c_longlong(slices),
-                            ctypes.c_int(partials.shape[1]), ctypes.c_longlong(bins), ctypes.c_int(partials.shape[2]),
-                            ctypes.c_int(amplitude))  # fmt: skip
+        self.lib.band_stats(
+            *map(_pointer, (S, D, base_is_x, band, weight, partials)),
+            ctypes.c_longlong(slices),
+            ctypes.c_int(partials.shape[1]),
+            ctypes.c_longlong(bins),
+            ctypes.c_int(partials.shape[2]),
+            ctypes.c_int(amplitude),
+        )
 
     def spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude, blocks):
         slices, bins = S.shape
-        self.lib.spectral_grad(*map(_pointer, (S, D, base_is_x, band, coefficients, G)), ctypes.c_int(blocks),
-                               ctypes.c_longlong(slices), ctypes.c_longlong(bins), ctypes.c_int(coefficients.shape[1]),
-                               ctypes.c_int(amplitude))  # fmt: skip
+        self.lib.spectral_grad(
+            *map(_pointer, (S, D, base_is_x, band, coefficients, G)),
+            ctypes.c_int(blocks),
+            ctypes.c_longlong(slices),
+            ctypes.c_longlong(bins),
+            ctypes.c_int(coefficients.shape[1]),
+            ctypes.c_int(amplitude),
+        )
 
 
 @pytest.mark.parametrize("spectrum, bands", [("complex", None), ("amplitude", 3), ("complex", 2)])
@@ -337,12 +396,19 @@ CASES = [
     ((7, 9, 10), dict(spectrum="complex", bands=3, softmax=True, ignore_index=255), "uint8"),
     ((7, 9, 10), dict(spectrum="amplitude", softmax=True, batch=True), "dense"),
     ((61,), dict(spectrum="amplitude", bands=2), "int64"),
-]  # fmt: skip
+]
 
 
 def _make_problem(spatial, options, target_kind, dtype, device, batch=2, channels=3):
-    logits, target = random_problem(batch, channels, spatial, label_map=target_kind != "dense",
-                                    ignore_index=options.get("ignore_index"), dtype=dtype, device=device)  # fmt: skip
+    logits, target = random_problem(
+        batch,
+        channels,
+        spatial,
+        label_map=target_kind != "dense",
+        ignore_index=options.get("ignore_index"),
+        dtype=dtype,
+        device=device,
+    )
     if target_kind in ("uint8", "int32"):
         target = target.to(getattr(torch, target_kind))
     return logits, target
@@ -390,7 +456,7 @@ CONVERGED = [
     ((7, 8, 9), dict(spectrum="complex", bands=4)),
     ((7, 8, 9), dict(spectrum="amplitude", batch=True)),
     ((7, 8, 9), dict(spectrum="complex", batch=True)),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("confidence", [4, 8])
@@ -402,14 +468,16 @@ def test_near_converged_predictions(backend, spatial, options, confidence):
     assert_matches_reference(name, logits, labels, softmax=True, **options)
 
 
-@pytest.mark.parametrize("magnitude, spectrum, bands", [(1e15, "amplitude", None), (1e15, "complex", 3),
-                                                        (1e30, "amplitude", 3)])  # fmt: skip
+@pytest.mark.parametrize(
+    "magnitude, spectrum, bands", [(1e15, "amplitude", None), (1e15, "complex", 3), (1e30, "amplitude", 3)]
+)
 def test_huge_inputs(backend, magnitude, spectrum, bands):
     """No activation, inputs far larger than the target: the target is each slice's base (the
     kernels' other branch), and the result is right, or NaN where a float32 sum overflows."""
     name, device = backend
-    logits, target = huge_problem(2, 2, (17, 19), magnitude=magnitude, device=device,
-                                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    logits, target = huge_problem(
+        2, 2, (17, 19), magnitude=magnitude, device=device, generator=torch.Generator().manual_seed(0)
+    )
     assert_matches_reference(name, logits, target, spectrum=spectrum, bands=bands)
 
 
@@ -498,8 +566,7 @@ class _FakeCuPy:
             def __exit__(self, *exc):
                 return False
 
-        cuda = types.SimpleNamespace(ExternalStream=lambda pointer: pointer, Device=Device,
-                                     get_cuda_path=lambda: None)  # fmt: skip
+        cuda = types.SimpleNamespace(ExternalStream=lambda pointer: pointer, Device=Device, get_cuda_path=lambda: None)
         self.module = types.SimpleNamespace(RawModule=RawModule, cuda=cuda)
 
 
@@ -509,8 +576,9 @@ def test_cupy_launches_match_the_kernel_signatures(spectrum, num_bands, monkeypa
     monkeypatch.setitem(sys.modules, "cupy", fake.module)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0})())
     # loaded under another name, so that the real cupy_backend is never replaced by this one
-    spec = importlib.util.spec_from_file_location("scc_kernels.backends._cupy_backend_under_test",
-                                                  Path(cuda_backend.__file__).with_name("cupy_backend.py"))  # fmt: skip
+    spec = importlib.util.spec_from_file_location(
+        "scc_kernels.backends._cupy_backend_under_test", Path(cuda_backend.__file__).with_name("cupy_backend.py")
+    )
     cupy_backend = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cupy_backend)
 
@@ -520,13 +588,16 @@ def test_cupy_launches_match_the_kernel_signatures(spectrum, num_bands, monkeypa
     stats, *saved = cupy_backend.band_stats(logits, target, problem)
     cupy_backend.band_stats_backward(torch.ones_like(stats), stats, logits, target, saved, problem)
 
-    (code, options, names), = fake.modules  # compiled once
+    ((code, options, names),) = fake.modules  # compiled once
     assert code == (CSRC / "scc_kernels.cuh").read_text() and "-std=c++17" in options
     assert names == cuda_backend.kernel_names()
     signatures = _kernel_signatures()
     launched = [name.split("<")[0].removeprefix("scc::") for name, *_ in fake.launches]
-    expected = ["parseval_forward", "activation_backward"] if problem.parseval else \
-        ["activate", "band_stats", "spectral_grad", "activation_backward"]  # fmt: skip
+    expected = (
+        ["parseval_forward", "activation_backward"]
+        if problem.parseval
+        else ["activate", "band_stats", "spectral_grad", "activation_backward"]
+    )
     assert launched == expected
     for name, grid, block, args in fake.launches:
         assert name in names and block == (cuda_backend.THREADS,)
@@ -534,7 +605,6 @@ def test_cupy_launches_match_the_kernel_signatures(spectrum, num_bands, monkeypa
         kernel = name.split("<")[0].removeprefix("scc::")
         assert [type(a) for a in args] == [_numpy_type(t) for t in signatures[kernel]], name
         assert "<" not in name or name.endswith("<float, unsigned char>")  # the tensors' dtypes
-
 
 
 # ----------------------------------------------------------------------------------------------

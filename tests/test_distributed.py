@@ -66,10 +66,19 @@ TRITON_ON_CPU = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("backend, dtype", [("reference", torch.float64), ("torch", torch.float64),
-                                            pytest.param("triton", torch.float32, marks=TRITON_ON_CPU)])  # fmt: skip
-@pytest.mark.parametrize("options", [dict(spectrum="amplitude", bands=2), dict(spectrum="complex")],
-                         ids=["amplitude-2bands", "complex-parseval"])  # fmt: skip
+@pytest.mark.parametrize(
+    "backend, dtype",
+    [
+        ("reference", torch.float64),
+        ("torch", torch.float64),
+        pytest.param("triton", torch.float32, marks=TRITON_ON_CPU),
+    ],
+)
+@pytest.mark.parametrize(
+    "options",
+    [dict(spectrum="amplitude", bands=2), dict(spectrum="complex")],
+    ids=["amplitude-2bands", "complex-parseval"],
+)
 def test_ddp_matches_one_process_over_the_whole_batch(backend, dtype, options):
     if not dist.is_available():
         pytest.skip("this torch build has no torch.distributed")

@@ -17,8 +17,13 @@ for module in ("monai", "matplotlib", "tqdm"):
 
 
 def test_train_phantom_quick(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
     results = json.loads((tmp_path / "results.json").read_text())

@@ -126,8 +126,12 @@ def write_tiny_dataset(raw: pathlib.Path, cases=6, size=48) -> None:
         image = rng.normal(60, 15, (size, size)) + 70.0 * (label == 1) + 140.0 * (label == 2)
         Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / "imagesTr" / f"tiny_{case:03d}_0000.png")
         Image.fromarray(label).save(folder / "labelsTr" / f"tiny_{case:03d}.png")
-    dataset = {"channel_names": {"0": "gray"}, "labels": {**LABELS, "ignore": 3},
-               "numTraining": cases, "file_ending": ".png"}  # fmt: skip
+    dataset = {
+        "channel_names": {"0": "gray"},
+        "labels": {**LABELS, "ignore": 3},
+        "numTraining": cases,
+        "file_ending": ".png",
+    }
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
 
 
@@ -148,21 +152,50 @@ def installed_trainer():
 
 def test_nnunetv2_train_runs_the_scc_trainer(tmp_path, installed_trainer):
     write_tiny_dataset(tmp_path / "raw")
-    env = {**os.environ, "nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "preprocessed"),
-           "nnUNet_results": str(tmp_path / "results"), "nnUNet_def_n_proc": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "nnUNet_raw": str(tmp_path / "raw"),
+        "nnUNet_preprocessed": str(tmp_path / "preprocessed"),
+        "nnUNet_results": str(tmp_path / "results"),
+        "nnUNet_def_n_proc": "1",
+    }
     scripts = pathlib.Path(sys.executable).parent
 
     def run(*command, **extra_env):
-        result = subprocess.run([str(scripts / command[0]), *command[1:]], env={**env, **extra_env},
-                                capture_output=True, text=True, timeout=600)  # fmt: skip
+        result = subprocess.run(
+            [str(scripts / command[0]), *command[1:]],
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
     # one process each (fingerprint, preprocessing; augmentation in the training process itself): the
     # default worker pools take longer to start on 2 cores than the work takes; planning needs n_proc_DA >= 1
-    run("nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-npfp", "1", "-np", "1",
-        "--verify_dataset_integrity")  # fmt: skip
-    run("nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", nnUNetTrainerSCC_smoke.__name__, "-device", "cpu",
-        nnUNet_n_proc_DA="0")  # fmt: skip
+    run(
+        "nnUNetv2_plan_and_preprocess",
+        "-d",
+        str(DATASET_ID),
+        "-c",
+        "2d",
+        "-npfp",
+        "1",
+        "-np",
+        "1",
+        "--verify_dataset_integrity",
+    )
+    run(
+        "nnUNetv2_train",
+        str(DATASET_ID),
+        "2d",
+        "0",
+        "-tr",
+        nnUNetTrainerSCC_smoke.__name__,
+        "-device",
+        "cpu",
+        nnUNet_n_proc_DA="0",
+    )
 
     fold = tmp_path / "results" / DATASET / f"{nnUNetTrainerSCC_smoke.__name__}__nnUNetPlans__2d" / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()

@@ -1,5 +1,6 @@
-"""scc_kernels.plan (module scc_kernels.planning): the cost model's arithmetic, its picks on the spec-sheet profiles, autotuning's
-cache, and `auto` on CUDA following the plan (all without a GPU: the profiles are data)."""
+"""scc_kernels.plan (module scc_kernels.planning): the cost model's arithmetic, its picks on the
+spec-sheet profiles, autotuning's cache, and `auto` on CUDA following the plan (all without a GPU:
+the profiles are data)."""
 
 import dataclasses
 import json
@@ -21,8 +22,9 @@ def test_profiles_are_spec_sheet_data():
 
 def test_terms_are_bytes_over_bandwidth_flops_over_rate_launches_times_cost():
     profile = planning.Profile("test", dram_gbps=1000, fp32_tflops=10, tf32_tflops=100, torch_op_us=8)
-    candidate = planning.Candidate("torch", "fft", bytes=2e9, fp32_flops=3e9, tensor_flops=4e10, launches=5,
-                                   launch_us=8)  # fmt: skip
+    candidate = planning.Candidate(
+        "torch", "fft", bytes=2e9, fp32_flops=3e9, tensor_flops=4e10, launches=5, launch_us=8
+    )
     timed = planning._timed(candidate, profile)
     assert timed.memory_ms == pytest.approx(2.0)  # 2 GB at 1000 GB/s
     assert timed.compute_ms == pytest.approx(0.3 + 0.4)  # 3 GFLOP at 10 TFLOP/s + 40 GFLOP at 100
@@ -126,8 +128,13 @@ def test_plan_command_prints_the_table(capsys):
     assert out.count("pick: cuda / fft") == 2 and "2x4x128x128x128" in out
 
 
-@pytest.mark.parametrize("argv, message", [(["plan", "2x4x8x8", "--gpu", "H200", "--autotune"], "leave out --gpu"),
-                                           (["plan", "2x4", "--gpu", "H200"], "not a shape")])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["plan", "2x4x8x8", "--gpu", "H200", "--autotune"], "leave out --gpu"),
+        (["plan", "2x4", "--gpu", "H200"], "not a shape"),
+    ],
+)
 def test_plan_command_usage_errors(argv, message, capsys):
     import scc_kernels.__main__ as cli
 

@@ -22,8 +22,16 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SEED = 20261129
 
 # (spatial, small enough for the interpreter)
-SHAPES = [((61,), True), ((11,), True), ((19, 17), True), ((63, 65), False), ((45, 47), False),
-          ((128, 96), False), ((9, 10, 11), True), ((20, 18, 22), False)]  # fmt: skip
+SHAPES = [
+    ((61,), True),
+    ((11,), True),
+    ((19, 17), True),
+    ((63, 65), False),
+    ((45, 47), False),
+    ((128, 96), False),
+    ((9, 10, 11), True),
+    ((20, 18, 22), False),
+]
 REGIMES = ["random", "converged 4", "converged 6", "converged 8", "converged 10", "huge 1e15", "huge 1e30"]
 SPECTRA_BANDS = [("complex", None), ("amplitude", None), ("amplitude", 4), ("complex", 24), ("amplitude", 64)]
 
@@ -39,8 +47,13 @@ def _cases():
                 options["softmax"] = True
             if regime == "converged 8" and bands is None:
                 options["batch"] = True  # class statistics merged over the batch
-            yield pytest.param(regime, spatial, options, small,
-                               id=f"{regime.replace(' ', '')}-{'x'.join(map(str, spatial))}-{spectrum}-K{bands}")
+            yield pytest.param(
+                regime,
+                spatial,
+                options,
+                small,
+                id=f"{regime.replace(' ', '')}-{'x'.join(map(str, spatial))}-{spectrum}-K{bands}",
+            )
 
 
 CASES = list(_cases())
@@ -48,8 +61,9 @@ CASES = list(_cases())
 
 def _errors(backend, regime, spatial, options, seed=SEED):
     generator = torch.Generator().manual_seed(seed)
-    logits, target = make_problem(regime, 2, 3, spatial, options, dtype=torch.float32, device=DEVICE,
-                                  generator=generator)  # fmt: skip
+    logits, target = make_problem(
+        regime, 2, 3, spatial, options, dtype=torch.float32, device=DEVICE, generator=generator
+    )
     return compare_with_reference(backend, logits, target, **options)
 
 
@@ -108,8 +122,9 @@ def test_overflow_gives_nan_never_a_finite_wrong_value(magnitude, spectrum, band
     loss = scc_loss(x, target, spectrum=spectrum, bands=bands, reduction="none", backend="torch")
     loss.sum().backward()
     assert loss.isnan().all(), loss  # every slice's Σx² passes float32's range
-    expected = scc_loss(logits.double(), target.double(), spectrum=spectrum, bands=bands, reduction="none",
-                        backend="reference")  # fmt: skip
+    expected = scc_loss(
+        logits.double(), target.double(), spectrum=spectrum, bands=bands, reduction="none", backend="reference"
+    )
     assert torch.isfinite(expected).all()  # float64 holds it: the NaN is float32's overflow, not a NaN input
 
 
@@ -118,8 +133,9 @@ def test_losses_span_the_near_converged_range():
     generator = torch.Generator().manual_seed(SEED)
     losses = {}
     for confidence in (4, 10):
-        logits, labels = make_problem(f"converged {confidence}", 2, 3, (63, 65), {}, dtype=torch.float64,
-                                      device="cpu", generator=generator)  # fmt: skip
+        logits, labels = make_problem(
+            f"converged {confidence}", 2, 3, (63, 65), {}, dtype=torch.float64, device="cpu", generator=generator
+        )
         losses[confidence] = scc_loss(logits, labels, softmax=True, reduction="none", backend="reference")
     assert 1e-3 < losses[4].median() < 1e-1
     assert 0 < losses[10].median() < 3e-6

@@ -33,8 +33,12 @@ def test_r_in_unit_interval(shape, opts, seed, eps):
 
 
 @settings(max_examples=30, deadline=None)
-@given(shape=shapes, bands=st.sampled_from([None, 3]), seed=st.integers(0, 2**31 - 1),
-       shift=st.tuples(st.integers(-6, 6), st.integers(-6, 6)))  # fmt: skip
+@given(
+    shape=shapes,
+    bands=st.sampled_from([None, 3]),
+    seed=st.integers(0, 2**31 - 1),
+    shift=st.tuples(st.integers(-6, 6), st.integers(-6, 6)),
+)
 def test_amplitude_unchanged_by_circular_shift(shape, bands, seed, shift):
     x, y = _pair(shape, seed)
     shifted = torch.roll(x, shifts=shift, dims=(2, 3))
@@ -45,7 +49,9 @@ def test_amplitude_unchanged_by_circular_shift(shape, bands, seed, shift):
 @given(shape=shapes, opts=options, seed=st.integers(0, 2**31 - 1), batch=st.booleans())
 def test_symmetric(shape, opts, seed, batch):
     x, y = _pair(shape, seed)
-    torch.testing.assert_close(r_ref(x, y, batch=batch, **opts), r_ref(y, x, batch=batch, **opts), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        r_ref(x, y, batch=batch, **opts), r_ref(y, x, batch=batch, **opts), rtol=1e-12, atol=1e-12
+    )
 
 
 @settings(max_examples=30, deadline=None)
@@ -53,5 +59,3 @@ def test_symmetric(shape, opts, seed, batch):
 def test_scale_invariant_without_eps(shape, opts, seed, scale):
     x, y = _pair(shape, seed)
     torch.testing.assert_close(r_ref(scale * x, y, eps=0.0, **opts), r_ref(x, y, eps=0.0, **opts), rtol=1e-9, atol=1e-9)
-
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -27,8 +28,13 @@ def test_merge_equals_the_statistics_of_the_union():
     u = 5 + torch.randn(3, 40, generator=g, dtype=torch.float64)
     v = u + 0.01 * torch.randn(3, 40, generator=g, dtype=torch.float64)
     cuts = [0, 7, 8, 8, 30, 40]  # parts of 7, 1, 0, 22 and 10 values (an empty one included)
-    parts = torch.stack([_stats_of(u[:, a:b], v[:, a:b]) if b > a else torch.zeros(3, len(STATS), dtype=torch.float64)
-                         for a, b in zip(cuts, cuts[1:])], dim=1)  # fmt: skip
+    parts = torch.stack(
+        [
+            _stats_of(u[:, a:b], v[:, a:b]) if b > a else torch.zeros(3, len(STATS), dtype=torch.float64)
+            for a, b in itertools.pairwise(cuts)
+        ],
+        dim=1,
+    )
     parts = torch.nan_to_num(parts)  # an empty part's means are 0/0: what a kernel writes is 0
     torch.testing.assert_close(merge(parts, 1), _stats_of(u, v), rtol=1e-12, atol=1e-12)
 
@@ -81,8 +87,9 @@ def test_special_cases():
 
 def test_finite_statistics_never_overflow_to_a_finite_wrong_value():
     """Products of statistics near float32's largest value are formed as ratios."""
-    stats = torch.tensor([[4.0, 0.0, 0.0, 0.0, 1e38, 1e38, 9e37, 2e37],
-                          [4.0, 0.0, 0.0, 0.0, 1e38, 0.0, 0.0, 1e38]], dtype=torch.float32)  # fmt: skip
+    stats = torch.tensor(
+        [[4.0, 0.0, 0.0, 0.0, 1e38, 1e38, 9e37, 2e37], [4.0, 0.0, 0.0, 0.0, 1e38, 0.0, 0.0, 1e38]], dtype=torch.float32
+    )
     expected = one_minus_r(stats.double(), 1e-5)
     torch.testing.assert_close(one_minus_r(stats, 1e-5).double(), expected, rtol=1e-5, atol=1e-7)
 
@@ -106,6 +113,10 @@ def test_gradient_coefficients_give_the_gradient_of_every_bin():
     (grad_stats,) = torch.autograd.grad(loss, stats)
     c_mean, c_uu, c_uv, c_dd, mean_u, mean_v, mean_d = gradient_coefficients(grad_stats, stats.detach()).unbind(-1)
     u, d = u.detach(), u.detach() - v
-    got = (c_mean.unsqueeze(-1) + c_uu.unsqueeze(-1) * (u - mean_u.unsqueeze(-1))
-           + c_uv.unsqueeze(-1) * (v - mean_v.unsqueeze(-1)) + c_dd.unsqueeze(-1) * (d - mean_d.unsqueeze(-1)))  # fmt: skip
+    got = (
+        c_mean.unsqueeze(-1)
+        + c_uu.unsqueeze(-1) * (u - mean_u.unsqueeze(-1))
+        + c_uv.unsqueeze(-1) * (v - mean_v.unsqueeze(-1))
+        + c_dd.unsqueeze(-1) * (d - mean_d.unsqueeze(-1))
+    )
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

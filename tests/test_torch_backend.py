@@ -21,7 +21,11 @@ OPTIONS = [
 
 # ignore_index needs a label map (with a dense target it is a ValueError, tested in test_api)
 CASES = [
-    pytest.param(options, label_map, id=f"{'labels' if label_map else 'dense'}-" + "-".join(f"{k}={v}" for k, v in options.items()))
+    pytest.param(
+        options,
+        label_map,
+        id=f"{'labels' if label_map else 'dense'}-" + "-".join(f"{k}={v}" for k, v in options.items()),
+    )
     for options in OPTIONS
     for label_map in (True, False)
     if label_map or "ignore_index" not in options
@@ -32,8 +36,9 @@ CASES = [
 @pytest.mark.parametrize("options,label_map", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_reference(batch, channels, spatial, options, label_map, dtype):
-    logits, target = random_problem(batch, channels, spatial, label_map=label_map,
-                                    ignore_index=options.get("ignore_index"), dtype=dtype)  # fmt: skip
+    logits, target = random_problem(
+        batch, channels, spatial, label_map=label_map, ignore_index=options.get("ignore_index"), dtype=dtype
+    )
     assert_matches_reference("torch", logits, target, **options)
 
 
@@ -99,9 +104,12 @@ def test_both_transform_bases_are_exercised():
     assert not base_is_prediction(logits, target, Problem("amplitude", 2, "none", None, True)).any()
 
 
-def test_gradcheck_dense_soft_target():
+@pytest.mark.parametrize("spectrum", ["amplitude", "complex"])
+def test_gradcheck_dense_soft_target(spectrum):
     logits, target = random_problem(2, 2, (4, 5), label_map=False, dtype=torch.float64)
     logits.requires_grad_(True)
-    for spectrum in ("amplitude", "complex"):
-        f = lambda x: scc_loss(x, target, spectrum=spectrum, sigmoid=True, reduction="none", backend="torch")  # noqa: E731
-        assert torch.autograd.gradcheck(f, (logits,), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+    def loss(x):
+        return scc_loss(x, target, spectrum=spectrum, sigmoid=True, reduction="none", backend="torch")
+
+    assert torch.autograd.gradcheck(loss, (logits,), eps=1e-6, atol=1e-8, rtol=1e-6)

@@ -7,13 +7,12 @@ import math
 
 import pytest
 import torch
+from utils import assert_matches_reference, converged_problem, random_problem
 
 import scc_kernels
 from scc_kernels._options import Problem
 from scc_kernels.backends import torch_backend, triton_backend, triton_dft
 from scc_kernels.verify import GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL
-
-from utils import assert_matches_reference, converged_problem, random_problem
 
 _DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = pytest.mark.skipif(
@@ -32,13 +31,11 @@ def device():
 # partial sums and the origin sample living in block 0 only are exercised.
 CASES = [
     # (batch, channels, spatial, target, options, dtype)
-    (2, 3, (7, 9), "int64", dict(softmax=True, ignore_index=255, include_background=False, batch=True),
-     torch.float32),
+    (2, 3, (7, 9), "int64", dict(softmax=True, ignore_index=255, include_background=False, batch=True), torch.float32),
     (3, 2, (31,), "uint8", dict(sigmoid=True), torch.float32),
     (1, 4, (5, 6, 7), "dense", dict(sigmoid=True, batch=True), torch.float32),
     (2, 3, (45, 53), "uint8", dict(softmax=True, ignore_index=255, batch=True), torch.float32),
-    (2, 5, (9, 11, 13), "int64", dict(softmax=True, ignore_index=-100, include_background=False),
-     torch.float32),
+    (2, 5, (9, 11, 13), "int64", dict(softmax=True, ignore_index=-100, include_background=False), torch.float32),
     (2, 17, (13, 21), "dense", dict(softmax=True, include_background=False), torch.float32),
     (2, 2, (33, 65), "int32", dict(), torch.float32),
     (2, 1, (11, 13), "dense", dict(sigmoid=True), torch.float32),
@@ -50,9 +47,14 @@ CASES = [
 
 def _make(batch, channels, spatial, target_kind, options, dtype, device):
     logits, target = random_problem(
-        batch, channels, spatial, label_map=target_kind != "dense",
-        ignore_index=options.get("ignore_index"), dtype=dtype, device=device,
-    )  # fmt: skip
+        batch,
+        channels,
+        spatial,
+        label_map=target_kind != "dense",
+        ignore_index=options.get("ignore_index"),
+        dtype=dtype,
+        device=device,
+    )
     if "ignore_index" in options and batch > 1:
         # an ignored origin sample must get no √N·c_mean term, nonzero with batch=True when
         # another item's origin is kept
@@ -98,16 +100,18 @@ def test_parseval_stats_and_backward_match_float64(device, case):
 @pytest.mark.parametrize("spatial, batch_option", [((20, 23), False), ((7, 6, 9), True)], ids=["20x23", "7x6x9"])
 def test_parseval_near_convergence(device, confidence, spatial, batch_option):
     """Losses of ~1e-2 (confidence 4) down to ~1e-5 (8): Σ(x − y)² per sample keeps their digits."""
-    logits, labels = converged_problem(2, 3, spatial, confidence=confidence, device=device,
-                                       generator=torch.Generator().manual_seed(confidence))  # fmt: skip
+    logits, labels = converged_problem(
+        2, 3, spatial, confidence=confidence, device=device, generator=torch.Generator().manual_seed(confidence)
+    )
     assert_matches_reference("triton", logits, labels, spectrum="complex", softmax=True, batch=batch_option)
 
 
 def test_layouts_the_kernels_do_not_assume(device):
     """A transposed (non-contiguous) input, a (B, 1, *S) label map and a float16 dense target."""
     logits, labels = random_problem(2, 3, (9, 7), device=device)
-    assert_matches_reference("triton", logits.transpose(-1, -2), labels.transpose(-1, -2).unsqueeze(1),
-                             spectrum="complex", softmax=True)
+    assert_matches_reference(
+        "triton", logits.transpose(-1, -2), labels.transpose(-1, -2).unsqueeze(1), spectrum="complex", softmax=True
+    )
     logits, soft = random_problem(2, 3, (9, 7), label_map=False, device=device)
     assert_matches_reference("triton", logits, soft.half(), spectrum="complex", sigmoid=True)
 
@@ -144,13 +148,22 @@ def test_compiles_to_one_graph(device, spectrum, bands):
     logits, labels = random_problem(2, 3, (9, 7), ignore_index=255, device=device)
     compiled = torch.compile(_triton_loss, backend="aot_eager", fullgraph=True)
     _assert_scalar_loss_matches_reference(
-        compiled, logits, labels, spectrum=spectrum, bands=bands, softmax=True, ignore_index=255,
+        compiled,
+        logits,
+        labels,
+        spectrum=spectrum,
+        bands=bands,
+        softmax=True,
+        ignore_index=255,
         include_background=False,
-    )  # fmt: skip
+    )
 
 
-@pytest.mark.parametrize("spectrum, bands", [("complex", None), ("amplitude", None), ("complex", 3)],
-                         ids=["parseval", "dft-amplitude", "dft-complex-K3"])
+@pytest.mark.parametrize(
+    "spectrum, bands",
+    [("complex", None), ("amplitude", None), ("complex", 3)],
+    ids=["parseval", "dft-amplitude", "dft-complex-K3"],
+)
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid", "none"])
 def test_nan_input_propagates(device, activation, spectrum, bands):
     """Also from an ignored pixel (SPEC §5): the reference zeroes those by a product, and NaN·0 is NaN."""
@@ -174,8 +187,9 @@ def test_ignore_index_beyond_int32(device, spectrum, bands):
     ignore_index = 2**33 + 1
     logits, labels = random_problem(2, 3, (9, 11), ignore_index=ignore_index, device=device)
     assert labels.dtype == torch.int64 and bool((labels == ignore_index).any())
-    assert_matches_reference("triton", logits, labels, spectrum=spectrum, bands=bands, softmax=True,
-                             ignore_index=ignore_index)  # fmt: skip
+    assert_matches_reference(
+        "triton", logits, labels, spectrum=spectrum, bands=bands, softmax=True, ignore_index=ignore_index
+    )
 
 
 def test_unavailable_reason(monkeypatch):

@@ -10,12 +10,12 @@ import warnings
 
 import pytest
 import torch
+from utils import assert_matches_reference, converged_problem, random_problem
 
 from scc_kernels._options import Problem
 from scc_kernels.backends import torch_backend, triton_backend, triton_dft
 from scc_kernels.backends._spectra import base_is_prediction
 from scc_kernels.verify import blob_labels
-from utils import assert_matches_reference, converged_problem, random_problem
 
 
 @pytest.fixture
@@ -41,8 +41,10 @@ DIRECT_CASES = [
 
 def _case_id(case):
     spatial, channels, spectrum, bands, activation, target_dtype, ignore_index, background = case
-    return (f"{'x'.join(map(str, spatial))}-C{channels}-{spectrum}-K{bands}-{activation}-"
-            f"{str(target_dtype).removeprefix('torch.')}-ign{ignore_index}-bg{background}")
+    return (
+        f"{'x'.join(map(str, spatial))}-C{channels}-{spectrum}-K{bands}-{activation}-"
+        f"{str(target_dtype).removeprefix('torch.')}-ign{ignore_index}-bg{background}"
+    )
 
 
 @pytest.mark.parametrize("case", DIRECT_CASES, ids=_case_id)
@@ -50,8 +52,7 @@ def test_band_stats_and_backward_match_float64(case, device):
     """STATS and input gradient in float32 vs torch_backend run in float64 on the same data."""
     spatial, channels, spectrum, bands, activation, target_dtype, ignore_index, background = case
     label_map = not target_dtype.is_floating_point
-    logits, target = random_problem(2, channels, spatial, label_map=label_map, ignore_index=ignore_index,
-                                    device=device)
+    logits, target = random_problem(2, channels, spatial, label_map=label_map, ignore_index=ignore_index, device=device)
     target = target.to(target_dtype)
     problem = Problem(spectrum, bands, activation, ignore_index, background)
     grad = _assert_matches_float64(logits, target, problem)
@@ -61,8 +62,11 @@ def test_band_stats_and_backward_match_float64(case, device):
         assert bool((grad.movedim(1, -1)[target == ignore_index] == 0).all())
 
 
-@pytest.mark.parametrize("spatial, spectrum, bands", [((20, 23), "amplitude", 4), ((7, 6, 9), "complex", 3)],
-                         ids=["20x23-amplitude-K4", "7x6x9-complex-K3"])
+@pytest.mark.parametrize(
+    "spatial, spectrum, bands",
+    [((20, 23), "amplitude", 4), ((7, 6, 9), "complex", 3)],
+    ids=["20x23-amplitude-K4", "7x6x9-complex-K3"],
+)
 def test_band_stats_near_convergence_match_float64(spatial, spectrum, bands, device):
     """x = one-hot + 1e-4·noise, given as probabilities (no activation, so x − y is exact in float32):
     m2_dd, ~1e-8 of m2_uu here, still matches to ~1e-5 of its size because d comes from the transform
@@ -94,8 +98,9 @@ def _assert_matches_float64(logits, target, problem, stats_tol=1e-5, grad_tol=1e
     grad_stats = torch.randn(expected.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     grad_stats = grad_stats.to(logits.device)
     grad = triton_dft.band_stats_backward(grad_stats.float(), stats, logits, target, saved, problem)
-    grad_expected = torch_backend.band_stats_backward(grad_stats, expected, logits.double(), target64,
-                                                      expected_saved, problem)  # fmt: skip
+    grad_expected = torch_backend.band_stats_backward(
+        grad_stats, expected, logits.double(), target64, expected_saved, problem
+    )
     assert grad.dtype == logits.dtype and grad.shape == logits.shape
     error = (grad.double() - grad_expected).norm() / grad_expected.norm()
     assert error < grad_tol, f"relative gradient error {error:.2e}"
@@ -113,11 +118,15 @@ END_TO_END_CASES = [
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("spatial,options,label_map", END_TO_END_CASES,
-                         ids=lambda case: "x".join(map(str, case)) if isinstance(case, tuple) else None)
+@pytest.mark.parametrize(
+    "spatial,options,label_map",
+    END_TO_END_CASES,
+    ids=lambda case: "x".join(map(str, case)) if isinstance(case, tuple) else None,
+)
 def test_end_to_end_matches_reference(spatial, options, label_map, dtype, device):
-    logits, target = random_problem(2, 3, spatial, label_map=label_map, ignore_index=options.get("ignore_index"),
-                                    dtype=dtype, device=device)
+    logits, target = random_problem(
+        2, 3, spatial, label_map=label_map, ignore_index=options.get("ignore_index"), dtype=dtype, device=device
+    )
     assert_matches_reference("triton", logits, target, **options)
 
 
@@ -135,11 +144,15 @@ CONVERGED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("confidence, spatial, spectrum, bands", CONVERGED_CASES,
-                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize(
+    "confidence, spatial, spectrum, bands",
+    CONVERGED_CASES,
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
+)
 def test_near_convergence_matches_reference(confidence, spatial, spectrum, bands, device):
-    logits, labels = converged_problem(2, 3, spatial, confidence=confidence, device=device,
-                                       generator=torch.Generator().manual_seed(confidence))  # fmt: skip
+    logits, labels = converged_problem(
+        2, 3, spatial, confidence=confidence, device=device, generator=torch.Generator().manual_seed(confidence)
+    )
     assert_matches_reference("triton", logits, labels, spectrum=spectrum, bands=bands, softmax=True)
 
 
@@ -157,7 +170,7 @@ def test_bands_of_few_bins(spectrum, regime, device):
 def test_too_large_runs_the_fft_path_without_a_warning(monkeypatch, device):
     """A slice outside the DFT kernels' range runs triton_fft (triton_backend.transform_path)."""
     monkeypatch.setattr(triton_dft, "MAX_SIDE", {2: 8, 3: 8})
-    logits, target = random_problem(2, 3, (9, 7), device=device)
+    logits, target = random_problem(2, 3, (9, 7), device=device, generator=torch.Generator().manual_seed(7))
     problem = Problem("amplitude", 3, "softmax", None, True)
     grad_stats = torch.randn((2, 3, 3, 8), generator=torch.Generator().manual_seed(1)).to(device)
     with warnings.catch_warnings():
@@ -167,10 +180,14 @@ def test_too_large_runs_the_fft_path_without_a_warning(monkeypatch, device):
         grad = triton_backend.band_stats_backward(grad_stats, out[0], logits, target, out[1:], problem)
     assert triton_backend.saved_path(out[1:]) == "fft"
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in out]
-    expected = torch_backend.band_stats(logits, target, problem)
-    torch.testing.assert_close(out[0], expected[0], rtol=1e-5, atol=1e-6)
-    expected_grad = torch_backend.band_stats_backward(grad_stats, expected[0], logits, target, expected[1:], problem)
-    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
+    # Against the torch backend in float64: float32 rounding of gradients near 1 is ~1e-6 absolute.
+    logits64, grad_stats64 = logits.double(), grad_stats.double()
+    expected = torch_backend.band_stats(logits64, target, problem)
+    torch.testing.assert_close(out[0].double(), expected[0], rtol=1e-5, atol=1e-6)
+    expected_grad = torch_backend.band_stats_backward(
+        grad_stats64, expected[0], logits64, target, expected[1:], problem
+    )
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-5 * expected_grad.abs().max().item())
 
 
 def test_one_spatial_dim_runs_the_fft_path(device):

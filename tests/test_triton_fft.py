@@ -12,13 +12,13 @@ import math
 
 import pytest
 import torch
+from utils import assert_matches_reference, converged_problem, random_problem
 
 from scc_kernels import scc_loss
 from scc_kernels._options import Problem, make_options
 from scc_kernels.backends import torch_backend, triton_backend, triton_dft, triton_fft
 from scc_kernels.backends._spectra import base_is_prediction
 from scc_kernels.verify import huge_problem
-from utils import assert_matches_reference, converged_problem, random_problem
 
 
 @pytest.fixture
@@ -53,8 +53,10 @@ DIRECT_CASES = [
 
 def _case_id(case):
     spatial, channels, spectrum, bands, activation, target_dtype, ignore_index, background = case
-    return (f"{'x'.join(map(str, spatial))}-C{channels}-{spectrum}-K{bands}-{activation}-"
-            f"{str(target_dtype).removeprefix('torch.')}-ign{ignore_index}-bg{background}")  # fmt: skip
+    return (
+        f"{'x'.join(map(str, spatial))}-C{channels}-{spectrum}-K{bands}-{activation}-"
+        f"{str(target_dtype).removeprefix('torch.')}-ign{ignore_index}-bg{background}"
+    )
 
 
 @pytest.mark.parametrize("case", DIRECT_CASES, ids=_case_id)
@@ -64,8 +66,9 @@ def test_band_stats_and_backward_match_float64(case, device):
     spatial, channels, spectrum, bands, activation, target_dtype, ignore_index, background = case
     seed = len(spatial) * 100 + bands
     label_map = not target_dtype.is_floating_point
-    logits, target = random_problem(2, channels, spatial, label_map=label_map, ignore_index=ignore_index,
-                                    device=device, generator=_generator(seed))  # fmt: skip
+    logits, target = random_problem(
+        2, channels, spatial, label_map=label_map, ignore_index=ignore_index, device=device, generator=_generator(seed)
+    )
     target = target.to(target_dtype)
     target64 = target.double() if target.is_floating_point() else target  # the same (possibly rounded) values
     problem = Problem(spectrum, bands, activation, ignore_index, background)
@@ -77,13 +80,15 @@ def test_band_stats_and_backward_match_float64(case, device):
     assert torch.equal(saved[1], base_is_prediction(logits, target, problem))
     expected, *expected_saved = torch_backend.band_stats(logits.double(), target64, problem)
     scale = expected.abs().flatten(0, -2).amax(0).clamp(min=1e-30)  # per statistic
-    torch.testing.assert_close(stats.double() / scale, expected / scale, rtol=1e-5, atol=1e-5,
-                               msg=lambda message: f"seed {seed}: {message}")  # fmt: skip
+    torch.testing.assert_close(
+        stats.double() / scale, expected / scale, rtol=1e-5, atol=1e-5, msg=lambda message: f"seed {seed}: {message}"
+    )
 
     grad_stats = torch.randn(expected.shape, dtype=torch.float64, generator=_generator(seed)).to(device)
     grad = triton_fft.band_stats_backward(grad_stats.float(), stats, logits, target, saved, problem)
-    expected_grad = torch_backend.band_stats_backward(grad_stats, expected, logits.double(), target64,
-                                                      expected_saved, problem)  # fmt: skip
+    expected_grad = torch_backend.band_stats_backward(
+        grad_stats, expected, logits.double(), target64, expected_saved, problem
+    )
     assert grad.dtype == logits.dtype and grad.shape == logits.shape
     error = (grad.double() - expected_grad).norm() / expected_grad.norm()
     assert error < 1e-5, f"seed {seed}: relative gradient error {error:.2e}"
@@ -118,33 +123,54 @@ END_TO_END_CASES = [
 
 
 @pytest.mark.usefixtures("fft_path")
-@pytest.mark.parametrize("regime, spatial, options", END_TO_END_CASES,
-                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else None)  # fmt: skip
+@pytest.mark.parametrize(
+    "regime, spatial, options", END_TO_END_CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else None
+)
 def test_end_to_end_matches_reference(regime, spatial, options, device):
     seed = math.prod(spatial) % 1000
     generator = _generator(seed)
     kind, _, value = regime.partition(" ")
     if kind == "converged":
-        logits, target = converged_problem(2, 3, spatial, confidence=8, ignore_index=options.get("ignore_index"),
-                                           device=device, generator=generator)  # fmt: skip
+        logits, target = converged_problem(
+            2, 3, spatial, confidence=8, ignore_index=options.get("ignore_index"), device=device, generator=generator
+        )
     elif kind == "huge":
         logits, target = huge_problem(2, 2, spatial, magnitude=float(value), device=device, generator=generator)
     else:
-        logits, target = random_problem(2, 3, spatial, ignore_index=options.get("ignore_index"),
-                                        label_map="sigmoid" not in options, device=device, generator=generator)  # fmt: skip
+        logits, target = random_problem(
+            2,
+            3,
+            spatial,
+            ignore_index=options.get("ignore_index"),
+            label_map="sigmoid" not in options,
+            device=device,
+            generator=generator,
+        )
     assert_matches_reference("triton", logits, target, seed=seed, **options)
 
 
 @pytest.mark.usefixtures("fft_path")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-@pytest.mark.parametrize("spatial, options, label_map", [
-    ((21, 23), dict(spectrum="amplitude", softmax=True, bands=3, ignore_index=255), True),
-    ((7, 6, 9), dict(spectrum="complex", sigmoid=True, bands=2, include_background=False), False),
-], ids=["2d", "3d"])  # fmt: skip
+@pytest.mark.parametrize(
+    "spatial, options, label_map",
+    [
+        ((21, 23), dict(spectrum="amplitude", softmax=True, bands=3, ignore_index=255), True),
+        ((7, 6, 9), dict(spectrum="complex", sigmoid=True, bands=2, include_background=False), False),
+    ],
+    ids=["2d", "3d"],
+)
 def test_half_precision_inputs(spatial, options, label_map, dtype, device):
     """Computed in float32: the loss is float32, the gradient the input's dtype (compare_with_reference)."""
-    logits, target = random_problem(2, 3, spatial, label_map=label_map, ignore_index=options.get("ignore_index"),
-                                    dtype=dtype, device=device, generator=_generator(7))  # fmt: skip
+    logits, target = random_problem(
+        2,
+        3,
+        spatial,
+        label_map=label_map,
+        ignore_index=options.get("ignore_index"),
+        dtype=dtype,
+        device=device,
+        generator=_generator(7),
+    )
     assert_matches_reference("triton", logits, target, seed=7, **options)
 
 
@@ -171,8 +197,9 @@ def test_compiles_to_one_graph(device):
     """band_stats_fake must describe what the kernels return, or torch.compile breaks."""
     logits, labels = random_problem(2, 3, (9, 7), ignore_index=255, device=device, generator=_generator(9))
     options = dict(spectrum="amplitude", bands=3, softmax=True, ignore_index=255, include_background=False)
-    compiled = torch.compile(lambda x, t: scc_loss(x, t, backend="triton", **options), backend="aot_eager",
-                             fullgraph=True)  # fmt: skip
+    compiled = torch.compile(
+        lambda x, t: scc_loss(x, t, backend="triton", **options), backend="aot_eager", fullgraph=True
+    )
     x = logits.clone().requires_grad_(True)
     compiled(x, labels).backward()
     ref_logits = logits.double().cpu().requires_grad_(True)
@@ -185,9 +212,17 @@ def test_compiles_to_one_graph(device):
 def test_opcheck_band_stats(device):
     opts = make_options(spectrum="amplitude", bands=3, softmax=True, ignore_index=255)
     logits, labels = random_problem(2, 3, (7, 6), ignore_index=255, device=device, generator=_generator(3))
-    args = (logits.requires_grad_(True), labels, "triton", opts.spectrum, opts.num_bands, opts.activation,
-            opts.ignore_index, opts.include_background)  # fmt: skip
-    stats, *saved = torch.ops.scc_kernels.band_stats(*args)
+    args = (
+        logits.requires_grad_(True),
+        labels,
+        "triton",
+        opts.spectrum,
+        opts.num_bands,
+        opts.activation,
+        opts.ignore_index,
+        opts.include_background,
+    )
+    _stats, *saved = torch.ops.scc_kernels.band_stats(*args)
     assert triton_backend.saved_path(saved) == "fft"
     torch.library.opcheck(torch.ops.scc_kernels.band_stats.default, args)
 

@@ -64,9 +64,15 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, problem: tuple 
         from ..planning import cached_plan
 
         shape, spectrum, bands, include_background = problem
-        return cached_plan(shape, spectrum=spectrum, bands=bands, dtype=dtype, include_background=include_background,
-                           deterministic=torch.are_deterministic_algorithms_enabled(),
-                           autotune=os.environ.get("SCC_KERNELS_AUTOTUNE") == "1").backend  # fmt: skip
+        return cached_plan(
+            shape,
+            spectrum=spectrum,
+            bands=bands,
+            dtype=dtype,
+            include_background=include_background,
+            deterministic=torch.are_deterministic_algorithms_enabled(),
+            autotune=os.environ.get("SCC_KERNELS_AUTOTUNE") == "1",
+        ).backend
     if name not in ("reference", *FAST_BACKENDS):
         raise ValueError(f"unknown backend {name!r} (from SCC_KERNELS_BACKEND?)")
     if _supports_dtype(name, dtype):

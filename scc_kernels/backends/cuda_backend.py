@@ -69,7 +69,7 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 @functools.cache  # resolve("auto") asks on every call; the answer cannot change in a process
 def build_status() -> str:
-    """"prebuilt", "jit" (compiled on first use) or "unavailable: <why>"."""
+    """ "prebuilt", "jit" (compiled on first use) or "unavailable: <why>"."""
     if importlib.util.find_spec("scc_kernels._C") is not None:
         return "prebuilt"
     reason = _jit_unavailable_reason()
@@ -103,7 +103,7 @@ def kernel_names() -> list[str]:
         for scalar in CPP_SCALAR_TYPES.values()
         for target in CPP_TARGET_TYPES.values()
     ]
-    return names + ["scc::band_stats", "scc::spectral_grad"]
+    return [*names, "scc::band_stats", "scc::spectral_grad"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,8 +191,9 @@ def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem
     grad_input = torch.empty_like(logits)
     blocks = _blocks(n, THREADS * _vec(logits), batch)
     if problem.parseval:
-        launcher.activation_backward(logits, target, coefficients[:, :, 0].contiguous(), None, grad_input, problem,
-                                     blocks)  # fmt: skip
+        launcher.activation_backward(
+            logits, target, coefficients[:, :, 0].contiguous(), None, grad_input, problem, blocks
+        )
     else:
         grad_x = _spectral_grad_x(launcher, coefficients, input, saved, problem)
         launcher.activation_backward(logits, target, None, grad_x, grad_input, problem, blocks)
@@ -208,8 +209,15 @@ def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[t
     base_is_x = base_is_prediction(logits, target, problem).contiguous()
     base = logits.new_empty((batch, channels, *spatial), dtype=torch.float32)
     d = torch.empty_like(base)
-    launcher.activate(logits, target, base_is_x, base.view(batch, channels, n), d.view(batch, channels, n), problem,
-                      _blocks(n, THREADS * _vec(logits), batch))  # fmt: skip
+    launcher.activate(
+        logits,
+        target,
+        base_is_x,
+        base.view(batch, channels, n),
+        d.view(batch, channels, n),
+        problem,
+        _blocks(n, THREADS * _vec(logits), batch),
+    )
     S = make_hermitian(torch.fft.rfftn(base, dim=dims, norm="ortho"), spatial[-1])
     D = make_hermitian(torch.fft.rfftn(d, dim=dims, norm="ortho"), spatial[-1])
     del base, d
@@ -217,8 +225,15 @@ def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[t
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
     blocks = _blocks(bins, THREADS * BAND_ITEMS, slices)
     partials = logits.new_empty((slices, blocks, problem.num_bands, len(STATS)), dtype=torch.float32)
-    launcher.band_stats(S.view(slices, bins), D.view(slices, bins), base_is_x, tables.band32, tables.weight, partials,
-                        problem.spectrum == "amplitude")  # fmt: skip
+    launcher.band_stats(
+        S.view(slices, bins),
+        D.view(slices, bins),
+        base_is_x,
+        tables.band32,
+        tables.weight,
+        partials,
+        problem.spectrum == "amplitude",
+    )
     stats = merge(partials, 1).view(batch, channels, problem.num_bands, len(STATS))
     return [stats, torch.view_as_real(S), torch.view_as_real(D), base_is_x]
 
@@ -231,9 +246,16 @@ def _spectral_grad_x(launcher, coefficients, input, saved, problem: Problem) -> 
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
     G = torch.empty_like(S)
-    launcher.spectral_grad(S.view(slices, bins), D.view(slices, bins), saved[2].contiguous(), tables.band32,
-                           coefficients.view(slices, problem.num_bands, len(COEFFICIENTS)), G.view(slices, bins),
-                           problem.spectrum == "amplitude", _blocks(slices * bins, THREADS, 1))  # fmt: skip
+    launcher.spectral_grad(
+        S.view(slices, bins),
+        D.view(slices, bins),
+        saved[2].contiguous(),
+        tables.band32,
+        coefficients.view(slices, problem.num_bands, len(COEFFICIENTS)),
+        G.view(slices, bins),
+        problem.spectrum == "amplitude",
+        _blocks(slices * bins, THREADS, 1),
+    )
     grad_x = torch.fft.irfftn(G, s=spatial, dim=dims, norm="ortho")
     return grad_x.reshape(batch, channels, -1).contiguous()
 

@@ -17,9 +17,8 @@ import cupy  # ImportError: backend unavailable (backends.unavailable_reason add
 import numpy
 import torch
 
-from .._options import Problem
+from .._options import ACTIVATION_CODES, Problem
 from . import cuda_backend
-from .._options import ACTIVATION_CODES
 from .cuda_backend import CPP_SCALAR_TYPES, CPP_TARGET_TYPES, CSRC, THREADS, kernel_names
 
 
@@ -78,10 +77,16 @@ class _Launcher:
         name = f"scc::{kernel}<{CPP_SCALAR_TYPES[logits.dtype]}, {CPP_TARGET_TYPES[target.dtype]}>"
         ignore = problem.ignore_index
         args = (
-            _ptr(logits), _ptr(target), *(_ptr(p) for p in pointers), numpy.int32(classes), numpy.int64(n),
-            numpy.int32(problem.offset), numpy.int32(ACTIVATION_CODES[problem.activation]),
-            numpy.int32(ignore is not None), numpy.int64(0 if ignore is None else ignore),
-        )  # fmt: skip
+            _ptr(logits),
+            _ptr(target),
+            *(_ptr(p) for p in pointers),
+            numpy.int32(classes),
+            numpy.int64(n),
+            numpy.int32(problem.offset),
+            numpy.int32(ACTIVATION_CODES[problem.activation]),
+            numpy.int32(ignore is not None),
+            numpy.int64(0 if ignore is None else ignore),
+        )
         if root_n:
             args += (numpy.float32(n**0.5),)
         self._launch(name, (batch, blocks), args)
@@ -98,12 +103,21 @@ class _Launcher:
 
     def band_stats(self, S, D, base_is_x, band, weight, partials, amplitude: bool):
         slices, bins = S.shape
-        args = (*map(_ptr, (S, D, base_is_x, band, weight, partials)), numpy.int64(bins),
-                numpy.int32(partials.shape[2]), numpy.int32(amplitude))  # fmt: skip
+        args = (
+            *map(_ptr, (S, D, base_is_x, band, weight, partials)),
+            numpy.int64(bins),
+            numpy.int32(partials.shape[2]),
+            numpy.int32(amplitude),
+        )
         self._launch("scc::band_stats", (slices, partials.shape[1]), args)
 
     def spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude: bool, blocks: int):
         slices, bins = S.shape
-        args = (*map(_ptr, (S, D, base_is_x, band, coefficients, G)), numpy.int64(slices), numpy.int64(bins),
-                numpy.int32(coefficients.shape[1]), numpy.int32(amplitude))  # fmt: skip
+        args = (
+            *map(_ptr, (S, D, base_is_x, band, coefficients, G)),
+            numpy.int64(slices),
+            numpy.int64(bins),
+            numpy.int32(coefficients.shape[1]),
+            numpy.int32(amplitude),
+        )
         self._launch("scc::spectral_grad", (blocks,), args)

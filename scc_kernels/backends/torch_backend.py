@@ -210,7 +210,9 @@ def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
         S, D = (make_hermitian(torch.fft.rfftn(z, dim=dims, norm="ortho"), spatial[-1]) for z in (base, x_c - y_c))
         del base
         values = _bin_values(S, D, base_is_x[chunk], saved, chunk)
-        stats[chunk] = _centred_stats(values, tables, problem.num_bands).view(-1, channels, problem.num_bands, len(STATS))
+        stats[chunk] = _centred_stats(values, tables, problem.num_bands).view(
+            -1, channels, problem.num_bands, len(STATS)
+        )
     return [stats, *saved]
 
 
@@ -288,12 +290,20 @@ def _centred_stats(values, tables: HalfGridTables, num_bands: int) -> torch.Tens
     means = [_band_dot(real, weight, tables, num_bands) / counts.clamp(min=1) for real in (ur, vr, dr)]
     du, dv, dd = (real - _per_bin(mean, tables, num_bands) for real, mean in zip((ur, vr, dr), means))
     w_du, w_dv, w_dd = du * weight, dv * weight, dd * weight
-    m2 = [_band_dot(w_du, du, tables, num_bands), _band_dot(w_dv, dv, tables, num_bands),
-          _band_dot(w_du, dv, tables, num_bands), _band_dot(w_dd, dd, tables, num_bands)]  # fmt: skip
+    m2 = [
+        _band_dot(w_du, du, tables, num_bands),
+        _band_dot(w_dv, dv, tables, num_bands),
+        _band_dot(w_du, dv, tables, num_bands),
+        _band_dot(w_dd, dd, tables, num_bands),
+    ]
     if ui is not None:  # complex spectrum: the imaginary parts, whose means are 0
         w_ui, w_vi = ui * weight, vi * weight
-        imaginary = [_band_dot(w_ui, ui, tables, num_bands), _band_dot(w_vi, vi, tables, num_bands),
-                     _band_dot(w_ui, vi, tables, num_bands), _band_dot(di * weight, di, tables, num_bands)]  # fmt: skip
+        imaginary = [
+            _band_dot(w_ui, ui, tables, num_bands),
+            _band_dot(w_vi, vi, tables, num_bands),
+            _band_dot(w_ui, vi, tables, num_bands),
+            _band_dot(di * weight, di, tables, num_bands),
+        ]
         m2 = [real + imag for real, imag in zip(m2, imaginary)]
     count = counts.expand(ur.shape[0], num_bands)
     return torch.stack([count, *means, *m2], dim=-1)

@@ -26,7 +26,6 @@ from .._options import Problem
 from .._stats import STATS, gradient_coefficients
 from .triton_kernels import parseval_backward, parseval_band_stats
 
-
 # Triton reads TRITON_INTERPRET when a function is decorated: its own (tl.max, ...) when triton is
 # first imported (torch.library does that), ours when this module is. Both must be interpreted.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and isinstance(tl.max, InterpretedFunction)
@@ -49,7 +48,7 @@ def _module(path: str):
 
 
 def transform_path(input_shape: tuple[int, ...], problem: Problem, dtype: torch.dtype, device: torch.device) -> str:
-    """"dft" (triton_dft) or "fft" (triton_fft) for a problem that needs the transform.
+    """ "dft" (triton_dft) or "fft" (triton_fft) for a problem that needs the transform.
 
     The FFT where the DFT kernels do not reach (1D, larger slices) and under
     torch.use_deterministic_algorithms(True) where the DFT backward's atomic adds land in a
@@ -68,8 +67,9 @@ def transform_path(input_shape: tuple[int, ...], problem: Problem, dtype: torch.
     if torch.are_deterministic_algorithms_enabled() and dft._atomic_order_varies(device):
         return "fft"
     if device.type == "cuda":
-        return triton_path(tuple(input_shape), problem.spectrum, problem.num_bands, dtype, problem.include_background,
-                           device)  # fmt: skip
+        return triton_path(
+            tuple(input_shape), problem.spectrum, problem.num_bands, dtype, problem.include_background, device
+        )
     return "dft"
 
 

@@ -119,8 +119,9 @@ MAX_SIDE = {2: 512, 3: 128}  # largest axis length per spatial rank the kernels 
 
 
 @triton.jit
-def _load_pair(x_ptr, t_ptr, b, c, C, N, pix, mask, ignore_index,
-               ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr):
+def _load_pair(
+    x_ptr, t_ptr, b, c, C, N, pix, mask, ignore_index, ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr
+):
     """Prediction x (activated, 0 at ignored and padding pixels) and target y, both float32.
 
     Channel offsets are 64-bit (pointer steps, int64 products): C·N may pass 2³¹.
@@ -157,9 +158,31 @@ def _load_pair(x_ptr, t_ptr, b, c, C, N, pix, mask, ignore_index,
 
 
 @triton.jit
-def _plane_spectrum(x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, d, H, W, ignore_index, base_is_x, kh, kw,
-                    ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, PRECISION: tl.constexpr,
-                    BKH: tl.constexpr, BKW: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+def _plane_spectrum(
+    x_ptr,
+    t_ptr,
+    tw_h,
+    tw_w,
+    b,
+    c,
+    C,
+    N,
+    d,
+    H,
+    W,
+    ignore_index,
+    base_is_x,
+    kh,
+    kw,
+    ACT: tl.constexpr,
+    LABEL: tl.constexpr,
+    IGNORE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BKH: tl.constexpr,
+    BKW: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
+):
     """conj of the 2D ortho DFT of plane d of the base and of x − y on the (kh, kw) tile: 4 planes [BKH, BKW]."""
     kh_ok = kh < H
     kw_ok = kw < W // 2 + 1
@@ -178,8 +201,9 @@ def _plane_spectrum(x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, d, H, W, ignore_index,
             cols = w0 + tl.arange(0, BW)
             cols_ok = cols < W
             pix = d * H * W + rows[:, None] * W + cols[None, :]
-            x, y = _load_pair(x_ptr, t_ptr, b, c, C, N, pix, rows_ok[:, None] & cols_ok[None, :],
-                              ignore_index, ACT, LABEL, IGNORE)
+            x, y = _load_pair(
+                x_ptr, t_ptr, b, c, C, N, pix, rows_ok[:, None] & cols_ok[None, :], ignore_index, ACT, LABEL, IGNORE
+            )
             base = tl.where(base_is_x, x, y)
             difference = x - y  # exact to its own size, not a difference of two transforms
             # table[w, kw]: the full symmetric W×W matrix, only its first Wh columns are read
@@ -208,10 +232,34 @@ def _plane_spectrum(x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, d, H, W, ignore_index,
 
 
 @triton.jit
-def _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index, base_is_x, kd, kh, kw,
-                   ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, PRECISION: tl.constexpr,
-                   THREE_D: tl.constexpr, BKD: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
-                   BH: tl.constexpr, BW: tl.constexpr):
+def _spectrum_tile(
+    x_ptr,
+    t_ptr,
+    tw_d,
+    tw_h,
+    tw_w,
+    b,
+    c,
+    C,
+    D,
+    H,
+    W,
+    ignore_index,
+    base_is_x,
+    kd,
+    kh,
+    kw,
+    ACT: tl.constexpr,
+    LABEL: tl.constexpr,
+    IGNORE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    THREE_D: tl.constexpr,
+    BKD: tl.constexpr,
+    BKH: tl.constexpr,
+    BKW: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
+):
     """conj(S), conj(D) of the base and of x − y on the (kd, kh, kw) tile: 4 planes [BKD, BKH, BKW]
     (BKD = 1 in 2D)."""
     N = D * H * W
@@ -223,8 +271,30 @@ def _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_inde
         kd_ok = kd < D
         for d in range(D):
             zsr, zsi, zdr, zdi = _plane_spectrum(
-                x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, d, H, W, ignore_index, base_is_x, kh, kw,
-                ACT, LABEL, IGNORE, PRECISION, BKH, BKW, BH, BW)
+                x_ptr,
+                t_ptr,
+                tw_h,
+                tw_w,
+                b,
+                c,
+                C,
+                N,
+                d,
+                H,
+                W,
+                ignore_index,
+                base_is_x,
+                kh,
+                kw,
+                ACT,
+                LABEL,
+                IGNORE,
+                PRECISION,
+                BKH,
+                BKW,
+                BH,
+                BW,
+            )
             cos_d = tl.load(tw_d + kd * D + d, mask=kd_ok, other=0.0)[:, None, None]
             sin_d = tl.load(tw_d + D * D + kd * D + d, mask=kd_ok, other=0.0)[:, None, None]
             sr += cos_d * zsr[None, :, :] - sin_d * zsi[None, :, :]
@@ -234,8 +304,30 @@ def _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_inde
         return sr, si, dr, di
     else:
         sr, si, dr, di = _plane_spectrum(
-            x_ptr, t_ptr, tw_h, tw_w, b, c, C, N, 0, H, W, ignore_index, base_is_x, kh, kw,
-            ACT, LABEL, IGNORE, PRECISION, BKH, BKW, BH, BW)
+            x_ptr,
+            t_ptr,
+            tw_h,
+            tw_w,
+            b,
+            c,
+            C,
+            N,
+            0,
+            H,
+            W,
+            ignore_index,
+            base_is_x,
+            kh,
+            kw,
+            ACT,
+            LABEL,
+            IGNORE,
+            PRECISION,
+            BKH,
+            BKW,
+            BH,
+            BW,
+        )
         return sr[None, :, :], si[None, :, :], dr[None, :, :], di[None, :, :]
 
 
@@ -325,15 +417,68 @@ def _store_tile_stats(out, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K,
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_ptr, out_ptr,
-                    C, offset, D, H, W, K, ignore_index, tiles_h, tiles_w, num_tiles,
-                    ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, AMPLITUDE: tl.constexpr,
-                    PRECISION: tl.constexpr, THREE_D: tl.constexpr, BKD: tl.constexpr, BKH: tl.constexpr,
-                    BKW: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+def _forward_kernel(
+    x_ptr,
+    t_ptr,
+    tw_d,
+    tw_h,
+    tw_w,
+    band_ptr,
+    herm_ptr,
+    base_ptr,
+    out_ptr,
+    C,
+    offset,
+    D,
+    H,
+    W,
+    K,
+    ignore_index,
+    tiles_h,
+    tiles_w,
+    num_tiles,
+    ACT: tl.constexpr,
+    LABEL: tl.constexpr,
+    IGNORE: tl.constexpr,
+    AMPLITUDE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    THREE_D: tl.constexpr,
+    BKD: tl.constexpr,
+    BKH: tl.constexpr,
+    BKW: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
+):
     slice_id, tile, b, c, kd, kh, kw, base_is_x = _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD, BKH, BKW)
-    sr, si, dr, di = _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index, base_is_x,
-                                    kd, kh, kw, ACT, LABEL, IGNORE, PRECISION, THREE_D, BKD, BKH, BKW, BH, BW)
-    xr, xi, yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
+    sr, si, dr, di = _spectrum_tile(
+        x_ptr,
+        t_ptr,
+        tw_d,
+        tw_h,
+        tw_w,
+        b,
+        c,
+        C,
+        D,
+        H,
+        W,
+        ignore_index,
+        base_is_x,
+        kd,
+        kh,
+        kw,
+        ACT,
+        LABEL,
+        IGNORE,
+        PRECISION,
+        THREE_D,
+        BKD,
+        BKH,
+        BKW,
+        BH,
+        BW,
+    )
+    _xr, xi, _yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
     valid, band, weight = _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw)
     out = out_ptr + (slice_id.to(tl.int64) * num_tiles + tile) * K * 8
     _store_tile_stats(out, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K, AMPLITUDE)
@@ -360,19 +505,73 @@ def _bin_gradient(coefficients, band, valid, xr, xi, yi, di, u_re, v_re, d_re, A
 
 
 @triton.jit
-def _backward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_ptr, coefficients_ptr, acc_ptr,
-                     C, offset, D, H, W, K, ignore_index, tiles_h, tiles_w,
-                     ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, AMPLITUDE: tl.constexpr,
-                     PRECISION: tl.constexpr, THREE_D: tl.constexpr, BKD: tl.constexpr, BKH: tl.constexpr,
-                     BKW: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
-    slice_id, tile, b, c, kd, kh, kw, base_is_x = _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD, BKH, BKW)
-    sr, si, dr, di = _spectrum_tile(x_ptr, t_ptr, tw_d, tw_h, tw_w, b, c, C, D, H, W, ignore_index, base_is_x,
-                                    kd, kh, kw, ACT, LABEL, IGNORE, PRECISION, THREE_D, BKD, BKH, BKW, BH, BW)
-    xr, xi, yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
+def _backward_kernel(
+    x_ptr,
+    t_ptr,
+    tw_d,
+    tw_h,
+    tw_w,
+    band_ptr,
+    herm_ptr,
+    base_ptr,
+    coefficients_ptr,
+    acc_ptr,
+    C,
+    offset,
+    D,
+    H,
+    W,
+    K,
+    ignore_index,
+    tiles_h,
+    tiles_w,
+    ACT: tl.constexpr,
+    LABEL: tl.constexpr,
+    IGNORE: tl.constexpr,
+    AMPLITUDE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    THREE_D: tl.constexpr,
+    BKD: tl.constexpr,
+    BKH: tl.constexpr,
+    BKW: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
+):
+    slice_id, _tile, b, c, kd, kh, kw, base_is_x = _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD, BKH, BKW)
+    sr, si, dr, di = _spectrum_tile(
+        x_ptr,
+        t_ptr,
+        tw_d,
+        tw_h,
+        tw_w,
+        b,
+        c,
+        C,
+        D,
+        H,
+        W,
+        ignore_index,
+        base_is_x,
+        kd,
+        kh,
+        kw,
+        ACT,
+        LABEL,
+        IGNORE,
+        PRECISION,
+        THREE_D,
+        BKD,
+        BKH,
+        BKW,
+        BH,
+        BW,
+    )
+    xr, xi, _yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
     valid, band, weight = _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw)
     # conj(G) per bin (torch_backend._spectral_backward's formulas on the conj spectra), Hermitian weight folded in
-    gr, gi = _bin_gradient(coefficients_ptr + slice_id.to(tl.int64) * K * 7, band, valid, xr, xi, yi, di, u_re, v_re,
-                           d_re, AMPLITUDE)  # fmt: skip
+    gr, gi = _bin_gradient(
+        coefficients_ptr + slice_id.to(tl.int64) * K * 7, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE
+    )
     gr *= weight
     gi *= weight
     # grad[n] = Re Σ_k h_k·conj(G_k)·e^{-2πi k·n/N}/√N: D axis, then H, then W
@@ -416,8 +615,9 @@ def _backward_kernel(x_ptr, t_ptr, tw_d, tw_h, tw_w, band_ptr, herm_ptr, base_pt
 
 
 @triton.jit
-def _finish_kernel(x_ptr, t_ptr, acc_ptr, out_ptr, C, N, ignore_index,
-                   ACT: tl.constexpr, IGNORE: tl.constexpr, BLOCK: tl.constexpr):
+def _finish_kernel(
+    x_ptr, t_ptr, acc_ptr, out_ptr, C, N, ignore_index, ACT: tl.constexpr, IGNORE: tl.constexpr, BLOCK: tl.constexpr
+):
     """grad of the prediction (acc, float32) → grad of the input: ignore mask, activation Jacobian.
 
     May run in place (out_ptr == acc_ptr): each element is read before this program writes it.
@@ -547,16 +747,36 @@ def _launch_args(input, target, base_is_x, problem: Problem, plan: dict) -> tupl
     tables = half_grid_tables(tuple(input.shape[2:]), problem.num_bands, input.device)
     label_map = is_label_map(input, target)
     tensors = [
-        input, target, _twiddles(depth, input.device), _twiddles(height, input.device),
-        _twiddles(width, input.device), tables.band32, tables.weight, base_is_x.contiguous(),
-    ]  # fmt: skip
-    scalars = [input.shape[1], problem.offset, depth, height, width, problem.num_bands, _ignore_value(problem),
-               plan["tiles"][1], plan["tiles"][2]]
+        input,
+        target,
+        _twiddles(depth, input.device),
+        _twiddles(height, input.device),
+        _twiddles(width, input.device),
+        tables.band32,
+        tables.weight,
+        base_is_x.contiguous(),
+    ]
+    scalars = [
+        input.shape[1],
+        problem.offset,
+        depth,
+        height,
+        width,
+        problem.num_bands,
+        _ignore_value(problem),
+        plan["tiles"][1],
+        plan["tiles"][2],
+    ]
     constants = dict(
-        ACT=ACTIVATION_CODES[problem.activation], LABEL=label_map, IGNORE=label_map and problem.ignore_index is not None,
-        AMPLITUDE=problem.spectrum == "amplitude", PRECISION=_precision(input.dtype), THREE_D=plan["three_d"],
-        num_warps=4, **plan["blocks"],
-    )  # fmt: skip
+        ACT=ACTIVATION_CODES[problem.activation],
+        LABEL=label_map,
+        IGNORE=label_map and problem.ignore_index is not None,
+        AMPLITUDE=problem.spectrum == "amplitude",
+        PRECISION=_precision(input.dtype),
+        THREE_D=plan["three_d"],
+        num_warps=4,
+        **plan["blocks"],
+    )
     return tensors, scalars, constants
 
 
@@ -572,8 +792,9 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
     batch, channels = input.shape[0], input.shape[1] - problem.offset
     num_tiles = math.prod(plan["tiles"])
     # zeros: a band that a tile does not touch is an empty part (count 0), which merge ignores
-    partial = torch.zeros(batch * channels, num_tiles, problem.num_bands, len(STATS), device=input.device,
-                          dtype=torch.float32)  # fmt: skip
+    partial = torch.zeros(
+        batch * channels, num_tiles, problem.num_bands, len(STATS), device=input.device, dtype=torch.float32
+    )
     base_is_x = base_is_prediction(input, target, problem)
     tensors, scalars, constants = _launch_args(input, target, base_is_x, problem, plan)
     with _device_guard(input.device):
@@ -604,7 +825,15 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
             *tensors, coefficients, acc, *scalars, **constants
         )
         _finish_kernel[(batch, triton.cdiv(numel, block))](
-            input, target, acc, out, input.shape[1], numel, _ignore_value(problem),
-            ACT=constants["ACT"], IGNORE=constants["IGNORE"], BLOCK=block,
-        )  # fmt: skip
+            input,
+            target,
+            acc,
+            out,
+            input.shape[1],
+            numel,
+            _ignore_value(problem),
+            ACT=constants["ACT"],
+            IGNORE=constants["IGNORE"],
+            BLOCK=block,
+        )
     return out

@@ -58,8 +58,15 @@ from .._options import ACTIVATION_CODES, Problem, is_label_map
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction, make_hermitian
-from .triton_dft import (_bin_gradient, _bin_values, _device_guard, _finish_kernel, _ignore_value,
-                         _load_pair, _store_tile_stats)
+from .triton_dft import (
+    _bin_gradient,
+    _bin_values,
+    _device_guard,
+    _finish_kernel,
+    _ignore_value,
+    _load_pair,
+    _store_tile_stats,
+)
 from .triton_kernels import _block, _grid
 
 BLOCK = 1024  # samples or bins per program (4 warps: 8 per thread)
@@ -70,10 +77,22 @@ FINISH_BLOCK = 1024  # at least: _finish_kernel's pixel blocks are grid axis 1 (
 
 
 @triton.jit
-def _signals_kernel(x_ptr, t_ptr, base_ptr,  # logits (B, C, N), target, base_is_x (B, C')
-                    base_out_ptr, difference_out_ptr,  # signals[0], signals[1]: (B, C', N) float32
-                    C, offset, N, num_blocks, ignore_index,  # classes, first output channel, samples, blocks
-                    ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr, BLOCK: tl.constexpr):
+def _signals_kernel(
+    x_ptr,
+    t_ptr,
+    base_ptr,  # logits (B, C, N), target, base_is_x (B, C')
+    base_out_ptr,
+    difference_out_ptr,  # signals[0], signals[1]: (B, C', N) float32
+    C,
+    offset,
+    N,
+    num_blocks,
+    ignore_index,  # classes, first output channel, samples, blocks
+    ACT: tl.constexpr,
+    LABEL: tl.constexpr,
+    IGNORE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """signals[0] = base, signals[1] = x − y on BLOCK samples of one output slice."""
     # programs (b, pixel block, c'), c' fastest: those reading the same logits for the softmax run together
     pid = tl.program_id(0).to(tl.int64)
@@ -113,28 +132,47 @@ def _tile(s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE: tl.constexp
 
 
 @triton.jit
-def _stats_kernel(s_ptr, d_ptr, base_ptr,  # S, D real views (B·C', M, 2), base_is_x (B·C')
-                  band_ptr, herm_ptr,  # per bin: band (int32), Hermitian weight (1 or 2)
-                  out_ptr,  # (B·C', num_tiles, K, 8) float32, zeros
-                  M, K, num_tiles,  # bins per slice, bands, tiles per slice
-                  AMPLITUDE: tl.constexpr, BLOCK: tl.constexpr):
+def _stats_kernel(
+    s_ptr,
+    d_ptr,
+    base_ptr,  # S, D real views (B·C', M, 2), base_is_x (B·C')
+    band_ptr,
+    herm_ptr,  # per bin: band (int32), Hermitian weight (1 or 2)
+    out_ptr,  # (B·C', num_tiles, K, 8) float32, zeros
+    M,
+    K,
+    num_tiles,  # bins per slice, bands, tiles per slice
+    AMPLITUDE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """out[row, tile] (K, 8): the STATS of one tile of BLOCK bins of one slice, per band."""
-    row, tile, bins, valid, band, xr, xi, yr, yi, u_re, v_re, d_re, di = _tile(
-        s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE, BLOCK)
+    row, tile, bins, valid, band, _xr, xi, _yr, yi, u_re, v_re, d_re, di = _tile(
+        s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE, BLOCK
+    )
     weight = tl.load(herm_ptr + bins, mask=valid, other=0.0)
-    _store_tile_stats(out_ptr + (row * num_tiles + tile) * K * 8, valid, band, weight, u_re, v_re, d_re, xi, yi, di,
-                      K, AMPLITUDE)  # fmt: skip
+    _store_tile_stats(
+        out_ptr + (row * num_tiles + tile) * K * 8, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K, AMPLITUDE
+    )
 
 
 @triton.jit
-def _grad_kernel(s_ptr, d_ptr, base_ptr,  # S, D real views (B·C', M, 2), base_is_x (B·C')
-                 band_ptr, coefficients_ptr,  # band per bin (int32), COEFFICIENTS (B·C', K, 7)
-                 grad_ptr,  # G, real view (B·C', M, 2)
-                 M, K, num_tiles,  # bins per slice, bands, tiles per slice
-                 AMPLITUDE: tl.constexpr, BLOCK: tl.constexpr):
+def _grad_kernel(
+    s_ptr,
+    d_ptr,
+    base_ptr,  # S, D real views (B·C', M, 2), base_is_x (B·C')
+    band_ptr,
+    coefficients_ptr,  # band per bin (int32), COEFFICIENTS (B·C', K, 7)
+    grad_ptr,  # G, real view (B·C', M, 2)
+    M,
+    K,
+    num_tiles,  # bins per slice, bands, tiles per slice
+    AMPLITUDE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """grad[row, bins] (interleaved): the loss's gradient w.r.t. X at BLOCK bins of one slice."""
-    row, tile, bins, valid, band, xr, xi, yr, yi, u_re, v_re, d_re, di = _tile(
-        s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE, BLOCK)
+    row, _tile_index, bins, valid, band, xr, xi, _yr, yi, u_re, v_re, d_re, di = _tile(
+        s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE, BLOCK
+    )
     gr, gi = _bin_gradient(coefficients_ptr + row * K * 7, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE)
     at = (row * M + bins)[:, None] * 2 + tl.arange(0, 2)[None, :]
     tl.store(grad_ptr + at, tl.join(gr, gi), mask=valid[:, None])
@@ -157,10 +195,22 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
     num_blocks = triton.cdiv(samples, BLOCK)
     with _device_guard(input.device):
         _signals_kernel[_grid(slices, num_blocks)](
-            input, target, base_is_x, signals[0], signals[1], input.shape[1], problem.offset, samples, num_blocks,
-            _ignore_value(problem), ACT=ACTIVATION_CODES[problem.activation], LABEL=label_map,
-            IGNORE=label_map and problem.ignore_index is not None, BLOCK=BLOCK, num_warps=4,
-        )  # fmt: skip
+            input,
+            target,
+            base_is_x,
+            signals[0],
+            signals[1],
+            input.shape[1],
+            problem.offset,
+            samples,
+            num_blocks,
+            _ignore_value(problem),
+            ACT=ACTIVATION_CODES[problem.activation],
+            LABEL=label_map,
+            IGNORE=label_map and problem.ignore_index is not None,
+            BLOCK=BLOCK,
+            num_warps=4,
+        )
         spectra = torch.fft.rfftn(signals, dim=tuple(range(3, signals.dim())), norm="ortho")
         del signals
         make_hermitian(spectra.flatten(0, 1), spatial[-1])  # (2·B, C', *half): its spatial axes from 2 on
@@ -169,12 +219,23 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
         bins = tables.band.numel()
         num_tiles = triton.cdiv(bins, BLOCK)
         # zeros: a band that a tile does not touch is an empty part (count 0), which merge ignores
-        partial = torch.zeros((slices, num_tiles, problem.num_bands, len(STATS)), device=input.device,
-                              dtype=torch.float32)  # fmt: skip
+        partial = torch.zeros(
+            (slices, num_tiles, problem.num_bands, len(STATS)), device=input.device, dtype=torch.float32
+        )
         _stats_kernel[_grid(slices, num_tiles)](
-            spectra[0], spectra[1], base_is_x, tables.band32, tables.weight, partial, bins, problem.num_bands, num_tiles,
-            AMPLITUDE=problem.spectrum == "amplitude", BLOCK=BLOCK, num_warps=4,
-        )  # fmt: skip
+            spectra[0],
+            spectra[1],
+            base_is_x,
+            tables.band32,
+            tables.weight,
+            partial,
+            bins,
+            problem.num_bands,
+            num_tiles,
+            AMPLITUDE=problem.spectrum == "amplitude",
+            BLOCK=BLOCK,
+            num_warps=4,
+        )
     stats = merge(partial, 1).view(batch, channels, problem.num_bands, len(STATS))
     return [stats, spectra, base_is_x]
 
@@ -205,14 +266,33 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
     finish_block = max(FINISH_BLOCK, triton.next_power_of_2(triton.cdiv(samples, 65535)))
     with _device_guard(input.device):
         _grad_kernel[_grid(slices, num_tiles)](
-            spectra[0], spectra[1], base_is_x, tables.band32, coefficients, torch.view_as_real(grad_half), bins,
-            problem.num_bands, num_tiles, AMPLITUDE=problem.spectrum == "amplitude", BLOCK=BLOCK, num_warps=4,
-        )  # fmt: skip
-        torch.fft.irfftn(grad_half, s=spatial, dim=tuple(range(2, input.dim())), norm="ortho",
-                         out=grad[:, problem.offset :])  # fmt: skip
+            spectra[0],
+            spectra[1],
+            base_is_x,
+            tables.band32,
+            coefficients,
+            torch.view_as_real(grad_half),
+            bins,
+            problem.num_bands,
+            num_tiles,
+            AMPLITUDE=problem.spectrum == "amplitude",
+            BLOCK=BLOCK,
+            num_warps=4,
+        )
+        torch.fft.irfftn(
+            grad_half, s=spatial, dim=tuple(range(2, input.dim())), norm="ortho", out=grad[:, problem.offset :]
+        )
         del grad_half
         _finish_kernel[(batch, triton.cdiv(samples, finish_block))](
-            input, target, grad, out, classes, samples, _ignore_value(problem), ACT=ACTIVATION_CODES[problem.activation],
-            IGNORE=label_map and problem.ignore_index is not None, BLOCK=finish_block,
-        )  # fmt: skip
+            input,
+            target,
+            grad,
+            out,
+            classes,
+            samples,
+            _ignore_value(problem),
+            ACT=ACTIVATION_CODES[problem.activation],
+            IGNORE=label_map and problem.ignore_index is not None,
+            BLOCK=finish_block,
+        )
     return out

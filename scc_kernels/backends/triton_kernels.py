@@ -26,11 +26,20 @@ import triton.language as tl
 from .._options import ACTIVATION_CODES, Problem, is_label_map
 from .._stats import PARSEVAL_SUMS, parseval_stats
 
+
 @triton.jit
 def _load_tile(
-    logits_ptr, target_ptr, pid_b, offs_n, C, N,
-    BLOCK_C: tl.constexpr, ACTIVATION: tl.constexpr, LABEL_MAP: tl.constexpr,
-    HAS_IGNORE: tl.constexpr, IGNORE_INDEX: tl.constexpr,
+    logits_ptr,
+    target_ptr,
+    pid_b,
+    offs_n,
+    C,
+    N,
+    BLOCK_C: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    LABEL_MAP: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    IGNORE_INDEX: tl.constexpr,
 ):
     """p = act(logits) (BLOCK_C, BLOCK_N), x = p zeroed where not kept, y = target, kept pixels."""
     offs_c = tl.arange(0, BLOCK_C)
@@ -71,16 +80,35 @@ def _block(num_blocks):
 
 @triton.jit
 def _parseval_forward_kernel(
-    logits_ptr, target_ptr, partial_ptr, C, N, num_blocks,
-    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, OFFSET: tl.constexpr, ACTIVATION: tl.constexpr,
-    LABEL_MAP: tl.constexpr, HAS_IGNORE: tl.constexpr, IGNORE_INDEX: tl.constexpr,
+    logits_ptr,
+    target_ptr,
+    partial_ptr,
+    C,
+    N,
+    num_blocks,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    OFFSET: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    LABEL_MAP: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    IGNORE_INDEX: tl.constexpr,
 ):
     pid_b, pid_n = _block(num_blocks)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     _, x, y, _ = _load_tile(
-        logits_ptr, target_ptr, pid_b, offs_n, C, N,
-        BLOCK_C, ACTIVATION, LABEL_MAP, HAS_IGNORE, IGNORE_INDEX,
-    )  # fmt: skip
+        logits_ptr,
+        target_ptr,
+        pid_b,
+        offs_n,
+        C,
+        N,
+        BLOCK_C,
+        ACTIVATION,
+        LABEL_MAP,
+        HAS_IGNORE,
+        IGNORE_INDEX,
+    )
     # the origin sample is in block 0 only: other blocks write 0 for it, and it is left out of the sums
     origin = (offs_n == 0)[None, :]
     rest_x = tl.where(origin, 0.0, x)
@@ -100,16 +128,37 @@ def _parseval_forward_kernel(
 
 @triton.jit
 def _parseval_backward_kernel(
-    logits_ptr, target_ptr, coefficients_ptr, grad_ptr, C, N, num_blocks, root_n,
-    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, OFFSET: tl.constexpr, ACTIVATION: tl.constexpr,
-    LABEL_MAP: tl.constexpr, HAS_IGNORE: tl.constexpr, IGNORE_INDEX: tl.constexpr,
+    logits_ptr,
+    target_ptr,
+    coefficients_ptr,
+    grad_ptr,
+    C,
+    N,
+    num_blocks,
+    root_n,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    OFFSET: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    LABEL_MAP: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    IGNORE_INDEX: tl.constexpr,
 ):
     pid_b, pid_n = _block(num_blocks)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     p, x, y, keep = _load_tile(
-        logits_ptr, target_ptr, pid_b, offs_n, C, N,
-        BLOCK_C, ACTIVATION, LABEL_MAP, HAS_IGNORE, IGNORE_INDEX,
-    )  # fmt: skip
+        logits_ptr,
+        target_ptr,
+        pid_b,
+        offs_n,
+        C,
+        N,
+        BLOCK_C,
+        ACTIVATION,
+        LABEL_MAP,
+        HAS_IGNORE,
+        IGNORE_INDEX,
+    )
     # coefficients (B, C - OFFSET, 7), COEFFICIENTS layout; the dropped background channel's are 0
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = (offs_c >= OFFSET) & (offs_c < C)
@@ -146,8 +195,10 @@ def _grid(batch: int, num_blocks: int) -> tuple[int]:
     on the first axis, 65535 on the others."""
     programs = batch * num_blocks
     if programs >= 2**31:
-        raise ValueError(f"scc_kernels triton backend: {programs} programs ({batch} rows × {num_blocks} blocks) "
-                         "exceed CUDA's grid limit; split the batch")  # fmt: skip
+        raise ValueError(
+            f"scc_kernels triton backend: {programs} programs ({batch} rows × {num_blocks} blocks) "
+            "exceed CUDA's grid limit; split the batch"
+        )
     return (programs,)
 
 
@@ -157,10 +208,17 @@ def _static_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) ->
     label_map = is_label_map(input, target)
     has_ignore = label_map and problem.ignore_index is not None
     return dict(
-        C=channels, N=n, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=num_warps, OFFSET=problem.offset,
-        ACTIVATION=ACTIVATION_CODES[problem.activation], LABEL_MAP=label_map,
-        HAS_IGNORE=has_ignore, IGNORE_INDEX=problem.ignore_index if has_ignore else 0,
-    )  # fmt: skip
+        C=channels,
+        N=n,
+        BLOCK_C=block_c,
+        BLOCK_N=block_n,
+        num_warps=num_warps,
+        OFFSET=problem.offset,
+        ACTIVATION=ACTIVATION_CODES[problem.activation],
+        LABEL_MAP=label_map,
+        HAS_IGNORE=has_ignore,
+        IGNORE_INDEX=problem.ignore_index if has_ignore else 0,
+    )
 
 
 def parseval_band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
@@ -184,7 +242,12 @@ def parseval_backward(coefficients, input: torch.Tensor, target: torch.Tensor, p
     if grad_input.numel():
         num_blocks = triton.cdiv(args["N"], args["BLOCK_N"])
         _parseval_backward_kernel[_grid(input.shape[0], num_blocks)](
-            input, target.contiguous(), coefficients.to(torch.float32).contiguous(), grad_input,
-            num_blocks=num_blocks, root_n=math.sqrt(args["N"]), **args,
-        )  # fmt: skip
+            input,
+            target.contiguous(),
+            coefficients.to(torch.float32).contiguous(),
+            grad_input,
+            num_blocks=num_blocks,
+            root_n=math.sqrt(args["N"]),
+            **args,
+        )
     return grad_input

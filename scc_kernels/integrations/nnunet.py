@@ -60,25 +60,38 @@ class nnUNetTrainerSCC(nnUNetTrainer):
 
     def _build_loss(self) -> torch.nn.Module:
         if self.label_manager.has_regions:
-            raise NotImplementedError(f"{type(self).__name__}: region-based training (sigmoid outputs) is not supported")  # fmt: skip
+            raise NotImplementedError(
+                f"{type(self).__name__}: region-based training (sigmoid outputs) is not supported"
+            )
         return add_scc(super()._build_loss(), self._build_scc_loss(), self.scc_weight)
 
     def _build_scc_loss(self) -> SCCLoss:
         # nnU-Net's targets are (B, 1, *S) label maps, float or integer; the ignore label (if the
         # dataset has one) is the largest label, never a network output
         return SCCLoss(
-            softmax=True, to_onehot_y=True, include_background=self.scc_include_background,
-            spectrum=self.scc_spectrum, bands=self.scc_bands, band_weights=self.scc_band_weights,
-            ignore_index=self.label_manager.ignore_label, batch=self.scc_batch,
-        )  # fmt: skip
+            softmax=True,
+            to_onehot_y=True,
+            include_background=self.scc_include_background,
+            spectrum=self.scc_spectrum,
+            bands=self.scc_bands,
+            band_weights=self.scc_band_weights,
+            ignore_index=self.label_manager.ignore_label,
+            batch=self.scc_batch,
+        )
 
 
 class nnUNetTrainerSCC_smoke(nnUNetTrainerSCC):
     """nnUNetTrainerSCC for smoke tests: one epoch of two training and one validation iteration."""
 
     # nnU-Net records __init__'s parameters by name (inspect.signature): they must be spelled out
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")) -> None:  # fmt: skip
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's own signature)
+    ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 1
         self.num_iterations_per_epoch = 2

@@ -14,7 +14,8 @@ import pathlib
 
 MODULE_NAME = "nnUNetTrainerSCC_scc_kernels"
 MODULE_TEXT = (
-    "# written by `python -m scc_kernels nnunet-install`; `python -m scc_kernels nnunet-install --uninstall` removes it\n"
+    "# written by `python -m scc_kernels nnunet-install`;"
+    " `python -m scc_kernels nnunet-install --uninstall` removes it\n"
     "from scc_kernels.integrations.nnunet import *  # noqa: F401,F403\n"
 )
 
