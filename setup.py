@@ -20,7 +20,7 @@ def cuda_extension():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     extension = CUDAExtension(
         "scc_kernels._C",
-        sources=["scc_kernels/csrc/scc_kernels.cu", "scc_kernels/csrc/bindings.cpp"],
+        sources=["csrc/launchers.cu", "csrc/torch_binding.cpp"],
         extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},  # no --use_fast_math: accuracy first
     )
     return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}

@@ -4,6 +4,17 @@ import zlib
 import pytest
 import torch
 
+try:  # in the test extra; the GPU check runs without it
+    from hypothesis import settings
+except ImportError:
+    settings = None
+if settings is not None:
+    # CI runs the same hypothesis examples every time (a red CI must be reproducible);
+    # `pytest --hypothesis-profile=explore` draws new ones, more of them, to look for trouble.
+    settings.register_profile("ci", derandomize=True)
+    settings.register_profile("explore", max_examples=2000)
+    settings.load_profile("ci")
+
 # The triton backend runs on CPU tensors in Triton's interpreter; it must be set before triton
 # is imported, and only where there is no GPU to run the real kernels.
 if not torch.cuda.is_available():
@@ -23,3 +34,16 @@ def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     if report.failed and hasattr(item, "torch_seed"):
         report.sections.append(("torch seed", f"torch.manual_seed({item.torch_seed}) before the test"))
+
+
+@pytest.fixture(scope="session")
+def compilations(tmp_path_factory):
+    """The csrc compilations of tests/cuda_utils.py, started together the first time a test_cuda_* file
+    asks (name -> running compiler process, or why it cannot run here); each test waits for its own."""
+    from cuda_utils import start_compilations  # only the CUDA tests pay for its imports
+
+    processes = start_compilations(tmp_path_factory.mktemp("csrc"))
+    yield processes
+    for process in processes.values():
+        if not isinstance(process, str) and process.poll() is None:
+            process.kill()

@@ -1,11 +1,11 @@
-// Runs the CUDA kernels of scc_kernels.cuh on the CPU, for tests on machines without a GPU.
+// Runs the CUDA kernels of csrc/kernels.cuh on the CPU, for tests on machines without a GPU.
 //
 // Compiled by the host compiler: every CUDA thread of a block is a std::thread, blocks run one
 // after another (so a function-local __shared__ array can be a static), __syncthreads() is a
 // barrier of the block and a warp shuffle is an exchange through a barrier of the warp's 32
 // threads. Slow, and exact about what the kernels compute: indexing, masking, reductions.
-// Built as a shared library by tests/test_cuda.py (-I scc_kernels/csrc -I <CUDA include>); its
-// extern "C" launchers mirror those of scc_kernels.cu, with the dtypes as codes (scc::Scalar,
+// Built as a shared library by tests/cuda_utils.py (-I csrc -I <CUDA include>); its
+// extern "C" launchers mirror those of launchers.cu, with the dtypes as codes (scc::Scalar,
 // scc::Target) and ActivationArgs spelled out.
 
 #include <algorithm>
@@ -103,7 +103,7 @@ inline float __int_as_float(int bits) {
 using std::max;
 using std::min;
 
-#include "scc_kernels.cuh"
+#include "kernels.cuh"
 
 namespace {
 

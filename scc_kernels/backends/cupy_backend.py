@@ -1,7 +1,7 @@
 """The csrc CUDA kernels compiled at run time by CuPy (NVRTC): no build step and no nvcc needed.
 
-The same device code as the torch extension (csrc/scc_kernels.cuh) and the same glue
-(cuda_backend.forward / backward, cuFFT through torch.fft); only compiling and launching
+The same device code as the torch extension (csrc/kernels.cuh) and the same glue
+(_cuda_launch.forward / backward, cuFFT through torch.fft); only compiling and launching
 differ. The module is compiled once per process (CuPy caches the binary on disk), with the
 template kernels named by `name_expressions`. Kernels run on torch's current stream, and take
 the torch tensors' device pointers directly: zero-copy, and it covers bfloat16, which CuPy has
@@ -18,8 +18,8 @@ import numpy
 import torch
 
 from .._options import ACTIVATION_CODES, Problem
-from . import cuda_backend
-from .cuda_backend import CPP_SCALAR_TYPES, CPP_TARGET_TYPES, CSRC, THREADS, kernel_names
+from ._cuda_build import csrc_dir
+from ._cuda_launch import CPP_SCALAR_TYPES, CPP_TARGET_TYPES, THREADS, backward, forward, forward_fake, kernel_names
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -35,14 +35,14 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 
 def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
-    return cuda_backend.forward(_Launcher(input.device), input, target, problem)
+    return forward(_Launcher(input.device), input, target, problem)
 
 
-band_stats_fake = cuda_backend.band_stats_fake
+band_stats_fake = forward_fake
 
 
 def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
-    return cuda_backend.backward(_Launcher(input.device), grad_stats, stats, input, target, saved, problem)
+    return backward(_Launcher(input.device), grad_stats, stats, input, target, saved, problem)
 
 
 @functools.cache
@@ -53,7 +53,7 @@ def _module() -> cupy.RawModule:
         if root and os.path.exists(os.path.join(root, "include", "cuda_fp16.h")):
             options.append(f"-I{os.path.join(root, 'include')}")
             break
-    source = (CSRC / "scc_kernels.cuh").read_text()
+    source = (csrc_dir() / "kernels.cuh").read_text()
     return cupy.RawModule(code=source, options=tuple(options), name_expressions=kernel_names())
 
 
@@ -62,7 +62,7 @@ def _ptr(tensor: torch.Tensor | None) -> numpy.uint64:
 
 
 class _Launcher:
-    """The kernel launches of cuda_backend's glue, through CuPy on torch's current stream."""
+    """The kernel launches of _cuda_launch's glue, through CuPy on torch's current stream."""
 
     def __init__(self, device: torch.device):
         self.device = device

@@ -1,5 +1,5 @@
 // Device code of the SCC kernels: no host-only includes, so that NVRTC (CuPy) compiles this
-// file as it is, and nvcc compiles it through scc_kernels.cu for the torch extension.
+// file as it is, and nvcc compiles it through launchers.cu for the torch extension.
 //
 // Layouts (all contiguous, row-major):
 //   logits        (B, C, N)  float / __half / __nv_bfloat16   N = number of spatial samples

@@ -1,6 +1,6 @@
 // The torch extension scc_kernels._C: checks the tensors, then calls the launchers of
-// scc_kernels.cu on PyTorch's current stream. Shapes and launch sizes are chosen by the Python
-// glue (scc_kernels/backends/cuda_backend.py), which also serves the CuPy launcher.
+// launchers.cu on PyTorch's current stream. Shapes and launch sizes are chosen by the Python
+// glue (scc_kernels/backends/_cuda_launch.py), which also serves the CuPy launcher.
 #include <torch/extension.h>
 
 #include <c10/cuda/CUDAGuard.h>
@@ -9,7 +9,7 @@
 #include <cmath>
 #include <optional>
 
-#include "scc_kernels.h"
+#include "launchers.h"
 
 namespace {
 
@@ -181,7 +181,7 @@ void spectral_grad(const at::Tensor& S, const at::Tensor& D, const at::Tensor& b
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.doc() = "scc_kernels CUDA kernels (see scc_kernels/csrc/scc_kernels.cuh)";
+    m.doc() = "scc_kernels CUDA kernels (see csrc/kernels.cuh)";
     m.def("parseval_forward", &parseval_forward);
     m.def("activate", &activate);
     m.def("activation_backward", &activation_backward);

@@ -1,5 +1,5 @@
-// Host-side declarations of the launchers in scc_kernels.cu (raw pointers + stream), shared with
-// bindings.cpp. Shapes and layouts: see scc_kernels.cuh. Each returns the launch's cudaError_t.
+// Host-side declarations of the launchers in launchers.cu (raw pointers + stream), shared with
+// torch_binding.cpp. Shapes and layouts: see kernels.cuh. Each returns the launch's cudaError_t.
 #pragma once
 
 #include <cuda_runtime_api.h>

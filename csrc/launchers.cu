@@ -1,7 +1,7 @@
 // Host launchers: raw pointers and a stream in, one kernel launch out. Only CUDA headers here,
-// so the torch extension (bindings.cpp) is the only file that sees torch.
-#include "scc_kernels.h"
-#include "scc_kernels.cuh"
+// so the torch extension (torch_binding.cpp) is the only file that sees torch.
+#include "launchers.h"
+#include "kernels.cuh"
 
 namespace scc {
 namespace {

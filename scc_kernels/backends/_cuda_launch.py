@@ -1,0 +1,179 @@
+"""The launch glue around the csrc kernels, shared by the "cuda" and "cupy" backends.
+
+Both run the same device code (csrc/kernels.cuh) and differ only in how it is compiled and
+launched: `forward` and `backward` take a launcher, an object with the five kernel launches
+below (cuda_backend's goes through the torch extension, cupy_backend's through NVRTC). Here are
+the layouts, the launch sizes, the cuFFT calls and the kernel instances by their C++ names.
+
+- complex spectrum, one band: SPEC's Parseval form in one pass. `parseval_forward` reads the
+  logits and the target once (softmax/sigmoid, one-hot and ignore_index in registers) and
+  writes per-block partial PARSEVAL_SUMS that torch adds up (a fixed order: deterministic);
+  `activation_backward` recomputes the activation and writes the logits' gradient once.
+- amplitude or banded spectra: cuFFT (torch.fft.rfftn / irfftn) with fused kernels around it:
+  `activate` (each slice's base, prediction or target, and the difference x − t as float32,
+  one pass; _spectra.py says why these two), `band_stats` (per block, the centred band STATS
+  from the two half spectra, the band table and the Hermitian weights; torch merges the blocks
+  with _stats.merge), `spectral_grad` (the gradient of the half spectrum from the per-band
+  coefficients, one pass) and `activation_backward`.
+
+Why cuFFT and not a DFT in shared memory, as the Triton backend does for small sizes: the
+transform is the only step with real arithmetic. cuFFT does it in O(N log N) for every size,
+odd and prime ones included, batched over all B·C' slices, and at these sizes it is limited by
+memory traffic, not arithmetic. A DFT in shared memory is O(N·n) per axis and needs a whole
+slice on chip, which ends at about 128×128 complex64 (at most 227 KiB per block on H100/H200):
+512×512 or 128³ would need multi-pass DFTs through global memory, i.e. a slower FFT. Everything
+around the transform is elementwise or a reduction, so each of those steps is one fused pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._options import Problem, is_label_map
+from .._stats import COEFFICIENTS, PARSEVAL_SUMS, STATS, gradient_coefficients, merge, parseval_stats
+from ..bands import half_grid_tables
+from . import torch_backend
+from ._spectra import base_is_prediction, make_hermitian
+
+THREADS = 256  # scc::THREADS in csrc/kernels.cuh (tests/test_cuda_build.py checks they agree)
+BAND_ITEMS = 4  # scc::BAND_ITEMS
+MAX_BLOCKS = 4096  # blocks per launch we aim for: fills any current GPU, keeps partials small
+# C++ types of the template kernels' instances: logits; label map (integer) or dense target (float)
+CPP_SCALAR_TYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+CPP_TARGET_TYPES = {torch.uint8: "unsigned char", torch.int32: "int", torch.int64: "long long", torch.float32: "float"}
+LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)  # label maps the kernels read as they are
+
+
+def kernel_names() -> list[str]:
+    """Every kernel instance of csrc/kernels.cuh by its C++ name (CuPy's name_expressions)."""
+    names = [
+        f"scc::{kernel}<{scalar}, {target}>"
+        for kernel in ("parseval_forward", "activate", "activation_backward")
+        for scalar in CPP_SCALAR_TYPES.values()
+        for target in CPP_TARGET_TYPES.values()
+    ]
+    return [*names, "scc::band_stats", "scc::spectral_grad"]
+
+
+def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+    """The backend's band_stats with the kernels of `launcher`."""
+    logits, target = _flat(input, target)
+    if problem.parseval:
+        batch, classes, n = logits.shape
+        blocks = _blocks(n, THREADS * _vec(logits), batch)
+        partials = logits.new_zeros((batch, blocks, classes - problem.offset, len(PARSEVAL_SUMS)), dtype=torch.float32)
+        launcher.parseval_forward(logits, target, partials, problem)
+        return [parseval_stats(partials.sum(1), n).unsqueeze(2)]
+    return _spectral_stats(launcher, input, logits, target, problem)
+
+
+def forward_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+    """What `forward` returns, as empty tensors (the backends' band_stats_fake, for torch.compile)."""
+    if problem.parseval:
+        return torch_backend.band_stats_fake(input, target, problem)
+    batch, channels, *spatial = input.shape
+    channels -= problem.offset
+    stats = input.new_empty((batch, channels, problem.num_bands, len(STATS)), dtype=torch.float32)
+    half = input.new_empty((batch, channels, *spatial[:-1], spatial[-1] // 2 + 1, 2), dtype=torch.float32)
+    return [stats, half, torch.empty_like(half), input.new_empty((batch, channels), dtype=torch.bool)]
+
+
+def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+    """The backend's band_stats_backward with the kernels of `launcher`."""
+    logits, target = _flat(input, target)
+    batch, _, n = logits.shape
+    coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats).to(torch.float32).contiguous()
+    grad_input = torch.empty_like(logits)
+    blocks = _blocks(n, THREADS * _vec(logits), batch)
+    if problem.parseval:
+        launcher.activation_backward(
+            logits, target, coefficients[:, :, 0].contiguous(), None, grad_input, problem, blocks
+        )
+    else:
+        grad_x = _spectral_grad_x(launcher, coefficients, input, saved, problem)
+        launcher.activation_backward(logits, target, None, grad_x, grad_input, problem, blocks)
+    return grad_input.view(input.shape)
+
+
+def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[torch.Tensor]:
+    """[STATS (B, C', K, 8), S, D, base_is_x]: the real views of the half spectra of each slice's
+    base and of x − t, and which base (as torch_backend saves them)."""
+    batch, classes, n = logits.shape
+    channels = classes - problem.offset
+    spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
+    base_is_x = base_is_prediction(logits, target, problem).contiguous()
+    base = logits.new_empty((batch, channels, *spatial), dtype=torch.float32)
+    d = torch.empty_like(base)
+    launcher.activate(
+        logits,
+        target,
+        base_is_x,
+        base.view(batch, channels, n),
+        d.view(batch, channels, n),
+        problem,
+        _blocks(n, THREADS * _vec(logits), batch),
+    )
+    S = make_hermitian(torch.fft.rfftn(base, dim=dims, norm="ortho"), spatial[-1])
+    D = make_hermitian(torch.fft.rfftn(d, dim=dims, norm="ortho"), spatial[-1])
+    del base, d
+    slices, bins = batch * channels, math.prod(S.shape[2:])
+    tables = half_grid_tables(spatial, problem.num_bands, input.device)
+    blocks = _blocks(bins, THREADS * BAND_ITEMS, slices)
+    partials = logits.new_empty((slices, blocks, problem.num_bands, len(STATS)), dtype=torch.float32)
+    launcher.band_stats(
+        S.view(slices, bins),
+        D.view(slices, bins),
+        base_is_x,
+        tables.band32,
+        tables.weight,
+        partials,
+        problem.spectrum == "amplitude",
+    )
+    stats = merge(partials, 1).view(batch, channels, problem.num_bands, len(STATS))
+    return [stats, torch.view_as_real(S), torch.view_as_real(D), base_is_x]
+
+
+def _spectral_grad_x(launcher, coefficients, input, saved, problem: Problem) -> torch.Tensor:
+    """Gradient of the activated prediction's output channels, (B, C', N) float32."""
+    S, D = (torch.view_as_complex(spectrum.contiguous()) for spectrum in saved[:2])
+    batch, channels, *half = S.shape
+    slices, bins = batch * channels, math.prod(half)
+    spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
+    tables = half_grid_tables(spatial, problem.num_bands, input.device)
+    G = torch.empty_like(S)
+    launcher.spectral_grad(
+        S.view(slices, bins),
+        D.view(slices, bins),
+        saved[2].contiguous(),
+        tables.band32,
+        coefficients.view(slices, problem.num_bands, len(COEFFICIENTS)),
+        G.view(slices, bins),
+        problem.spectrum == "amplitude",
+        _blocks(slices * bins, THREADS, 1),
+    )
+    grad_x = torch.fft.irfftn(G, s=spatial, dim=dims, norm="ortho")
+    return grad_x.reshape(batch, channels, -1).contiguous()
+
+
+def _flat(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, C, N) and the target as the kernels read it: labels (B, N) or float32 (B, C, N)."""
+    batch, classes = input.shape[:2]
+    logits = input.reshape(batch, classes, -1).contiguous()
+    if is_label_map(input, target):
+        labels = target.reshape(batch, -1)
+        if labels.dtype not in LABEL_DTYPES:  # int8, int16, uint16...: widening keeps every value
+            labels = labels.to(torch.int64)
+        return logits, labels.contiguous()
+    return logits, target.reshape(batch, classes, -1).to(torch.float32).contiguous()
+
+
+def _vec(logits: torch.Tensor) -> int:
+    """Samples per thread in the activation kernels: one 16-byte load of logits."""
+    return 16 // logits.element_size()
+
+
+def _blocks(work: int, per_block: int, rows: int) -> int:
+    """Blocks per row (grid y): enough to cover `work` in one sweep, at most about MAX_BLOCKS in all."""
+    return max(1, min(-(-work // per_block), MAX_BLOCKS // rows, 65535))
