@@ -10,10 +10,13 @@ never breaks a `torch.compile` graph.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
 import os
+import re
 import sys
+import textwrap
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -111,6 +114,64 @@ def make_options(
         reduction=reduction,
         backend=backend,
     )
+
+
+OPTION_NAMES = tuple(inspect.signature(make_options).parameters)
+
+OPTIONS_DOC = """\
+include_background: if False, channel 0 (the background) is left out after the activation;
+    the output has C' = C - 1 channels. Ignored, with a warning, for a single channel.
+to_onehot_y: accept a floating label map (B, 1, *spatial) of integral class indices.
+    Integer label maps (B, *spatial) or (B, 1, *spatial) are always accepted.
+sigmoid: apply a sigmoid to `input` first (binary or multi-label logits).
+softmax: apply a softmax over channels to `input` first (multi-class logits). Ignored,
+    with a warning, for a single channel.
+other_act: a callable applied to `input` instead (an `nn.Module` is registered as a
+    submodule of `SCCLoss`). At most one of `sigmoid`, `softmax`, `other_act`.
+spectrum: "amplitude" correlates |F p| with |F t| (shape content, blind to where it is);
+    "complex" correlates the complex spectra F p and F t (shape and position).
+bands: None for one band holding every frequency, or an int K >= 1 for K radial bands of
+    equal width in normalised frequency (SPEC §3 step 5); r is averaged over the bands.
+band_weights: K non-negative weights (not all zero) for that average; None is uniform.
+ignore_index: a label value (label-map targets only) whose positions are zeroed in both
+    the prediction and the target, in every channel, before the transform.
+batch: one r per class over the whole batch instead of one per (item, class), as MONAI's
+    `batch`.
+sync_batch: with `batch=True` under torch.distributed, merge the band statistics of every
+    rank (differentiably) before r is formed, so r is over the global batch.
+process_group: the torch.distributed group `sync_batch` merges over (default: the world).
+eps: smoothing added to the covariance and to each variance, eps >= 0 (SPEC §3 step 6).
+backend: "auto" (the fastest that runs here: on CUDA as `scc_kernels.plan` picks,
+    elsewhere torch), or one of "reference", "torch", "triton", "cuda", "cupy";
+    `scc_kernels.available_backends()` says which run on this machine and why not."""
+
+RAISES_DOC = """\
+TypeError: `input` is not a floating tensor, `target` is complex, `other_act` is not
+    callable, or `band_weights` is not a sequence of numbers / a 1-D tensor.
+ValueError: an option out of range or a meaningless combination (SPEC §5), shapes that
+    fit no target layout, tensors on different devices, no channels, or (CPU) a label
+    outside [0, C) that is not `ignore_index` — on CUDA an asynchronous device assert.
+RuntimeError: the chosen backend cannot run here (the message says why), or a double
+    backward through a fast backend (use backend="reference")."""
+
+
+def documented(function):
+    """Fill the `{options}` and `{raises}` lines of a public entry point's docstring, indented as
+    the placeholder is: the options are documented once, here, for scc_loss, spectral_correlation
+    and SCCLoss alike."""
+    texts = {"{options}": OPTIONS_DOC, "{raises}": RAISES_DOC}
+
+    def fill(match: re.Match) -> str:
+        return textwrap.indent(texts[match.group(2)], match.group(1))
+
+    function.__doc__ = re.sub(r"^( *)(\{options\}|\{raises\})$", fill, function.__doc__, flags=re.MULTILINE)
+    return function
+
+
+def options_from(arguments: dict) -> SCCOptions:
+    """`make_options` from a public entry point's `locals()`: the option keywords in it. The entry
+    points spell every option out in their own signatures, for help() and editors."""
+    return make_options(**{name: arguments[name] for name in OPTION_NAMES if name in arguments})
 
 
 def _is_process_group(group) -> bool:

@@ -18,11 +18,12 @@ from . import (
     ops,  # noqa: F401  (registers torch.ops.scc_kernels.*)
     reference,
 )
-from ._options import SCCOptions, compute_dtype, make_options, prepare, warn_caller_once
+from ._options import SCCOptions, compute_dtype, documented, options_from, prepare, warn_caller_once
 from ._stats import loss_from_stats
 from .backends import resolve
 
 
+@documented
 def spectral_correlation(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -42,29 +43,25 @@ def spectral_correlation(
     eps: float = 1e-5,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """The spectral correlation r in [-1, 1]: shape (B, C'), or (C',) with `batch=True`.
+    """The spectral correlation coefficient r in [-1, 1] (SPEC §3), band-averaged: what
+    `scc_loss` is 1 minus, before the reduction.
 
-    Arguments as in `scc_loss` (SPEC §2), without `reduction`.
+    Args:
+        input: the prediction (B, C, *spatial), 1 to 3 spatial dims, logits or probabilities.
+        target: the ground truth: the shape of `input` (one-hot, soft or binary masks), or an
+            integer label map (B, *spatial) or (B, 1, *spatial).
+        {options}
+
+    Returns:
+        r of shape (B, C'), or (C',) with `batch=True`; float32 (float64 for float64 input).
+
+    Raises:
+        {raises}
     """
-    opts = make_options(
-        spectrum=spectrum,
-        bands=bands,
-        band_weights=band_weights,
-        sigmoid=sigmoid,
-        softmax=softmax,
-        other_act=other_act,
-        to_onehot_y=to_onehot_y,
-        include_background=include_background,
-        ignore_index=ignore_index,
-        batch=batch,
-        sync_batch=sync_batch,
-        process_group=process_group,
-        eps=eps,
-        backend=backend,
-    )
-    return correlation(input, target, opts)
+    return correlation(input, target, options_from(locals()))
 
 
+@documented
 def scc_loss(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -85,29 +82,29 @@ def scc_loss(
     reduction: str = "mean",
     backend: str = "auto",
 ) -> torch.Tensor:
-    """SCC loss `1 - r` (SPEC §3), reduced by `reduction` over (B, C') or (C',) with `batch=True`.
+    """The SCC loss 1 - r (SPEC §3): one minus the correlation of the Fourier spectra of the
+    prediction and the target, per (item, class) or per class, then reduced.
 
-    input: (B, C, *spatial) logits or probabilities. target: the same shape (one-hot, soft or
-    binary masks), or an integer label map (B, *spatial) / (B, 1, *spatial).
+    Example::
+
+        loss = scc_loss(logits, labels, softmax=True, bands=4)  # logits (B, C, H, W), labels (B, H, W)
+
+    Args:
+        input: the prediction (B, C, *spatial), 1 to 3 spatial dims, logits or probabilities.
+        target: the ground truth: the shape of `input` (one-hot, soft or binary masks), or an
+            integer label map (B, *spatial) or (B, 1, *spatial).
+        {options}
+        reduction: "mean" or "sum" over the per-(item, class) losses, or "none" to return them.
+
+    Returns:
+        The loss in [0, 2]: a scalar, or (B, C') with reduction="none" ((C',) with `batch=True`);
+        float32 (float64 for float64 input), NaN where the input holds NaN or inf. No gradient
+        flows to `target`.
+
+    Raises:
+        {raises}
     """
-    opts = make_options(
-        spectrum=spectrum,
-        bands=bands,
-        band_weights=band_weights,
-        sigmoid=sigmoid,
-        softmax=softmax,
-        other_act=other_act,
-        to_onehot_y=to_onehot_y,
-        include_background=include_background,
-        ignore_index=ignore_index,
-        batch=batch,
-        sync_batch=sync_batch,
-        process_group=process_group,
-        eps=eps,
-        reduction=reduction,
-        backend=backend,
-    )
-    return loss(input, target, opts)
+    return loss(input, target, options_from(locals()))
 
 
 def loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:

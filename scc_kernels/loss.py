@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 
 from . import functional
-from ._options import make_options
+from ._options import SCCOptions, documented, options_from
 
 
 class SCCLoss(torch.nn.Module):
-    """Spectral Correlation Coefficient loss, `1 - r` (SPEC §3), as a drop-in MONAI-style loss.
+    """Spectral Correlation Coefficient loss, 1 - r (SPEC §3), as a drop-in MONAI-style loss:
+    add it to a spatial loss, `DiceCELoss(...)(x, y) + λ * SCCLoss(...)(x, y)`.
 
     Example::
 
         loss = SCCLoss(softmax=True, to_onehot_y=True)  # logits (B, C, H, W), labels (B, 1, H, W)
         value = loss(logits, labels)
 
-    Options are checked here, once; tensors are checked on every call.
+    The options are checked here, once; the tensors on every call. `forward(input, target)`
+    takes and returns what `scc_loss` does.
     """
 
+    @documented
     def __init__(
         self,
         include_background: bool = True,
@@ -39,24 +43,17 @@ class SCCLoss(torch.nn.Module):
         reduction: str = "mean",
         backend: str = "auto",
     ) -> None:
+        """
+        Args:
+            {options}
+            reduction: "mean" or "sum" over the per-(item, class) losses, or "none" to return
+                them, shape (B, C') or (C',) with `batch=True`.
+
+        Raises:
+            {raises}
+        """
         super().__init__()
-        self.options = make_options(
-            include_background=include_background,
-            to_onehot_y=to_onehot_y,
-            sigmoid=sigmoid,
-            softmax=softmax,
-            other_act=other_act,
-            spectrum=spectrum,
-            bands=bands,
-            band_weights=band_weights,
-            ignore_index=ignore_index,
-            batch=batch,
-            sync_batch=sync_batch,
-            process_group=process_group,
-            eps=eps,
-            reduction=reduction,
-            backend=backend,
-        )
+        self.options = options_from(locals())
         if isinstance(other_act, torch.nn.Module):  # a submodule: its parameters train and move with .to()
             self.other_act = other_act
 
@@ -64,5 +61,14 @@ class SCCLoss(torch.nn.Module):
         return functional.loss(input, target, self.options)
 
     def extra_repr(self) -> str:
-        o = self.options
-        return f"spectrum={o.spectrum!r}, bands={o.bands}, activation={o.activation!r}, backend={o.backend!r}"
+        """Every option that differs from its default (`other_act` shows as the submodule or by name)."""
+        defaults = SCCOptions()
+        changed = []
+        for field in dataclasses.fields(SCCOptions):
+            value = getattr(self.options, field.name)
+            if field.name == "other_act" or value == getattr(defaults, field.name):
+                continue
+            changed.append(f"{field.name}={value!r}")
+        if self.options.other_act is not None and "other_act" not in self._modules:
+            changed.append(f"other_act={getattr(self.options.other_act, '__name__', self.options.other_act)!r}")
+        return ", ".join(changed)

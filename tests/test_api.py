@@ -1,5 +1,8 @@
 """Public API: every bad-input row of SPEC §5, SCCLoss, available_backends(), dispatch, torch.compile, autocast."""
 
+import inspect
+import re
+
 import pytest
 import torch
 from utils import random_problem
@@ -223,6 +226,44 @@ def test_module_matches_functional():
     )
     torch.testing.assert_close(module(LOGITS, labels), expected)
     assert "complex" in repr(module)
+
+
+@pytest.mark.parametrize(
+    "entry_point", [scc_loss, spectral_correlation, SCCLoss.__init__], ids=lambda f: f.__qualname__
+)
+def test_every_option_in_the_signature_and_the_docstring(entry_point):
+    """Each public entry point spells out every option (help() and editors show them) with
+    make_options' default, and its docstring documents each one."""
+    expected = inspect.signature(scc_kernels._options.make_options).parameters
+    parameters = inspect.signature(entry_point).parameters
+    names = [name for name in parameters if name not in ("self", "input", "target")]
+    wanted = [name for name in expected if entry_point is not spectral_correlation or name != "reduction"]
+    assert sorted(names) == sorted(wanted)
+    for name in names:
+        assert parameters[name].default == expected[name].default, name
+        assert re.search(rf"^\s+{name}: \S", entry_point.__doc__, re.MULTILINE), name
+    assert "{" not in entry_point.__doc__
+
+
+def test_repr_shows_every_option_that_is_not_the_default():
+    assert repr(SCCLoss()) == "SCCLoss()"
+    module = SCCLoss(
+        softmax=True,
+        include_background=False,
+        bands=3,
+        band_weights=[1, 2, 4],
+        ignore_index=255,
+        batch=True,
+        eps=0.0,
+        reduction="none",
+        backend="torch",
+    )
+    assert repr(module) == (
+        "SCCLoss(bands=3, band_weights=(0.25, 0.5, 1.0), activation='softmax', include_background=False, "
+        "ignore_index=255, batch=True, eps=0.0, reduction='none', backend='torch')"
+    )
+    assert repr(SCCLoss(other_act=torch.tanh)) == "SCCLoss(other_act='tanh')"
+    assert "(other_act): Tanh()" in repr(SCCLoss(other_act=torch.nn.Tanh()))
 
 
 def test_backends_report():
