@@ -166,3 +166,49 @@ def test_band_of_mirror_pairs_at_a_huge_magnitude(backend):
     for seed in range(3):
         errors = _errors(backend, "huge 1e15", (9, 10, 11), dict(spectrum="amplitude", bands=64), seed=seed)
         assert errors.ok, f"seed {seed}: {errors}"
+
+
+def _one_pixel_class_problem(spatial, seed=SEED):
+    """Random logits; labels all 0 but one random pixel of class 1 per item: class 1's target has
+    a flat amplitude spectrum (|Y| = 1/√N at every bin), so S_vv = 0 and r rests on eps."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(2, 3, *spatial, generator=generator)
+    labels = torch.zeros(2, *spatial, dtype=torch.int64)
+    for item in labels.view(2, -1):
+        item[torch.randint(item.numel(), (1,), generator=generator)] = 1
+    return logits.to(DEVICE), labels.to(DEVICE)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("spatial", [(12, 10, 9), (16, 16)])
+def test_one_pixel_class_meets_spec(backend, spatial):
+    """A class on one voxel under a prediction spread over the image: the transform base is the
+    signal of smaller energy (_spectra.base_is_prediction), here the target, so |Y| keeps its
+    own rounding instead of the prediction's (the loss was 3x off SPEC at 12x10x9 with the base
+    chosen by largest magnitude)."""
+    if unavailable_reason(backend, DEVICE) is not None:
+        pytest.skip(f"{backend} cannot run here")
+    logits, labels = _one_pixel_class_problem(spatial)
+    for options in (dict(softmax=True), dict(softmax=True, batch=True)):
+        errors = compare_with_reference(backend, logits, labels, **options)
+        assert errors.ok, f"seed {SEED}: {errors} ({options})"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit, found by hypothesis (test_properties.py): in signals of 3 to 5 samples with a "
+    "flat or two-valued target amplitude spectrum, float32 rounding of the spectra reaches the gradient "
+    "amplified by 1/√eps and misses SPEC v2 §4 by 2-6% of the tolerance (the float32 reference passes)",
+)
+@pytest.mark.parametrize(
+    "spatial, label_map, seed", [((5,), True, 1), ((3,), False, 3)], ids=["one-pixel class, 5", "soft target, 3"]
+)
+def test_tiny_signals_known_limit(spatial, label_map, seed):
+    generator = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(2, 2, *spatial, generator=generator, dtype=torch.float64)
+    if label_map:
+        target = torch.randint(0, 2, (2, *spatial), generator=generator)
+    else:
+        target = torch.rand(2, 2, *spatial, generator=generator, dtype=torch.float64)
+    errors = compare_with_reference("torch", logits.float(), target, softmax=True, include_background=False)
+    assert errors.ok, f"seed {seed}: {errors}"

@@ -94,14 +94,21 @@ def test_gradcheck(spatial, options):
     assert torch.autograd.gradcheck(f, (logits,), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
-def test_both_transform_bases_are_exercised():
-    """_spectra.base_is_prediction picks x, or y where x is the larger: both occur in the cases above."""
+def test_transform_base_is_the_signal_of_smaller_energy():
+    """_spectra.base_is_prediction: the base is x or y, whichever has the smaller Σ·² per slice."""
     from scc_kernels._options import Problem
     from scc_kernels.backends._spectra import base_is_prediction
 
-    logits, target = random_problem(2, 3, (5, 6), dtype=torch.float64)
-    assert base_is_prediction(logits, target, Problem("amplitude", 2, "softmax", None, True)).all()
-    assert not base_is_prediction(logits, target, Problem("amplitude", 2, "none", None, True)).any()
+    softmax = Problem("amplitude", 1, "softmax", None, True)
+    logits = torch.zeros(1, 3, 4, 5, dtype=torch.float64)
+    logits[:, 1] = -30  # class 1 confidently left out: x ≈ 0 where y has 5 pixels
+    labels = torch.zeros(1, 4, 5, dtype=torch.int64)
+    labels[0, 0] = 1
+    labels[0, 1, 0] = 2  # class 2 on one pixel, under a prediction of 1/2 on all 20
+    # class 0: Σx² = 20·(1/2)² = 5 < 14 pixels; class 1: Σx² ≈ 0 < 5; class 2: 5 > 1
+    assert base_is_prediction(logits, labels, softmax).tolist() == [[True, True, False]]
+    huge = 1e15 * torch.randn(1, 3, 4, 5, dtype=torch.float64)
+    assert not base_is_prediction(huge, labels, Problem("amplitude", 1, "none", None, True)).any()
 
 
 @pytest.mark.parametrize("spectrum", ["amplitude", "complex"])

@@ -7,9 +7,8 @@ difference x − y and one of x, y (the base), never x and y apart:
 
 X and Y then share the rounding error of S, so d = u − v (what carries the information near
 r = 1) comes from D and is exact to its own size, and r moves only to second order with the
-shared error. The spectrum formed as a sum or difference is the one of the larger signal, so it
-is never a tiny signal swamped by a huge one's rounding: a class that the prediction confidently
-leaves out (base x), or inputs of 1e15 with no activation (base y).
+shared error. The spectrum formed as a sum or difference is the one of the signal of larger
+energy, so it never carries the rounding of a larger one (`base_is_prediction`).
 
 Per bin, with the real views (..., 2) of X, Y and D: amplitude u = |X|, v = |Y| and
 d = (|X|² − |Y|²)/(|X| + |Y|), where |X|² − |Y|² = 2·Re(D·conj X) − |D|² keeps every term
@@ -20,30 +19,53 @@ from __future__ import annotations
 
 import torch
 
-from .._options import Problem, is_label_map
+from .._options import Problem, compute_dtype, is_label_map
 
 
-def base_is_prediction(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
+def activate(input: torch.Tensor, problem: Problem) -> torch.Tensor:
+    """p = act(input) (SPEC §3 step 1) in the compute dtype, all C channels."""
+    x = input.to(compute_dtype(input.dtype))
+    if problem.activation == "softmax":
+        return torch.softmax(x, dim=1)
+    if problem.activation == "sigmoid":
+        return torch.sigmoid(x)
+    return x
+
+
+def base_is_prediction(
+    input: torch.Tensor, target: torch.Tensor, problem: Problem, x: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B, C') bool: per slice, whether the base is the prediction x (else the target y).
 
-    x is the base unless it is larger than y by largest magnitude. An activation bounds x by 1,
-    so only an input without one is read; a label map's y is 1 where its class occurs, else 0.
+    The base is the signal of smaller energy ‖·‖₂ (x on a tie). The FFT rounds every bin of S by
+    about ε·‖base‖, and the other spectrum, formed as S ± D, carries that error: from the smaller
+    signal it stays at the other's own rounding. Cases that need it: a class the prediction
+    confidently leaves out (x ≈ 0: base x), a one-voxel class (a flat |Y| that a prediction
+    spread over the image would blur: base y), inputs of 1e15 with no activation (base y).
+    `x`: the activated prediction (B, C', *S), ignored positions zeroed, when the caller has it.
     """
     batch, classes = input.shape[:2]
-    if problem.activation == "none":
-        x_max = input.detach().flatten(2).abs().amax(-1).float()
-    else:
-        x_max = input.new_ones((batch, classes), dtype=torch.float32)
-    if is_label_map(input, target):  # label map: which classes occur (at kept samples)
+    kept = None
+    if is_label_map(input, target):
         labels = target.reshape(batch, -1).long()
-        kept = torch.ones_like(labels, dtype=torch.float32)
+        kept = torch.ones_like(labels, dtype=torch.float64)
         if problem.ignore_index is not None:
-            kept = (labels != problem.ignore_index).float()
+            kept = (labels != problem.ignore_index).double()
             labels = labels.masked_fill(labels == problem.ignore_index, 0)
-        y_max = kept.new_zeros((batch, classes)).scatter_reduce_(1, labels, kept, "amax")
+        y_energy = kept.new_zeros((batch, classes)).scatter_add_(1, labels, kept)[:, problem.offset :]
     else:
-        y_max = target.detach().flatten(2).abs().amax(-1).float()
-    return (x_max <= y_max)[:, problem.offset :]
+        y_energy = _energy(target[:, problem.offset :])
+    if x is None:
+        with torch.no_grad():
+            x = activate(input.detach(), problem)[:, problem.offset :]
+            if kept is not None and problem.ignore_index is not None:
+                x = x * kept.view(batch, 1, *input.shape[2:]).to(x.dtype)
+    return _energy(x.detach()) <= y_energy
+
+
+def _energy(z: torch.Tensor) -> torch.Tensor:
+    """Σ z² per (b, c), accumulated in float64: no overflow for any float32 input."""
+    return torch.linalg.vector_norm(z.flatten(2), dim=-1, dtype=torch.float64).square()
 
 
 def make_hermitian(Z: torch.Tensor, last: int) -> torch.Tensor:

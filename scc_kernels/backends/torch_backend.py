@@ -18,7 +18,7 @@ import torch
 from .._options import Problem, compute_dtype, is_label_map
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import SPREAD, HalfGridTables, half_grid_tables
-from ._spectra import base_is_prediction, make_hermitian
+from ._spectra import activate, base_is_prediction, make_hermitian
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -27,15 +27,6 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 # ----------------------------------------------------------------------------------------------
 # shared steps: activation, labels, channel layout
-def _activate(input: torch.Tensor, problem: Problem) -> torch.Tensor:
-    x = input.to(compute_dtype(input.dtype))
-    if problem.activation == "softmax":
-        return torch.softmax(x, dim=1)
-    if problem.activation == "sigmoid":
-        return torch.sigmoid(x)
-    return x
-
-
 def _activation_backward(grad_p: torch.Tensor, p: torch.Tensor, problem: Problem) -> torch.Tensor:
     """The activation's Jacobian, in place on `grad_p` (a fresh tensor): no input-sized temporaries."""
     if problem.activation == "softmax":  # p·(g − Σ_c p_c g_c)
@@ -98,7 +89,7 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
 
 def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
     coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats)
-    p = _activate(input, problem)
+    p = activate(input, problem)
     if problem.parseval:
         grad_x = _parseval_backward(coefficients[:, :, 0], p, target, problem)
     else:
@@ -121,7 +112,7 @@ def _finish_backward(grad_x, p, target, problem: Problem) -> torch.Tensor:
 def _parseval_stats(input, target, problem: Problem) -> torch.Tensor:
     """PARSEVAL_SUMS per (b, c) → STATS (B, C', 1, 8). x − y is formed exactly, sample by sample
     (never a difference of sums), in place of x once x's own sums are taken."""
-    p = _activate(input, problem)
+    p = activate(input, problem)
     x = p.flatten(2)
     owned = x.untyped_storage().data_ptr() != input.untyped_storage().data_ptr()  # not the caller's input
     rest = x[..., 1:]
@@ -195,11 +186,11 @@ def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
     """[STATS (B, C', K, 8), planes (P, B, C', M)] from the transforms of the base and of x − y
     (_spectra.py), a chunk of the batch at a time."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
-    p = _activate(input, problem)
+    p = activate(input, problem)
     x = p[:, problem.offset :]
     if is_label_map(input, target) and problem.ignore_index is not None:
         x = x * _labels(target, problem)[1].unsqueeze(1)
-    base_is_x = base_is_prediction(input, target, problem)
+    base_is_x = base_is_prediction(input, target, problem, x)
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
     batch, channels = x.shape[:2]
     stats = x.new_empty((batch, channels, problem.num_bands, len(STATS)))
