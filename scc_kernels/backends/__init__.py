@@ -22,7 +22,7 @@ import os
 
 import torch
 
-FAST_BACKENDS = ("triton", "cuda", "cupy", "torch")  # "auto" on CUDA: first that can run
+FAST_BACKENDS = ("triton", "cuda", "cupy", "torch")  # all but the reference; "auto" picks by plan on CUDA
 _INSTALL_HINT = {
     "triton": "pip install 'scc_kernels[triton]'",
     "cupy": "pip install cupy-cuda12x or cupy-cuda13x (the wheel matching your CUDA)",
