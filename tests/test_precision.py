@@ -183,9 +183,8 @@ def _one_pixel_class_problem(spatial, seed=SEED):
 @pytest.mark.parametrize("spatial", [(12, 10, 9), (16, 16)])
 def test_one_pixel_class_meets_spec(backend, spatial):
     """A class on one voxel under a prediction spread over the image: the transform base is the
-    signal of smaller energy (_spectra.base_is_prediction), here the target, so |Y| keeps its
-    own rounding instead of the prediction's (the loss was 3x off SPEC at 12x10x9 with the base
-    chosen by largest magnitude)."""
+    target there (_spectra.base_is_prediction), so |Y| keeps its own rounding instead of the
+    prediction's (the loss was 3x off SPEC at 12x10x9 with the base chosen by largest magnitude).""""
     if unavailable_reason(backend, DEVICE) is not None:
         pytest.skip(f"{backend} cannot run here")
     logits, labels = _one_pixel_class_problem(spatial)
@@ -198,7 +197,7 @@ def test_one_pixel_class_meets_spec(backend, spatial):
     strict=True,
     reason="known limit, found by hypothesis (test_properties.py): in signals of 3 to 5 samples with a "
     "flat or two-valued target amplitude spectrum, float32 rounding of the spectra reaches the gradient "
-    "amplified by 1/√eps and misses SPEC v2 §4 by 2-6% of the tolerance (the float32 reference passes)",
+    "amplified by 1/√eps and misses SPEC v2 §4 by up to 40% of the tolerance (the float32 reference passes)",
 )
 @pytest.mark.parametrize(
     "spatial, label_map, seed", [((5,), True, 1), ((3,), False, 3)], ids=["one-pixel class, 5", "soft target, 3"]

@@ -37,11 +37,13 @@ def base_is_prediction(
 ) -> torch.Tensor:
     """(B, C') bool: per slice, whether the base is the prediction x (else the target y).
 
-    The base is the signal of smaller energy ‖·‖₂ (x on a tie). The FFT rounds every bin of S by
-    about ε·‖base‖, and the other spectrum, formed as S ± D, carries that error: from the smaller
-    signal it stays at the other's own rounding. Cases that need it: a class the prediction
-    confidently leaves out (x ≈ 0: base x), a one-voxel class (a flat |Y| that a prediction
-    spread over the image would blur: base y), inputs of 1e15 with no activation (base y).
+    The base is the target y unless the prediction x has less than a quarter of its energy ‖·‖₂².
+    The FFT rounds every bin of S by about ε·‖base‖, and the other spectrum, formed as S ± D,
+    carries that error: from the smaller signal it stays at the other's own rounding. Cases that
+    need it: a class the prediction confidently leaves out (x ≈ 0: base x), a one-voxel class (a
+    flat |Y| that a prediction spread over the image would blur: base y), inputs of 1e15 with no
+    activation (base y). Between, y: near convergence (x ≈ y) its exact values round less
+    (measured: 2-10x smaller errors in the statistics than base x, tests/test_triton_dft.py).
     `x`: the activated prediction (B, C', *S), ignored positions zeroed, when the caller has it.
     """
     batch, classes = input.shape[:2]
@@ -60,7 +62,7 @@ def base_is_prediction(
             x = activate(input.detach(), problem)[:, problem.offset :]
             if kept is not None and problem.ignore_index is not None:
                 x = x * kept.view(batch, 1, *input.shape[2:]).to(x.dtype)
-    return _energy(x.detach()) <= y_energy
+    return 4 * _energy(x.detach()) < y_energy
 
 
 def _energy(z: torch.Tensor) -> torch.Tensor:
