@@ -109,7 +109,10 @@ def bench(args) -> int:
         else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     )
     title = f"{time.strftime('%Y-%m-%d')} {gpu}, torch {torch.__version__}, triton {_version('triton')}"
-    print(f"bench on {title}; median of {args.repeats} runs after warm-up; speed-up = reference fwd+bwd / fwd+bwd")
+    print(
+        f"bench on {title}; median and 20th-80th percentiles (p20-p80) of {timing.timing_method(device, args.repeats)} "
+        "after warm-up; speed-up = reference fwd+bwd / fwd+bwd (medians)"
+    )
     floors = None
     if args.floors:
         floors = timing.Floors.measure(device)

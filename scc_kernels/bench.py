@@ -1,9 +1,17 @@
 """Side-by-side timings behind `python -m scc_kernels bench`: every backend next to the reference.
 
-Forward and forward+backward time (median of repeated runs after warm-up; CUDA events on the
-GPU), the peak extra memory of one forward+backward (CUDA: the caching allocator's peak;
-CPU: the peak resident set of a fresh subprocess, above what it held with the inputs made),
-and optionally the time as a fraction of a floor measured on the same device (`Floors`).
+Forward and forward+backward time: the median and the 20th and 80th percentiles of repeated runs
+after warm-up (`time_quantiles_ms`: on a GPU `triton.testing.do_bench` where triton runs compiled,
+else CUDA events; wall time on a CPU). The peak extra memory of one forward+backward (CUDA: the
+caching allocator's peak; CPU: the peak resident set of a fresh subprocess, above what it held
+with the inputs made), and optionally the median time as a fraction of a floor measured on the
+same device (`Floors`).
+
+The floor of a transform mode is the triton DFT path's (since 2026-11-29): its kernels' own FLOPs,
+`scc_kernels.planning.dft_tensor_flops` (triton_dft.flop_count: padding and per-tile recomputation
+included, three TF32 products per product for float32), where it once was the FLOPs of one dense
+DFT-as-matmul of x, y and the gradient. The FFT paths do far fewer FLOPs, so their time may be
+below this floor (more than 100% of it).
 """
 
 from __future__ import annotations
@@ -12,13 +20,13 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
 
+from . import planning
 from .backends import FAST_BACKENDS, unavailable_reason
 from .functional import scc_loss
 
@@ -33,6 +41,7 @@ SHAPES = {
     "cuda": [(16, 4, 512, 512), (16, 4, 256, 256), (2, 4, 128, 128, 128)],
 }
 QUICK_SHAPES = {"cpu": [(4, 4, 128, 128), (1, 4, 32, 32, 32)], "cuda": [(16, 4, 256, 256), (2, 4, 64, 64, 64)]}
+QUANTILES = (0.2, 0.5, 0.8)  # reported: the median and the range of the middle 60% of the runs
 
 
 @dataclasses.dataclass
@@ -41,10 +50,14 @@ class Row:
     mode: str
     shape: str
     dtype: str
-    forward_ms: float
-    forward_backward_ms: float
+    forward_ms: float  # median
+    forward_p20_ms: float
+    forward_p80_ms: float
+    forward_backward_ms: float  # median
+    forward_backward_p20_ms: float
+    forward_backward_p80_ms: float
     peak_extra_mib: float | None
-    speedup: float | None = None  # forward+backward, reference time / this time
+    speedup: float | None = None  # forward+backward, reference median / this median
     floor_ms: float | None = None  # forward+backward floor: bytes / copy bandwidth, or DFT FLOPs / matmul rate
 
 
@@ -86,12 +99,57 @@ def timer(device: torch.device):
     return measure
 
 
-def time_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of `fn` in ms, after `warmup` untimed calls (compilation never counts)."""
+def time_quantiles_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> tuple[float, float, float]:
+    """The QUANTILES (20th, 50th, 80th percentile) of the time of one call of `fn` in ms, after
+    `warmup` untimed calls (compilation never counts).
+
+    On a GPU, where triton runs compiled: `triton.testing.do_bench`, which flushes the L2 cache
+    before every call and runs for a time, not a count: 100 ms of calls, or `repeats` calls if they
+    take longer. Otherwise `timer`'s measurements of `repeats` calls.
+    """
     measure = timer(device)
     for _ in range(warmup):
         fn()
-    return statistics.median(measure(fn) for _ in range(repeats))
+    do_bench = _compiled_do_bench() if device.type == "cuda" else None
+    if do_bench is not None:
+        call_ms = measure(fn)
+        return tuple(do_bench(fn, rep=max(100.0, repeats * call_ms), quantiles=list(QUANTILES)))
+    return _quantiles([measure(fn) for _ in range(repeats)])
+
+
+def time_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """The median of `time_quantiles_ms`."""
+    return time_quantiles_ms(fn, device, repeats, warmup)[1]
+
+
+def timing_method(device: torch.device, repeats: int) -> str:
+    """How `time_quantiles_ms` times on `device`, for a printed header."""
+    if device.type == "cuda" and _compiled_do_bench() is not None:
+        return f"triton.testing.do_bench (L2 flushed; 100 ms of runs, or {repeats} runs if longer)"
+    return f"{repeats} runs"
+
+
+def _compiled_do_bench():
+    """triton.testing.do_bench, or None where triton is missing or runs in its interpreter."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        return None
+    return do_bench
+
+
+def _quantiles(times: list[float]) -> tuple[float, float, float]:
+    """QUANTILES of `times`, interpolated linearly between the sorted values (as do_bench does)."""
+    ordered = sorted(times)
+    result = []
+    for q in QUANTILES:
+        point = q * (len(ordered) - 1)
+        low = math.floor(point)
+        high = min(low + 1, len(ordered) - 1)
+        result.append(ordered[low] + (point - low) * (ordered[high] - ordered[low]))
+    return tuple(result)
 
 
 def _loss_steps(logits, labels, backend: str, options: dict):
@@ -162,20 +220,17 @@ class Floors:
         return Floors(2 * n * 4 / copy_ms / 1e6, 2 * size**3 / matmul_ms / 1e9)
 
     def forward_backward_ms(self, mode: str, shape: tuple[int, ...], dtype: torch.dtype) -> float:
-        """Reading logits and labels once and writing the gradient once; for transform modes,
-        at least the FLOPs of a dense DFT-as-matmul of x and y (forward) and of the gradient
-        (backward), if that takes longer."""
+        """Reading logits and labels once and writing the gradient once; for transform modes, the
+        triton DFT kernels' tensor-core FLOPs (`planning.dft_tensor_flops`) at the matmul rate, if
+        that takes longer (where those kernels run the shape)."""
         batch, channels, *spatial = shape
         numel = batch * channels * math.prod(spatial)
         element = torch.finfo(dtype).bits // 8
         memory_ms = (2 * numel * element + numel // channels * 8) / (self.copy_gbps * 1e6)
-        if mode == "complex":
+        flops = None if mode == "complex" else planning.dft_tensor_flops(planning.Problem(tuple(shape), dtype=dtype))
+        if flops is None:
             return memory_ms
-        half = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
-        # real → half-complex along the last axis (cos and sin), then complex along each other axis
-        macs = math.prod(spatial) * 2 * (spatial[-1] // 2 + 1) + sum(4 * half * n for n in spatial[:-1])
-        flop_ms = 3 * batch * channels * 2 * macs / (self.matmul_tflops * 1e9)
-        return max(memory_ms, flop_ms)
+        return max(memory_ms, flops / (self.matmul_tflops * 1e9))
 
 
 def run(
@@ -197,20 +252,23 @@ def run(
             floor = floors.forward_backward_ms(mode, shape, dtype) if floors else None
             for name in ["reference", *backend_names]:
                 forward, forward_backward = _loss_steps(logits, labels, name, MODES[mode])
-                fwd = time_ms(forward, device, repeats)
-                fwd_bwd = time_ms(forward_backward, device, repeats)
-                reference_time = reference_time or fwd_bwd
-                peak = peak_extra_mib(name, mode, shape, dtype, device) if memory else None
+                fwd = time_quantiles_ms(forward, device, repeats)
+                fwd_bwd = time_quantiles_ms(forward_backward, device, repeats)
+                reference_time = reference_time or fwd_bwd[1]
                 row = Row(
-                    name,
-                    mode,
-                    "x".join(map(str, shape)),
-                    str(dtype)[6:],
-                    fwd,
-                    fwd_bwd,
-                    peak,
-                    reference_time / fwd_bwd,
-                    floor,
+                    backend=name,
+                    mode=mode,
+                    shape="x".join(map(str, shape)),
+                    dtype=str(dtype)[6:],
+                    forward_ms=fwd[1],
+                    forward_p20_ms=fwd[0],
+                    forward_p80_ms=fwd[2],
+                    forward_backward_ms=fwd_bwd[1],
+                    forward_backward_p20_ms=fwd_bwd[0],
+                    forward_backward_p80_ms=fwd_bwd[2],
+                    peak_extra_mib=peak_extra_mib(name, mode, shape, dtype, device) if memory else None,
+                    speedup=reference_time / fwd_bwd[1],
+                    floor_ms=floor,
                 )
                 rows.append(row)
                 progress(format_row(row))
@@ -218,18 +276,22 @@ def run(
 
 
 HEADER = (
-    f"{'backend':<10} {'mode':<17} {'shape':<17} {'dtype':<8} {'fwd ms':>9} {'fwd+bwd ms':>11} "
-    f"{'peak MiB':>9} {'speed-up':>9} {'floor ms':>9} {'of floor':>9}"
+    f"{'backend':<10} {'mode':<17} {'shape':<17} {'dtype':<8} {'fwd ms':>9} {'p20-p80':>15} "
+    f"{'fwd+bwd ms':>11} {'p20-p80':>15} {'peak MiB':>9} {'speed-up':>9} {'floor ms':>9} {'of floor':>9}"
 )
 
 
 def format_row(row: Row) -> str:
+    """The medians, each followed by its 20th-80th percentile range."""
     peak = "-" if row.peak_extra_mib is None else f"{row.peak_extra_mib:.1f}"
     floor = "-" if row.floor_ms is None else f"{row.floor_ms:.3f}"
     share = "-" if row.floor_ms is None else f"{100 * row.floor_ms / row.forward_backward_ms:.1f}%"
+    forward_range = f"{row.forward_p20_ms:.2f}-{row.forward_p80_ms:.2f}"
+    forward_backward_range = f"{row.forward_backward_p20_ms:.2f}-{row.forward_backward_p80_ms:.2f}"
     return (
         f"{row.backend:<10} {row.mode:<17} {row.shape:<17} {row.dtype:<8} {row.forward_ms:>9.2f} "
-        f"{row.forward_backward_ms:>11.2f} {peak:>9} {row.speedup:>8.1f}x {floor:>9} {share:>9}"
+        f"{forward_range:>15} {row.forward_backward_ms:>11.2f} {forward_backward_range:>15} {peak:>9} "
+        f"{row.speedup:>8.1f}x {floor:>9} {share:>9}"
     )
 
 
@@ -253,15 +315,17 @@ def write_png(rows: list[Row], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        times = [
-            next((r.forward_backward_ms for r in rows if (r.shape, r.mode) == g and r.backend == name), 0)
-            for g in groups
+        found = [next((r for r in rows if (r.shape, r.mode) == g and r.backend == name), None) for g in groups]
+        times = [0 if r is None else r.forward_backward_ms for r in found]
+        spread = [  # whiskers: the 20th to 80th percentile
+            [0 if r is None else r.forward_backward_ms - r.forward_backward_p20_ms for r in found],
+            [0 if r is None else r.forward_backward_p80_ms - r.forward_backward_ms for r in found],
         ]
-        ax.bar([j + i * width for j in range(len(groups))], times, width, label=name)
+        ax.bar([j + i * width for j in range(len(groups))], times, width, yerr=spread, capsize=2, label=name)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
     ax.set_xticklabels([f"{m}\n{s}" for s, m in groups], fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("forward+backward, ms (median)")
+    ax.set_ylabel("forward+backward, ms (median, p20-p80)")
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()

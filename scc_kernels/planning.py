@@ -192,22 +192,32 @@ def _costs(p: Problem, profile: Profile) -> list[Candidate]:
     return [_timed(candidate, profile) for candidate in candidates]
 
 
-def _dft_cost(p: Problem, profile: Profile) -> Candidate | None:
-    """The DFT-as-matmul kernels (triton_dft.flop_count per slice), where their tiles reach."""
+def dft_tensor_flops(p: Problem) -> float | None:
+    """Tensor-core FLOPs of one forward + backward on the triton DFT path: triton_dft.flop_count (the
+    one FLOP count of those kernels) per slice, × 3 for float32 inputs ("tf32x3": three TF32 products
+    per product). None where the kernels do not run the shape, or triton is missing."""
     try:
         from .backends import triton_dft
-    except ImportError:  # no triton here: no DFT candidate
+    except ImportError:  # no triton here: no DFT path
         return None
     spatial = tuple(p.shape[2:])
     if not triton_dft._supported(spatial):
         return None
     forward, backward = triton_dft.flop_count(spatial)
-    precision_factor = 3 if p.dtype == torch.float32 else 1  # tf32x3 for float32 inputs
-    tensor_flops = precision_factor * p.slices * (forward + backward)
+    precision_factor = 3 if p.dtype == torch.float32 else 1
+    return precision_factor * p.slices * (forward + backward)
+
+
+def _dft_cost(p: Problem, profile: Profile) -> Candidate | None:
+    """The DFT-as-matmul kernels (`dft_tensor_flops`), where their tiles reach."""
+    tensor_flops = dft_tensor_flops(p)
+    if tensor_flops is None:
+        return None
+    from .backends import triton_dft
+
     # inputs come from DRAM once per slice (the tiles re-read them from L2); the backward adds
     # into a float32 buffer once per (pixel, tile): atomics resolved in L2, counted at 1/4
-    tiles = math.prod(triton_dft._plan(spatial)["tiles"])
-    atomics = 8 * p.slices * p.pixels * tiles
+    atomics = 8 * p.slices * p.pixels * triton_dft._plan(tuple(p.shape[2:])).num_tiles
     return Candidate(
         "triton",
         "dft",

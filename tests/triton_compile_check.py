@@ -34,9 +34,7 @@ def parseval_cases():
             grad_ptr=f"*{dtype}",
             root_n="fp32",
         )
-        constexprs = dict(
-            BLOCK_C=4, BLOCK_N=2048, OFFSET=1, ACTIVATION=1, LABEL_MAP=label_map, HAS_IGNORE=label_map, IGNORE_INDEX=255
-        )
+        constexprs = dict(BLOCK_C=4, BLOCK_N=2048, OFFSET=1, ACTIVATION=1, LABEL_MAP=label_map, HAS_IGNORE=label_map)
         for kernel in (triton_kernels._parseval_forward_kernel, triton_kernels._parseval_backward_kernel):
             yield kernel, types, constexprs, capability, 8
 
@@ -47,13 +45,13 @@ def dft_cases():
     ):
         plan = triton_dft._plan(spatial)
         constexprs = dict(
-            ACT=1,
-            LABEL=True,
-            IGNORE=True,
+            ACTIVATION=1,
+            LABEL_MAP=True,
+            HAS_IGNORE=True,
             AMPLITUDE=True,
-            THREE_D=plan["three_d"],
+            THREE_D=plan.three_d,
             PRECISION="tf32x3" if dtype == "fp32" else "tf32",
-            **plan["blocks"],
+            **plan.blocks._asdict(),
         )
         types = dict(
             x_ptr=f"*{dtype}",
@@ -72,7 +70,7 @@ def dft_cases():
         for kernel in (triton_dft._forward_kernel, triton_dft._backward_kernel):
             yield kernel, types, constexprs, capability, 4
     finish = dict(x_ptr="*bf16", t_ptr="*i64", acc_ptr="*fp32", out_ptr="*bf16", ignore_index="i64")
-    yield triton_dft._finish_kernel, finish, dict(ACT=1, IGNORE=True, BLOCK=1024), 90, 4
+    yield triton_dft._finish_kernel, finish, dict(ACTIVATION=1, HAS_IGNORE=True, BLOCK=1024), 90, 4
 
 
 def fft_cases():
@@ -80,8 +78,8 @@ def fft_cases():
     for capability in (90, 80):
         # softmax of float32 logits against a label map with ignore_index; sigmoid of bf16 against a dense target
         for dtype, target, constexprs in [
-            ("fp32", "*i64", dict(ACT=1, LABEL=True, IGNORE=True)),
-            ("bf16", "*fp32", dict(ACT=2, LABEL=False, IGNORE=False)),
+            ("fp32", "*i64", dict(ACTIVATION=1, LABEL_MAP=True, HAS_IGNORE=True)),
+            ("bf16", "*fp32", dict(ACTIVATION=2, LABEL_MAP=False, HAS_IGNORE=False)),
         ]:
             types = dict(
                 x_ptr=f"*{dtype}",

@@ -51,46 +51,24 @@ along those axes. The forward transforms two real signals, the base and x − y:
     stage 2: 2 · 4 · 2 · D · H · Hp · Wp · RD                    (complex dots)
     stage 3: 2 · 4 · 2 · D · Dp · Hp · Wp                        (3D only, CUDA cores)
 The backward recomputes the forward, then inverts G's half alone, about 1.5× the forward.
-It also makes N · (tiles per slice) float32 atomic adds. `flop_count(spatial)` gives both.
+It also makes N · (tiles per slice) float32 atomic adds. `flop_count(spatial)` gives both: the
+one FLOP count of this path (scc_kernels.planning's cost model and `bench --floors` use it).
 float32 runs every dot as "tf32x3" (3 tf32 MMAs each), so its floor is 3× the count at tf32 rate.
-    512×512: BKH=64, BKW=32, Wp=288           forward 6.0 GFLOP, backward 9.1 GFLOP per slice
-    128³: BKD=4, BKH=32, BKW=16, Wp=80        forward 260 GFLOP, backward 391 GFLOP per slice
-Every (kd, kh) tile redoes the slice's whole stage 1, so 3D costs grow as N²/(BKD·BKH). At
-128³ that is ~40× the same matmuls done once (6.7 GFLOP, with a stored intermediate) and
-~1000× a real FFT's FLOPs. Tiles (BH = 16, BW = 32, 4 warps) were picked from ptxas
-output for sm_90/sm_80, compiled without a GPU: the smallest local-memory stack (spills) among
-the candidates tried, not timed. tf32x3 uses all 255 registers. Larger BKD·BKH tiles spilled
-hundreds of bytes. The tile's band and weight tables are loaded after the transform (`_tile_bins`):
-held through it they spilled; loaded after, the float32 kernels' stacks are (forward / backward)
-sm_90: 0 / 64 B at 512², 40 / 24 B at 128³; sm_80: 48 / 48 B, 96 / 144 B (bf16: none).
+Every (kd, kh) tile redoes the slice's whole stage 1, so 3D costs grow as N²/(BKD·BKH): at 128³
+~40× the same matmuls done once (with a stored intermediate), ~1000× a real FFT's FLOPs.
+Tiles (BH = 16, BW = 32, 4 warps) were picked from ptxas output for sm_90/sm_80, compiled without
+a GPU: the smallest local-memory stack (spills) among the candidates tried, not timed. tf32x3
+uses all 255 registers, and larger BKD·BKH tiles spilled hundreds of bytes. The tile's band and
+weight tables are loaded after the transform (`_tile_bins`): held through it, they spilled.
 
-Precision: `input_precision` is a constexpr per dtype. tf32 was emulated on the CPU: float64
-matmuls of operands rounded to 10 mantissa bits (x, y, twiddles and the stage-1/stage-2
-results, in forward and backward), for softmax of 2·randn logits over 4 classes against random
-labels. The table gives relative errors against float64 FFTs, worst of 2 seeds. It was measured
-with the previous seam (transforms of x and y, five raw band sums per band); the near-convergence
-figures below the table are for this seam:
-                          tf32 loss / grad        tf32x3 loss / grad
-    256²  amplitude        1.2e-5 / 1.2e-3        6.7e-9 / 3.6e-7
-    256²  amplitude K=4    8.9e-6 / 1.0e-3        2.9e-9 / 3.1e-7
-    256²  complex K=3      6.1e-6 / 4.8e-4        1.3e-9 / 1.3e-7
-    512²  amplitude        2.1e-4 / 1.6e-3        3.9e-8 / 5.0e-7
-    512²  amplitude K=4    7.6e-6 / 1.4e-3        2.3e-9 / 3.6e-7
-    512²  complex K=3      2.8e-5 / 5.6e-4        5.0e-9 / 1.5e-7
-    128³  amplitude        4.7e-5 / 1.5e-3        5.9e-8 / 5.6e-7   (3 classes, 1 seed;
-    128³  amplitude K=4    1.4e-6 / 1.2e-3        3.6e-10 / 4.5e-7   the D stage in float32)
-    128³  complex K=3      3.5e-6 / 4.8e-4        4.0e-9 / 1.3e-7
-Plain tf32 missed SPEC §4's float32 bounds (1e-4 loss, 1e-3 grad), so float32 uses "tf32x3".
-It met the 1e-2 bound of float16/bfloat16 inputs with ~6× margin on random labels, but only
-~1.4× near convergence once remeasured with this seam (`benchmarks/tf32_emulation.py`,
-`benchmarks/tf32_emulation_3d.py --sizes 128`: gradient error up to 0.72 of the half-type
-tolerance at 512² and 128³; tf32x3 stays below 5e-3 of the float32 tolerance there), so those
-use "tf32": they are loaded as is and computed in float32. bf16 dot operands (7 mantissa bits, ~8× tf32's
+Precision: `input_precision` is a constexpr per dtype. float32 inputs run "tf32x3": plain tf32,
+emulated on the CPU, missed SPEC §4's float32 bounds (1e-4 loss, 1e-3 grad). float16/bfloat16
+inputs run "tf32" (loaded as is, computed in float32): it meets their 1e-2 bound, with ~6× margin
+on random labels but only ~1.4× near convergence. bf16 dot operands (7 mantissa bits, ~8× tf32's
 error) would not keep that margin. The interpreter (CPU tests) ignores `input_precision` and
-runs float32 IEEE dots. There the whole kernel pipeline (this seam) matches the float64
-reference (amplitude, K=4, softmax, 3 classes) to loss/grad 4.0e-8 / 8.6e-7 at 512² and
-4.7e-8 / 6.1e-7 at 32³ for random labels, 3.6e-7 / 8.9e-7 at 256² and 2.5e-7 / 2.3e-6 at 32³
-near convergence (converged_problem, confidence 8).
+runs float32 IEEE dots. The figures behind these choices (FLOP counts, ptxas stacks, emulated
+tf32 / tf32x3 errors, the interpreter's errors), how and where each was made, and the commands
+that reproduce them: benchmarks/results/2026-11-29-triton-dft-tf32x3.md.
 
 Sizes: 2D up to 512×512 and 3D up to 128×128×128 (`MAX_SIDE`). triton_backend.transform_path
 sends larger slices, and 1D, to triton_fft.py (the same kernels around torch.fft).
@@ -101,17 +79,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .._options import ACTIVATION_CODES, Problem, is_label_map
+from .._options import Problem
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction
+from .triton_kernels import SIGMOID, SOFTMAX, _input_args, _label_map
 
 MAX_SIDE = {2: 512, 3: 128}  # largest axis length per spatial rank the kernels are checked for
+FINISH_BLOCK = 1024  # pixels per _finish_kernel program, at least: its pixel blocks are grid axis 1 (≤ 65535)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,39 +100,56 @@ MAX_SIDE = {2: 512, 3: 128}  # largest axis length per spatial rank the kernels 
 
 
 @triton.jit
-def _load_pair(
-    x_ptr, t_ptr, b, c, C, N, pix, mask, ignore_index, ACT: tl.constexpr, LABEL: tl.constexpr, IGNORE: tl.constexpr
-):
-    """Prediction x (activated, 0 at ignored and padding pixels) and target y, both float32.
+def _channel_max(logits, mask, C, N):
+    """The softmax's shift: the largest of the C logits of each pixel (`logits` points at channel 0's,
+    the channels N apart), float32."""
+    top = tl.full(mask.shape, float("-inf"), tl.float32)
+    for _ in range(C):
+        top = tl.maximum(top, tl.load(logits, mask=mask, other=0.0).to(tl.float32))
+        logits += N
+    return top
 
+
+@triton.jit
+def _load_pair(
+    x_ptr,
+    t_ptr,
+    b,
+    c,
+    C,
+    N,
+    pix,
+    mask,
+    ignore_index,
+    ACTIVATION: tl.constexpr,
+    LABEL_MAP: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+):
+    """Prediction x (activated, 0 at ignored and padding pixels) and target y (0 at padding) of
+    channel c at pixels `pix` (any block shape) of batch item b, both float32.
+
+    One channel, what a DFT tile transforms; the softmax reads the other channels for its max and
+    sum. (triton_kernels._load_tile holds every channel of its pixels at once instead.)
     Channel offsets are 64-bit (pointer steps, int64 products): C·N may pass 2³¹.
     """
     item = b.to(tl.int64) * C * N
     channel = c.to(tl.int64) * N
     p = tl.load(x_ptr + item + channel + pix, mask=mask, other=0.0).to(tl.float32)
-    if ACT == 1:  # softmax over the C channels of each pixel
-        top = tl.full(p.shape, float("-inf"), tl.float32)
-        logits = x_ptr + item + pix
-        for _ in range(C):
-            top = tl.maximum(top, tl.load(logits, mask=mask, other=0.0).to(tl.float32))
-            logits += N
+    if ACTIVATION == SOFTMAX:  # over the C channels of each pixel
+        top = _channel_max(x_ptr + item + pix, mask, C, N)
         total = tl.zeros(p.shape, tl.float32)
         logits = x_ptr + item + pix
         for _ in range(C):
             total += tl.exp(tl.load(logits, mask=mask, other=0.0).to(tl.float32) - top)
             logits += N
         p = tl.exp(p - top) / total
-    elif ACT == 2:
+    elif ACTIVATION == SIGMOID:
         p = tl.sigmoid(p)
-    if LABEL:
-        # compared in int64: an ignore_index beyond int32 must not match a truncated label
-        label = tl.load(t_ptr + b.to(tl.int64) * N + pix, mask=mask, other=0).to(tl.int64)
-        hit = label == c
-        if IGNORE:
-            valid = label != ignore_index
-            hit = hit & valid
-            p = p * valid.to(tl.float32)  # a product, not a select: NaN at an ignored pixel reaches the loss
-        y = hit.to(tl.float32)
+    if LABEL_MAP:
+        label, keep = _label_map(t_ptr, b, N, pix, mask, ignore_index, HAS_IGNORE)
+        y = ((label == c) & keep).to(tl.float32)
+        if HAS_IGNORE:
+            p = p * keep.to(tl.float32)  # a product, not a select: NaN at an ignored pixel reaches the loss
     else:
         y = tl.load(t_ptr + item + channel + pix, mask=mask, other=0.0).to(tl.float32)
     return tl.where(mask, p, 0.0), y
@@ -174,9 +172,9 @@ def _plane_spectrum(
     base_is_x,
     kh,
     kw,
-    ACT: tl.constexpr,
-    LABEL: tl.constexpr,
-    IGNORE: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    LABEL_MAP: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
     PRECISION: tl.constexpr,
     BKH: tl.constexpr,
     BKW: tl.constexpr,
@@ -201,9 +199,8 @@ def _plane_spectrum(
             cols = w0 + tl.arange(0, BW)
             cols_ok = cols < W
             pix = d * H * W + rows[:, None] * W + cols[None, :]
-            x, y = _load_pair(
-                x_ptr, t_ptr, b, c, C, N, pix, rows_ok[:, None] & cols_ok[None, :], ignore_index, ACT, LABEL, IGNORE
-            )
+            mask = rows_ok[:, None] & cols_ok[None, :]
+            x, y = _load_pair(x_ptr, t_ptr, b, c, C, N, pix, mask, ignore_index, ACTIVATION, LABEL_MAP, HAS_IGNORE)
             base = tl.where(base_is_x, x, y)
             difference = x - y  # exact to its own size, not a difference of two transforms
             # table[w, kw]: the full symmetric W×W matrix, only its first Wh columns are read
@@ -249,9 +246,9 @@ def _spectrum_tile(
     kd,
     kh,
     kw,
-    ACT: tl.constexpr,
-    LABEL: tl.constexpr,
-    IGNORE: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    LABEL_MAP: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
     PRECISION: tl.constexpr,
     THREE_D: tl.constexpr,
     BKD: tl.constexpr,
@@ -262,48 +259,14 @@ def _spectrum_tile(
 ):
     """conj(S), conj(D) of the base and of x − y on the (kd, kh, kw) tile: 4 planes [BKD, BKH, BKW]
     (BKD = 1 in 2D)."""
-    N = D * H * W
-    if THREE_D:
-        sr = tl.zeros((BKD, BKH, BKW), tl.float32)
-        si = tl.zeros((BKD, BKH, BKW), tl.float32)
-        dr = tl.zeros((BKD, BKH, BKW), tl.float32)
-        di = tl.zeros((BKD, BKH, BKW), tl.float32)
-        kd_ok = kd < D
-        for d in range(D):
-            zsr, zsi, zdr, zdi = _plane_spectrum(
-                x_ptr,
-                t_ptr,
-                tw_h,
-                tw_w,
-                b,
-                c,
-                C,
-                N,
-                d,
-                H,
-                W,
-                ignore_index,
-                base_is_x,
-                kh,
-                kw,
-                ACT,
-                LABEL,
-                IGNORE,
-                PRECISION,
-                BKH,
-                BKW,
-                BH,
-                BW,
-            )
-            cos_d = tl.load(tw_d + kd * D + d, mask=kd_ok, other=0.0)[:, None, None]
-            sin_d = tl.load(tw_d + D * D + kd * D + d, mask=kd_ok, other=0.0)[:, None, None]
-            sr += cos_d * zsr[None, :, :] - sin_d * zsi[None, :, :]
-            si += cos_d * zsi[None, :, :] + sin_d * zsr[None, :, :]
-            dr += cos_d * zdr[None, :, :] - sin_d * zdi[None, :, :]
-            di += cos_d * zdi[None, :, :] + sin_d * zdr[None, :, :]
-        return sr, si, dr, di
-    else:
-        sr, si, dr, di = _plane_spectrum(
+    sr = tl.zeros((BKD, BKH, BKW), tl.float32)
+    si = tl.zeros((BKD, BKH, BKW), tl.float32)
+    dr = tl.zeros((BKD, BKH, BKW), tl.float32)
+    di = tl.zeros((BKD, BKH, BKW), tl.float32)
+    kd_ok = kd < D
+    # 2D: one plane, a loop of one step that the compiler removes
+    for d in range(D if THREE_D else 1):
+        zsr, zsi, zdr, zdi = _plane_spectrum(
             x_ptr,
             t_ptr,
             tw_h,
@@ -311,24 +274,33 @@ def _spectrum_tile(
             b,
             c,
             C,
-            N,
-            0,
+            D * H * W,
+            d,
             H,
             W,
             ignore_index,
             base_is_x,
             kh,
             kw,
-            ACT,
-            LABEL,
-            IGNORE,
+            ACTIVATION,
+            LABEL_MAP,
+            HAS_IGNORE,
             PRECISION,
             BKH,
             BKW,
             BH,
             BW,
         )
-        return sr[None, :, :], si[None, :, :], dr[None, :, :], di[None, :, :]
+        if THREE_D:  # the D stage, elementwise: (cos + i·sin)_D[kd tile, d] · Z
+            cos_d = tl.load(tw_d + kd * D + d, mask=kd_ok, other=0.0)[:, None, None]
+            sin_d = tl.load(tw_d + D * D + kd * D + d, mask=kd_ok, other=0.0)[:, None, None]
+            sr += cos_d * zsr[None, :, :] - sin_d * zsi[None, :, :]
+            si += cos_d * zsi[None, :, :] + sin_d * zsr[None, :, :]
+            dr += cos_d * zdr[None, :, :] - sin_d * zdi[None, :, :]
+            di += cos_d * zdi[None, :, :] + sin_d * zdr[None, :, :]
+        else:
+            sr, si, dr, di = zsr[None, :, :], zsi[None, :, :], zdr[None, :, :], zdi[None, :, :]
+    return sr, si, dr, di
 
 
 @triton.jit
@@ -418,36 +390,36 @@ def _store_tile_stats(out, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K,
 
 @triton.jit
 def _forward_kernel(
-    x_ptr,
-    t_ptr,
-    tw_d,
-    tw_h,
-    tw_w,
-    band_ptr,
-    herm_ptr,
-    base_ptr,
-    out_ptr,
-    C,
-    offset,
-    D,
-    H,
-    W,
-    K,
-    ignore_index,
-    tiles_h,
-    tiles_w,
-    num_tiles,
-    ACT: tl.constexpr,
-    LABEL: tl.constexpr,
-    IGNORE: tl.constexpr,
-    AMPLITUDE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    THREE_D: tl.constexpr,
-    BKD: tl.constexpr,
-    BKH: tl.constexpr,
-    BKW: tl.constexpr,
-    BH: tl.constexpr,
-    BW: tl.constexpr,
+    x_ptr,  # logits (B, C, *S), any float dtype
+    t_ptr,  # integer label map (B, *S), or dense target (B, C, *S)
+    tw_d,  # twiddles of the D axis, (2, D, D) float32: cos, sin (`_twiddles`)
+    tw_h,  # twiddles of the H axis, (2, H, H) float32
+    tw_w,  # twiddles of the W axis, (2, W, W) float32
+    band_ptr,  # the band of each half-spectrum bin, (D, H, W//2 + 1) int32
+    herm_ptr,  # the Hermitian weight of each bin (1 or 2), float32
+    base_ptr,  # base_is_x per slice, (B·C') bool
+    out_ptr,  # out: STATS per tile, (B·C', num_tiles, K, 8) float32, zeros
+    C,  # channels
+    offset,  # the first output channel: 1 leaves the background out
+    D,  # planes (1 in 2D)
+    H,  # rows
+    W,  # columns
+    K,  # bands
+    ignore_index,  # the label of ignored pixels (read with HAS_IGNORE only)
+    tiles_h,  # frequency tiles along H
+    tiles_w,  # frequency tiles along the half W axis
+    num_tiles,  # frequency tiles per slice
+    ACTIVATION: tl.constexpr,  # ACTIVATION_CODES: none, SOFTMAX over the channels, SIGMOID
+    LABEL_MAP: tl.constexpr,  # the target is a label map
+    HAS_IGNORE: tl.constexpr,  # pixels labelled ignore_index are left out
+    AMPLITUDE: tl.constexpr,  # amplitude spectrum (else complex)
+    PRECISION: tl.constexpr,  # tl.dot's input_precision: "tf32x3" (float32 inputs) or "tf32"
+    THREE_D: tl.constexpr,  # a 3D slice: the D stage runs
+    BKD: tl.constexpr,  # frequency tile: planes (1 in 2D)
+    BKH: tl.constexpr,  # frequency tile: rows
+    BKW: tl.constexpr,  # frequency tile: half-spectrum columns
+    BH: tl.constexpr,  # pixel rows per loop step
+    BW: tl.constexpr,  # pixel columns per loop step
 ):
     slice_id, tile, b, c, kd, kh, kw, base_is_x = _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD, BKH, BKW)
     sr, si, dr, di = _spectrum_tile(
@@ -467,9 +439,9 @@ def _forward_kernel(
         kd,
         kh,
         kw,
-        ACT,
-        LABEL,
-        IGNORE,
+        ACTIVATION,
+        LABEL_MAP,
+        HAS_IGNORE,
         PRECISION,
         THREE_D,
         BKD,
@@ -504,38 +476,42 @@ def _bin_gradient(coefficients, band, valid, xr, xi, yi, di, u_re, v_re, d_re, A
     return grad_re, c_uu * xi + c_uv * yi + c_dd * di
 
 
+# _forward_kernel's parameters and first lines again: the backward recomputes the tile's spectra
+# (nothing is saved, see the module docstring). A kernel's parameters are its launch signature, and
+# the helpers take them on one by one: triton >= 3.0 (this package's floor) has no struct arguments
+# that could bundle them.
 @triton.jit
 def _backward_kernel(
-    x_ptr,
-    t_ptr,
-    tw_d,
-    tw_h,
-    tw_w,
-    band_ptr,
-    herm_ptr,
-    base_ptr,
-    coefficients_ptr,
-    acc_ptr,
-    C,
-    offset,
-    D,
-    H,
-    W,
-    K,
-    ignore_index,
-    tiles_h,
-    tiles_w,
-    ACT: tl.constexpr,
-    LABEL: tl.constexpr,
-    IGNORE: tl.constexpr,
-    AMPLITUDE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    THREE_D: tl.constexpr,
-    BKD: tl.constexpr,
-    BKH: tl.constexpr,
-    BKW: tl.constexpr,
-    BH: tl.constexpr,
-    BW: tl.constexpr,
+    x_ptr,  # logits (B, C, *S), any float dtype
+    t_ptr,  # integer label map (B, *S), or dense target (B, C, *S)
+    tw_d,  # twiddles of the D axis, (2, D, D) float32: cos, sin (`_twiddles`)
+    tw_h,  # twiddles of the H axis, (2, H, H) float32
+    tw_w,  # twiddles of the W axis, (2, W, W) float32
+    band_ptr,  # the band of each half-spectrum bin, (D, H, W//2 + 1) int32
+    herm_ptr,  # the Hermitian weight of each bin (1 or 2), float32
+    base_ptr,  # base_is_x per slice, (B·C') bool
+    coefficients_ptr,  # COEFFICIENTS per slice and band, (B·C', K, 7) float32
+    acc_ptr,  # out: the gradient of the prediction, (B, C, *S) float32, zeros (atomic adds)
+    C,  # channels
+    offset,  # the first output channel: 1 leaves the background out
+    D,  # planes (1 in 2D)
+    H,  # rows
+    W,  # columns
+    K,  # bands
+    ignore_index,  # the label of ignored pixels (read with HAS_IGNORE only)
+    tiles_h,  # frequency tiles along H
+    tiles_w,  # frequency tiles along the half W axis
+    ACTIVATION: tl.constexpr,  # ACTIVATION_CODES: none, SOFTMAX over the channels, SIGMOID
+    LABEL_MAP: tl.constexpr,  # the target is a label map
+    HAS_IGNORE: tl.constexpr,  # pixels labelled ignore_index are left out
+    AMPLITUDE: tl.constexpr,  # amplitude spectrum (else complex)
+    PRECISION: tl.constexpr,  # tl.dot's input_precision: "tf32x3" (float32 inputs) or "tf32"
+    THREE_D: tl.constexpr,  # a 3D slice: the D stage runs
+    BKD: tl.constexpr,  # frequency tile: planes (1 in 2D)
+    BKH: tl.constexpr,  # frequency tile: rows
+    BKW: tl.constexpr,  # frequency tile: half-spectrum columns
+    BH: tl.constexpr,  # pixel rows per loop step
+    BW: tl.constexpr,  # pixel columns per loop step
 ):
     slice_id, _tile, b, c, kd, kh, kw, base_is_x = _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD, BKH, BKW)
     sr, si, dr, di = _spectrum_tile(
@@ -555,9 +531,9 @@ def _backward_kernel(
         kd,
         kh,
         kw,
-        ACT,
-        LABEL,
-        IGNORE,
+        ACTIVATION,
+        LABEL_MAP,
+        HAS_IGNORE,
         PRECISION,
         THREE_D,
         BKD,
@@ -616,7 +592,16 @@ def _backward_kernel(
 
 @triton.jit
 def _finish_kernel(
-    x_ptr, t_ptr, acc_ptr, out_ptr, C, N, ignore_index, ACT: tl.constexpr, IGNORE: tl.constexpr, BLOCK: tl.constexpr
+    x_ptr,  # logits (B, C, N), any float dtype
+    t_ptr,  # integer label map (B, N), or dense target (read with HAS_IGNORE only)
+    acc_ptr,  # the gradient of the prediction, (B, C, N) float32
+    out_ptr,  # out: the gradient of the logits, (B, C, N), their dtype; may be acc_ptr
+    C,  # channels
+    N,  # samples per slice
+    ignore_index,  # the label of ignored pixels (read with HAS_IGNORE only)
+    ACTIVATION: tl.constexpr,  # ACTIVATION_CODES: none, SOFTMAX over the channels, SIGMOID
+    HAS_IGNORE: tl.constexpr,  # pixels labelled ignore_index get no gradient
+    BLOCK: tl.constexpr,  # pixels per program
 ):
     """grad of the prediction (acc, float32) → grad of the input: ignore mask, activation Jacobian.
 
@@ -627,15 +612,10 @@ def _finish_kernel(
     mask = pix < N
     item = b.to(tl.int64) * C * N + pix  # channel k of this pixel block: + k·N, by pointer steps
     keep = mask
-    if IGNORE:
-        label = tl.load(t_ptr + b.to(tl.int64) * N + pix, mask=mask, other=0).to(tl.int64)  # as in _load_pair
-        keep = mask & (label != ignore_index)
-    if ACT == 1:
-        top = tl.full((BLOCK,), float("-inf"), tl.float32)
-        logits = x_ptr + item
-        for _ in range(C):
-            top = tl.maximum(top, tl.load(logits, mask=mask, other=0.0).to(tl.float32))
-            logits += N
+    if HAS_IGNORE:
+        _, keep = _label_map(t_ptr, b, N, pix, mask, ignore_index, HAS_IGNORE)
+    if ACTIVATION == SOFTMAX:
+        top = _channel_max(x_ptr + item, mask, C, N)
         total = tl.zeros((BLOCK,), tl.float32)
         dot = tl.zeros((BLOCK,), tl.float32)
         logits, grads = x_ptr + item, acc_ptr + item
@@ -658,7 +638,7 @@ def _finish_kernel(
         logits, grads, out = x_ptr + item, acc_ptr + item, out_ptr + item
         for _ in range(C):
             g = tl.load(grads, mask=keep, other=0.0)
-            if ACT == 2:
+            if ACTIVATION == SIGMOID:
                 p = tl.sigmoid(tl.load(logits, mask=mask, other=0.0).to(tl.float32))
                 g = g * p * (1.0 - p)
             tl.store(out, g.to(out_ptr.dtype.element_ty), mask=mask)
@@ -689,31 +669,53 @@ def _pow2(n: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(n)))
 
 
+class Blocks(NamedTuple):
+    """The kernels' block constexprs (BKH, BKW, BH, BW are `tl.dot` dims: at least 16)."""
+
+    BKD: int  # frequency tile: planes (1 in 2D)
+    BKH: int  # frequency tile: rows
+    BKW: int  # frequency tile: half-spectrum columns
+    BH: int  # pixel rows per loop step
+    BW: int  # pixel columns per loop step
+
+
+class TilePlan(NamedTuple):
+    """How the kernels tile a slice: `_plan(spatial)`."""
+
+    dims: tuple[int, int, int]  # (D, H, W); D = 1 in 2D
+    tiles: tuple[int, int, int]  # frequency tiles along D, H and the half W axis
+    blocks: Blocks
+    three_d: bool
+
+    @property
+    def num_tiles(self) -> int:  # per slice: the kernels' grid axis 1
+        return math.prod(self.tiles)
+
+
 @functools.lru_cache(maxsize=64)
-def _plan(spatial: tuple[int, ...]) -> dict:
-    """Tile sizes (dots need every dim >= 16) and tile counts for a 2D or 3D slice."""
+def _plan(spatial: tuple[int, ...]) -> TilePlan:
+    """Tile sizes and tile counts for a 2D or 3D slice."""
     depth, height, width = (1, *spatial) if len(spatial) == 2 else spatial
     half = width // 2 + 1
+    bw = _pow2(width, 16, 32)
     if len(spatial) == 2:
-        blocks = dict(BKD=1, BKH=_pow2(height, 16, 64), BKW=_pow2(half, 16, 32))
+        blocks = Blocks(BKD=1, BKH=_pow2(height, 16, 64), BKW=_pow2(half, 16, 32), BH=16, BW=bw)
     else:  # 3D: stage 1 is redone for every (kd, kh) tile, so BKD·BKH as large as registers allow
-        blocks = dict(BKD=_pow2(depth, 1, 4), BKH=_pow2(height, 16, 32), BKW=16)
-    blocks.update(BH=16, BW=_pow2(width, 16, 32))
-    tiles = (triton.cdiv(depth, blocks["BKD"]), triton.cdiv(height, blocks["BKH"]), triton.cdiv(half, blocks["BKW"]))
-    return dict(dims=(depth, height, width), tiles=tiles, blocks=blocks, three_d=len(spatial) == 3)
+        blocks = Blocks(BKD=_pow2(depth, 1, 4), BKH=_pow2(height, 16, 32), BKW=16, BH=16, BW=bw)
+    tiles = (triton.cdiv(depth, blocks.BKD), triton.cdiv(height, blocks.BKH), triton.cdiv(half, blocks.BKW))
+    return TilePlan((depth, height, width), tiles, blocks, len(spatial) == 3)
 
 
 def flop_count(spatial: tuple[int, ...]) -> tuple[int, int]:
     """(forward, backward) FLOPs per slice as the kernels run them, padding included (see docstring)."""
     plan = _plan(tuple(spatial))
-    depth, height, width = plan["dims"]
-    tiles_d, tiles_h, tiles_w = plan["tiles"]
-    padded_d, padded_h = tiles_d * plan["blocks"]["BKD"], tiles_h * plan["blocks"]["BKH"]
-    padded_w = tiles_w * plan["blocks"]["BKW"]
+    depth, height, width = plan.dims
+    tiles_d, tiles_h, tiles_w = plan.tiles
+    padded_d, padded_h, padded_w = tiles_d * plan.blocks.BKD, tiles_h * plan.blocks.BKH, tiles_w * plan.blocks.BKW
     n = depth * height * width
     stage1 = 2 * 2 * n * padded_w * tiles_h * tiles_d  # one signal
     stage2 = 4 * 2 * depth * height * padded_h * padded_w * tiles_d
-    stage3 = 4 * 2 * depth * padded_d * padded_h * padded_w if plan["three_d"] else 0
+    stage3 = 4 * 2 * depth * padded_d * padded_h * padded_w if plan.three_d else 0
     forward = 2 * (stage1 + stage2 + stage3)
     return forward, forward + stage1 + stage2 + stage3
 
@@ -737,47 +739,59 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"  # see the module docstring
 
 
-def _ignore_value(problem: Problem) -> int:
-    return 0 if problem.ignore_index is None else problem.ignore_index  # unused unless IGNORE
-
-
-def _launch_args(input, target, base_is_x, problem: Problem, plan: dict) -> tuple[list, list, dict]:
-    """Arguments shared by the forward and backward kernels (before their output pointers)."""
-    depth, height, width = plan["dims"]
-    tables = half_grid_tables(tuple(input.shape[2:]), problem.num_bands, input.device)
-    label_map = is_label_map(input, target)
-    tensors = [
-        input,
-        target,
-        _twiddles(depth, input.device),
-        _twiddles(height, input.device),
-        _twiddles(width, input.device),
-        tables.band32,
-        tables.weight,
-        base_is_x.contiguous(),
-    ]
-    scalars = [
-        input.shape[1],
-        problem.offset,
-        depth,
-        height,
-        width,
-        problem.num_bands,
-        _ignore_value(problem),
-        plan["tiles"][1],
-        plan["tiles"][2],
-    ]
-    constants = dict(
-        ACT=ACTIVATION_CODES[problem.activation],
-        LABEL=label_map,
-        IGNORE=label_map and problem.ignore_index is not None,
+def _kernel_args(input, target, base_is_x, problem: Problem) -> tuple[tuple[int, int], dict]:
+    """The grid (slices, tiles per slice) and every argument `_forward_kernel` and `_backward_kernel`
+    share (all but their own output and input pointers, and the forward's num_tiles)."""
+    spatial = tuple(input.shape[2:])
+    plan = _plan(spatial)
+    depth, height, width = plan.dims
+    tables = half_grid_tables(spatial, problem.num_bands, input.device)
+    args = dict(
+        x_ptr=input,
+        t_ptr=target,
+        tw_d=_twiddles(depth, input.device),
+        tw_h=_twiddles(height, input.device),
+        tw_w=_twiddles(width, input.device),
+        band_ptr=tables.band32,
+        herm_ptr=tables.weight,
+        base_ptr=base_is_x.contiguous(),
+        C=input.shape[1],
+        offset=problem.offset,
+        D=depth,
+        H=height,
+        W=width,
+        K=problem.num_bands,
+        tiles_h=plan.tiles[1],
+        tiles_w=plan.tiles[2],
         AMPLITUDE=problem.spectrum == "amplitude",
         PRECISION=_precision(input.dtype),
-        THREE_D=plan["three_d"],
+        THREE_D=plan.three_d,
         num_warps=4,
-        **plan["blocks"],
+        **plan.blocks._asdict(),
+        **_input_args(input, target, problem),
     )
-    return tensors, scalars, constants
+    slices = input.shape[0] * (input.shape[1] - problem.offset)
+    return (slices, plan.num_tiles), args
+
+
+def _finish(input, target, grad, out, problem: Problem) -> None:
+    """out = the gradient of the input from `grad`, the prediction's (float32, like the input), by
+    `_finish_kernel`; out may be grad (in place). Shared with triton_fft."""
+    samples = math.prod(input.shape[2:])
+    block = max(FINISH_BLOCK, triton.next_power_of_2(triton.cdiv(samples, 65535)))
+    args = _input_args(input, target, problem)
+    _finish_kernel[(input.shape[0], triton.cdiv(samples, block))](
+        input,
+        target,
+        grad,
+        out,
+        input.shape[1],
+        samples,
+        args["ignore_index"],
+        ACTIVATION=args["ACTIVATION"],
+        HAS_IGNORE=args["HAS_IGNORE"],
+        BLOCK=block,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -786,19 +800,14 @@ def _launch_args(input, target, base_is_x, problem: Problem, plan: dict) -> tupl
 
 def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """[STATS (B, C', K, 8) float32, base_is_x (B, C') bool]: each tile's statistics merged over tiles."""
-    spatial = tuple(input.shape[2:])
     input, target = input.contiguous(), target.contiguous()
-    plan = _plan(spatial)
-    batch, channels = input.shape[0], input.shape[1] - problem.offset
-    num_tiles = math.prod(plan["tiles"])
-    # zeros: a band that a tile does not touch is an empty part (count 0), which merge ignores
-    partial = torch.zeros(
-        batch * channels, num_tiles, problem.num_bands, len(STATS), device=input.device, dtype=torch.float32
-    )
     base_is_x = base_is_prediction(input, target, problem)
-    tensors, scalars, constants = _launch_args(input, target, base_is_x, problem, plan)
+    grid, args = _kernel_args(input, target, base_is_x, problem)
+    # zeros: a band that a tile does not touch is an empty part (count 0), which merge ignores
+    partial = torch.zeros((*grid, problem.num_bands, len(STATS)), device=input.device, dtype=torch.float32)
     with _device_guard(input.device):
-        _forward_kernel[(batch * channels, num_tiles)](*tensors, partial, *scalars, num_tiles, **constants)
+        _forward_kernel[grid](out_ptr=partial, num_tiles=grid[1], **args)
+    batch, channels = input.shape[0], input.shape[1] - problem.offset
     return [merge(partial, 1).view(batch, channels, problem.num_bands, len(STATS)), base_is_x]
 
 
@@ -809,31 +818,13 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
 
 
 def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
-    spatial = tuple(input.shape[2:])
     (base_is_x,) = saved
     input, target = input.contiguous(), target.contiguous()
-    plan = _plan(spatial)
-    batch, channels = input.shape[0], input.shape[1] - problem.offset
     coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats).contiguous()  # (B, C', K, 7)
+    grid, args = _kernel_args(input, target, base_is_x, problem)
     acc = torch.zeros(input.shape, device=input.device, dtype=torch.float32)
-    tensors, scalars, constants = _launch_args(input, target, base_is_x, problem, plan)
     out = acc if input.dtype == torch.float32 else torch.empty_like(input)
-    numel = math.prod(spatial)
-    block = 1024
     with _device_guard(input.device):
-        _backward_kernel[(batch * channels, math.prod(plan["tiles"]))](
-            *tensors, coefficients, acc, *scalars, **constants
-        )
-        _finish_kernel[(batch, triton.cdiv(numel, block))](
-            input,
-            target,
-            acc,
-            out,
-            input.shape[1],
-            numel,
-            _ignore_value(problem),
-            ACT=constants["ACT"],
-            IGNORE=constants["IGNORE"],
-            BLOCK=block,
-        )
+        _backward_kernel[grid](coefficients_ptr=coefficients, acc_ptr=acc, **args)
+        _finish(input, target, acc, out, problem)
     return out

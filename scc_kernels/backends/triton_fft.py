@@ -23,7 +23,7 @@ backward:
                         unweighted, because irfftn treats the half spectrum as the full Hermitian
                         one (the mirror bins' share is its own).
     torch.fft.irfftn    into a float32 (B, C, *S) buffer whose background channel is 0.
-    triton_dft._finish_kernel   ignore mask, activation Jacobian, the input's dtype.
+    triton_dft._finish_kernel   ignore mask, activation Jacobian, the input's dtype (`triton_dft._finish`).
 
 This module's kernels run on a 1-D grid (only grid axis 0 may exceed 65535) with int64
 offsets; _finish_kernel's grid is (B, pixel blocks), its block grown with N so that axis stays
@@ -54,23 +54,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .._options import ACTIVATION_CODES, Problem, is_label_map
+from .._options import Problem
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction, make_hermitian
-from .triton_dft import (
-    _bin_gradient,
-    _bin_values,
-    _device_guard,
-    _finish_kernel,
-    _ignore_value,
-    _load_pair,
-    _store_tile_stats,
-)
-from .triton_kernels import _block, _grid
+from .triton_dft import _bin_gradient, _bin_values, _device_guard, _finish, _load_pair, _store_tile_stats
+from .triton_kernels import _block, _grid, _input_args
 
 BLOCK = 1024  # samples or bins per program (4 warps: 8 per thread)
-FINISH_BLOCK = 1024  # at least: _finish_kernel's pixel blocks are grid axis 1 (≤ 65535 of them)
 
 # ----------------------------------------------------------------------------------------------
 # kernels
@@ -78,20 +69,20 @@ FINISH_BLOCK = 1024  # at least: _finish_kernel's pixel blocks are grid axis 1 (
 
 @triton.jit
 def _signals_kernel(
-    x_ptr,
-    t_ptr,
-    base_ptr,  # logits (B, C, N), target, base_is_x (B, C')
-    base_out_ptr,
-    difference_out_ptr,  # signals[0], signals[1]: (B, C', N) float32
-    C,
-    offset,
-    N,
-    num_blocks,
-    ignore_index,  # classes, first output channel, samples, blocks
-    ACT: tl.constexpr,
-    LABEL: tl.constexpr,
-    IGNORE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    x_ptr,  # logits (B, C, N), any float dtype
+    t_ptr,  # integer label map (B, N), or dense target (B, C, N)
+    base_ptr,  # base_is_x per slice, (B·C') bool
+    base_out_ptr,  # out: signals[0], the base, (B, C', N) float32
+    difference_out_ptr,  # out: signals[1], x − y, (B, C', N) float32
+    C,  # channels
+    offset,  # the first output channel: 1 leaves the background out
+    N,  # samples per slice
+    num_blocks,  # sample blocks per slice
+    ignore_index,  # the label of ignored pixels (read with HAS_IGNORE only)
+    ACTIVATION: tl.constexpr,  # ACTIVATION_CODES: none, SOFTMAX over the channels, SIGMOID
+    LABEL_MAP: tl.constexpr,  # the target is a label map
+    HAS_IGNORE: tl.constexpr,  # pixels labelled ignore_index are left out
+    BLOCK: tl.constexpr,  # samples per program
 ):
     """signals[0] = base, signals[1] = x − y on BLOCK samples of one output slice."""
     # programs (b, pixel block, c'), c' fastest: those reading the same logits for the softmax run together
@@ -102,7 +93,9 @@ def _signals_kernel(
     row = b * channels + channel  # the slice (b, c') in (B, C')
     pix = pid // channels % num_blocks * BLOCK + tl.arange(0, BLOCK)
     mask = pix < N
-    x, y = _load_pair(x_ptr, t_ptr, b, channel + offset, C, N, pix, mask, ignore_index, ACT, LABEL, IGNORE)
+    x, y = _load_pair(
+        x_ptr, t_ptr, b, channel + offset, C, N, pix, mask, ignore_index, ACTIVATION, LABEL_MAP, HAS_IGNORE
+    )
     base_is_x = tl.load(base_ptr + row) != 0
     tl.store(base_out_ptr + row * N + pix, tl.where(base_is_x, x, y), mask=mask)
     tl.store(difference_out_ptr + row * N + pix, x - y, mask=mask)  # exact to its own size
@@ -133,17 +126,17 @@ def _tile(s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE: tl.constexp
 
 @triton.jit
 def _stats_kernel(
-    s_ptr,
-    d_ptr,
-    base_ptr,  # S, D real views (B·C', M, 2), base_is_x (B·C')
-    band_ptr,
-    herm_ptr,  # per bin: band (int32), Hermitian weight (1 or 2)
-    out_ptr,  # (B·C', num_tiles, K, 8) float32, zeros
-    M,
-    K,
-    num_tiles,  # bins per slice, bands, tiles per slice
-    AMPLITUDE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    s_ptr,  # S, the base's half spectra: real view (B·C', M, 2) float32
+    d_ptr,  # D, x − y's half spectra: real view (B·C', M, 2) float32
+    base_ptr,  # base_is_x per slice, (B·C') bool
+    band_ptr,  # the band of each bin, (M,) int32
+    herm_ptr,  # the Hermitian weight of each bin (1 or 2), float32
+    out_ptr,  # out: STATS per tile, (B·C', num_tiles, K, 8) float32, zeros
+    M,  # half-spectrum bins per slice
+    K,  # bands
+    num_tiles,  # tiles per slice
+    AMPLITUDE: tl.constexpr,  # amplitude spectrum (else complex)
+    BLOCK: tl.constexpr,  # bins per program
 ):
     """out[row, tile] (K, 8): the STATS of one tile of BLOCK bins of one slice, per band."""
     row, tile, bins, valid, band, _xr, xi, _yr, yi, u_re, v_re, d_re, di = _tile(
@@ -155,19 +148,20 @@ def _stats_kernel(
     )
 
 
+# _stats_kernel's parameters but for its own two pointers: `_launch_per_bin` launches both kernels
 @triton.jit
 def _grad_kernel(
-    s_ptr,
-    d_ptr,
-    base_ptr,  # S, D real views (B·C', M, 2), base_is_x (B·C')
-    band_ptr,
-    coefficients_ptr,  # band per bin (int32), COEFFICIENTS (B·C', K, 7)
-    grad_ptr,  # G, real view (B·C', M, 2)
-    M,
-    K,
-    num_tiles,  # bins per slice, bands, tiles per slice
-    AMPLITUDE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    s_ptr,  # S, the base's half spectra: real view (B·C', M, 2) float32
+    d_ptr,  # D, x − y's half spectra: real view (B·C', M, 2) float32
+    base_ptr,  # base_is_x per slice, (B·C') bool
+    band_ptr,  # the band of each bin, (M,) int32
+    coefficients_ptr,  # COEFFICIENTS per slice and band, (B·C', K, 7) float32
+    grad_ptr,  # out: G, the gradient of the half spectra of x: real view (B·C', M, 2) float32
+    M,  # half-spectrum bins per slice
+    K,  # bands
+    num_tiles,  # tiles per slice
+    AMPLITUDE: tl.constexpr,  # amplitude spectrum (else complex)
+    BLOCK: tl.constexpr,  # bins per program
 ):
     """grad[row, bins] (interleaved): the loss's gradient w.r.t. X at BLOCK bins of one slice."""
     row, _tile_index, bins, valid, band, xr, xi, _yr, yi, u_re, v_re, d_re, di = _tile(
@@ -176,6 +170,25 @@ def _grad_kernel(
     gr, gi = _bin_gradient(coefficients_ptr + row * K * 7, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE)
     at = (row * M + bins)[:, None] * 2 + tl.arange(0, 2)[None, :]
     tl.store(grad_ptr + at, tl.join(gr, gi), mask=valid[:, None])
+
+
+def _launch_per_bin(kernel, spectra, base_is_x, band, problem: Problem, **pointers) -> None:
+    """`_stats_kernel` or `_grad_kernel` (`pointers`: its own two) over every slice, BLOCK bins a program."""
+    slices, bins = base_is_x.numel(), band.numel()
+    num_tiles = triton.cdiv(bins, BLOCK)
+    kernel[_grid(slices, num_tiles)](
+        s_ptr=spectra[0],
+        d_ptr=spectra[1],
+        base_ptr=base_is_x,
+        band_ptr=band,
+        M=bins,
+        K=problem.num_bands,
+        num_tiles=num_tiles,
+        AMPLITUDE=problem.spectrum == "amplitude",
+        BLOCK=BLOCK,
+        num_warps=4,
+        **pointers,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +202,6 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
     input, target = input.contiguous(), target.contiguous()
     batch, channels = input.shape[0], input.shape[1] - problem.offset
     slices, samples = batch * channels, math.prod(spatial)
-    label_map = is_label_map(input, target)
     base_is_x = base_is_prediction(input, target, problem).contiguous()
     signals = torch.empty((2, batch, channels, *spatial), device=input.device, dtype=torch.float32)
     num_blocks = triton.cdiv(samples, BLOCK)
@@ -204,37 +216,23 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
             problem.offset,
             samples,
             num_blocks,
-            _ignore_value(problem),
-            ACT=ACTIVATION_CODES[problem.activation],
-            LABEL=label_map,
-            IGNORE=label_map and problem.ignore_index is not None,
             BLOCK=BLOCK,
             num_warps=4,
+            **_input_args(input, target, problem),
         )
         spectra = torch.fft.rfftn(signals, dim=tuple(range(3, signals.dim())), norm="ortho")
         del signals
         make_hermitian(spectra.flatten(0, 1), spatial[-1])  # (2·B, C', *half): its spatial axes from 2 on
         spectra = torch.view_as_real(spectra)
         tables = half_grid_tables(spatial, problem.num_bands, input.device)
-        bins = tables.band.numel()
-        num_tiles = triton.cdiv(bins, BLOCK)
         # zeros: a band that a tile does not touch is an empty part (count 0), which merge ignores
         partial = torch.zeros(
-            (slices, num_tiles, problem.num_bands, len(STATS)), device=input.device, dtype=torch.float32
+            (slices, triton.cdiv(tables.band.numel(), BLOCK), problem.num_bands, len(STATS)),
+            device=input.device,
+            dtype=torch.float32,
         )
-        _stats_kernel[_grid(slices, num_tiles)](
-            spectra[0],
-            spectra[1],
-            base_is_x,
-            tables.band32,
-            tables.weight,
-            partial,
-            bins,
-            problem.num_bands,
-            num_tiles,
-            AMPLITUDE=problem.spectrum == "amplitude",
-            BLOCK=BLOCK,
-            num_warps=4,
+        _launch_per_bin(
+            _stats_kernel, spectra, base_is_x, tables.band32, problem, herm_ptr=tables.weight, out_ptr=partial
         )
     stats = merge(partial, 1).view(batch, channels, problem.num_bands, len(STATS))
     return [stats, spectra, base_is_x]
@@ -252,47 +250,25 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
     spectra, base_is_x = (t.contiguous() for t in saved)
     spatial = tuple(input.shape[2:])
     input, target = input.contiguous(), target.contiguous()
-    batch, classes = input.shape[:2]
-    slices, samples = batch * (classes - problem.offset), math.prod(spatial)
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
-    bins = tables.band.numel()
-    num_tiles = triton.cdiv(bins, BLOCK)
     coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats).contiguous()  # (B, C', K, 7)
     grad_half = torch.empty(spectra.shape[1:-1], device=input.device, dtype=torch.complex64)
     grad = torch.empty(input.shape, device=input.device, dtype=torch.float32)
     grad[:, : problem.offset] = 0
     out = grad if input.dtype == torch.float32 else torch.empty_like(input)
-    label_map = is_label_map(input, target)
-    finish_block = max(FINISH_BLOCK, triton.next_power_of_2(triton.cdiv(samples, 65535)))
     with _device_guard(input.device):
-        _grad_kernel[_grid(slices, num_tiles)](
-            spectra[0],
-            spectra[1],
+        _launch_per_bin(
+            _grad_kernel,
+            spectra,
             base_is_x,
             tables.band32,
-            coefficients,
-            torch.view_as_real(grad_half),
-            bins,
-            problem.num_bands,
-            num_tiles,
-            AMPLITUDE=problem.spectrum == "amplitude",
-            BLOCK=BLOCK,
-            num_warps=4,
+            problem,
+            coefficients_ptr=coefficients,
+            grad_ptr=torch.view_as_real(grad_half),
         )
         torch.fft.irfftn(
             grad_half, s=spatial, dim=tuple(range(2, input.dim())), norm="ortho", out=grad[:, problem.offset :]
         )
         del grad_half
-        _finish_kernel[(batch, triton.cdiv(samples, finish_block))](
-            input,
-            target,
-            grad,
-            out,
-            classes,
-            samples,
-            _ignore_value(problem),
-            ACT=ACTIVATION_CODES[problem.activation],
-            IGNORE=label_map and problem.ignore_index is not None,
-            BLOCK=finish_block,
-        )
+        _finish(input, target, grad, out, problem)
     return out

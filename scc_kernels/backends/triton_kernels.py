@@ -13,6 +13,11 @@ B·cdiv(N, BLOCK_N) programs (only the first grid axis may exceed 65535; `_grid`
 offsets in int64 (a slice may hold 2**31 samples or more); the per-block partial sums go to a
 small float32 buffer that torch adds up (deterministic, no atomics; every sum but Σ x·y adds
 non-negative terms, and the origin is in block 0 only).
+
+This module also holds what every Triton path (triton_dft.py, triton_fft.py) shares: the one
+vocabulary of how a kernel reads its input (`_input_args`: ignore_index and the constexprs
+ACTIVATION, LABEL_MAP, HAS_IGNORE; ACTIVATION takes _options.ACTIVATION_CODES, named SOFTMAX and
+SIGMOID here), the label-map load `_label_map`, and the 1-D grid (`_grid`, `_block`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,21 @@ import triton.language as tl
 from .._options import ACTIVATION_CODES, Problem, is_label_map
 from .._stats import PARSEVAL_SUMS, parseval_stats
 
+SOFTMAX = tl.constexpr(ACTIVATION_CODES["softmax"])  # the values of the kernels' ACTIVATION constexpr
+SIGMOID = tl.constexpr(ACTIVATION_CODES["sigmoid"])
+
+
+@triton.jit
+def _label_map(t_ptr, b, N, pix, mask, ignore_index, HAS_IGNORE: tl.constexpr):
+    """The labels of batch item b at `pix` (int64) and the pixels that count: in range (`mask`) and,
+    with HAS_IGNORE, not ignore_index. Compared in int64: an ignore_index beyond int32 must not match
+    a truncated label."""
+    label = tl.load(t_ptr + b.to(tl.int64) * N + pix, mask=mask, other=0).to(tl.int64)
+    keep = mask
+    if HAS_IGNORE:
+        keep = keep & (label != ignore_index)
+    return label, keep
+
 
 @triton.jit
 def _load_tile(
@@ -35,13 +55,17 @@ def _load_tile(
     offs_n,
     C,
     N,
+    ignore_index,
     BLOCK_C: tl.constexpr,
     ACTIVATION: tl.constexpr,
     LABEL_MAP: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
-    IGNORE_INDEX: tl.constexpr,
 ):
-    """p = act(logits) (BLOCK_C, BLOCK_N), x = p zeroed where not kept, y = target, kept pixels."""
+    """p = act(logits) (BLOCK_C, BLOCK_N), x = p zeroed where not kept, y = target, kept pixels.
+
+    Every channel of the pixels at once, so that the softmax and its Jacobian reduce over axis 0 in
+    registers; triton_dft._load_pair loads one channel of any block of pixels (what the DFT tiles need).
+    """
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     mask_n = offs_n < N
@@ -50,19 +74,17 @@ def _load_tile(
     rows = pid_b.to(tl.int64) * C + offs_c
     offsets = rows[:, None] * N + offs_n[None, :]
     z = tl.load(logits_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    if ACTIVATION == 1:
+    if ACTIVATION == SOFTMAX:
         z = tl.where(mask_c[:, None], z, float("-inf"))
         e = tl.exp(z - tl.max(z, axis=0)[None, :])
         p = e / tl.sum(e, axis=0)[None, :]
-    elif ACTIVATION == 2:
+    elif ACTIVATION == SIGMOID:
         p = tl.sigmoid(z)
     else:
         p = z
     keep = mask_n
     if LABEL_MAP:
-        labels = tl.load(target_ptr + pid_b.to(tl.int64) * N + offs_n, mask=mask_n, other=0).to(tl.int64)
-        if HAS_IGNORE:
-            keep = keep & (labels != IGNORE_INDEX)
+        labels, keep = _label_map(target_ptr, pid_b, N, offs_n, mask_n, ignore_index, HAS_IGNORE)
         y = ((labels[None, :] == offs_c[:, None]) & keep[None, :]).to(tl.float32)
     else:
         y = tl.load(target_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -78,36 +100,28 @@ def _block(num_blocks):
     return pid // num_blocks, pid % num_blocks
 
 
+# The two kernels' parameter lists repeat each other: a kernel's parameters are its launch signature,
+# and triton >= 3.0 (this package's floor) has no struct arguments that could bundle them.
 @triton.jit
 def _parseval_forward_kernel(
-    logits_ptr,
-    target_ptr,
-    partial_ptr,
-    C,
-    N,
-    num_blocks,
-    BLOCK_C: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    OFFSET: tl.constexpr,
-    ACTIVATION: tl.constexpr,
-    LABEL_MAP: tl.constexpr,
-    HAS_IGNORE: tl.constexpr,
-    IGNORE_INDEX: tl.constexpr,
+    logits_ptr,  # logits (B, C, N), any float dtype
+    target_ptr,  # integer label map (B, N), or dense target (B, C, N)
+    partial_ptr,  # out: PARSEVAL_SUMS per block, (B, num_blocks, C − OFFSET, 6) float32
+    C,  # channels
+    N,  # samples per slice
+    num_blocks,  # pixel blocks per batch item
+    ignore_index,  # the label of ignored pixels (read with HAS_IGNORE only)
+    BLOCK_C: tl.constexpr,  # C rounded up to a power of 2
+    BLOCK_N: tl.constexpr,  # pixels per program
+    OFFSET: tl.constexpr,  # the first output channel: 1 leaves the background out
+    ACTIVATION: tl.constexpr,  # ACTIVATION_CODES: none, SOFTMAX over the channels, SIGMOID
+    LABEL_MAP: tl.constexpr,  # the target is a label map
+    HAS_IGNORE: tl.constexpr,  # pixels labelled ignore_index are left out
 ):
     pid_b, pid_n = _block(num_blocks)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     _, x, y, _ = _load_tile(
-        logits_ptr,
-        target_ptr,
-        pid_b,
-        offs_n,
-        C,
-        N,
-        BLOCK_C,
-        ACTIVATION,
-        LABEL_MAP,
-        HAS_IGNORE,
-        IGNORE_INDEX,
+        logits_ptr, target_ptr, pid_b, offs_n, C, N, ignore_index, BLOCK_C, ACTIVATION, LABEL_MAP, HAS_IGNORE
     )
     # the origin sample is in block 0 only: other blocks write 0 for it, and it is left out of the sums
     origin = (offs_n == 0)[None, :]
@@ -128,36 +142,26 @@ def _parseval_forward_kernel(
 
 @triton.jit
 def _parseval_backward_kernel(
-    logits_ptr,
-    target_ptr,
-    coefficients_ptr,
-    grad_ptr,
-    C,
-    N,
-    num_blocks,
-    root_n,
-    BLOCK_C: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    OFFSET: tl.constexpr,
-    ACTIVATION: tl.constexpr,
-    LABEL_MAP: tl.constexpr,
-    HAS_IGNORE: tl.constexpr,
-    IGNORE_INDEX: tl.constexpr,
+    logits_ptr,  # logits (B, C, N), any float dtype
+    target_ptr,  # integer label map (B, N), or dense target (B, C, N)
+    coefficients_ptr,  # COEFFICIENTS (B, C − OFFSET, 7) float32
+    grad_ptr,  # out: the gradient of the logits (B, C, N), their dtype
+    C,  # channels
+    N,  # samples per slice
+    num_blocks,  # pixel blocks per batch item
+    ignore_index,  # the label of ignored pixels (read with HAS_IGNORE only)
+    root_n,  # √N: the origin's share of the means
+    BLOCK_C: tl.constexpr,  # C rounded up to a power of 2
+    BLOCK_N: tl.constexpr,  # pixels per program
+    OFFSET: tl.constexpr,  # the first output channel: 1 leaves the background out
+    ACTIVATION: tl.constexpr,  # ACTIVATION_CODES: none, SOFTMAX over the channels, SIGMOID
+    LABEL_MAP: tl.constexpr,  # the target is a label map
+    HAS_IGNORE: tl.constexpr,  # pixels labelled ignore_index are left out
 ):
     pid_b, pid_n = _block(num_blocks)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     p, x, y, keep = _load_tile(
-        logits_ptr,
-        target_ptr,
-        pid_b,
-        offs_n,
-        C,
-        N,
-        BLOCK_C,
-        ACTIVATION,
-        LABEL_MAP,
-        HAS_IGNORE,
-        IGNORE_INDEX,
+        logits_ptr, target_ptr, pid_b, offs_n, C, N, ignore_index, BLOCK_C, ACTIVATION, LABEL_MAP, HAS_IGNORE
     )
     # coefficients (B, C - OFFSET, 7), COEFFICIENTS layout; the dropped background channel's are 0
     offs_c = tl.arange(0, BLOCK_C)
@@ -171,9 +175,9 @@ def _parseval_backward_kernel(
     # the origin enters through the means only; ignored samples get no gradient
     g = tl.where((offs_n == 0)[None, :], root_n * c_mean[:, None], g)
     g = tl.where(keep[None, :], g, 0.0)
-    if ACTIVATION == 1:
+    if ACTIVATION == SOFTMAX:
         g = p * (g - tl.sum(p * g, axis=0)[None, :])
-    elif ACTIVATION == 2:
+    elif ACTIVATION == SIGMOID:
         g = g * p * (1.0 - p)
     rows = pid_b.to(tl.int64) * C + offs_c
     offsets = rows[:, None] * N + offs_n[None, :]
@@ -202,22 +206,32 @@ def _grid(batch: int, num_blocks: int) -> tuple[int]:
     return (programs,)
 
 
+def _input_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> dict:
+    """The arguments that say how every Triton kernel reads the input: ignore_index and the
+    constexprs ACTIVATION, LABEL_MAP, HAS_IGNORE (the one vocabulary of triton_kernels, triton_dft
+    and triton_fft)."""
+    label_map = is_label_map(input, target)
+    return dict(
+        ignore_index=0 if problem.ignore_index is None else problem.ignore_index,  # unused unless HAS_IGNORE
+        ACTIVATION=ACTIVATION_CODES[problem.activation],
+        LABEL_MAP=label_map,
+        HAS_IGNORE=label_map and problem.ignore_index is not None,
+    )
+
+
 def _static_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> dict:
+    """Both Parseval kernels' arguments but the tensors (and root_n)."""
     channels, n = input.shape[1], math.prod(input.shape[2:])
     block_c, block_n, num_warps = _launch_config(channels, n)
-    label_map = is_label_map(input, target)
-    has_ignore = label_map and problem.ignore_index is not None
     return dict(
         C=channels,
         N=n,
+        num_blocks=triton.cdiv(n, block_n),
         BLOCK_C=block_c,
         BLOCK_N=block_n,
         num_warps=num_warps,
         OFFSET=problem.offset,
-        ACTIVATION=ACTIVATION_CODES[problem.activation],
-        LABEL_MAP=label_map,
-        HAS_IGNORE=has_ignore,
-        IGNORE_INDEX=problem.ignore_index if has_ignore else 0,
+        **_input_args(input, target, problem),
     )
 
 
@@ -225,11 +239,12 @@ def parseval_band_stats(input: torch.Tensor, target: torch.Tensor, problem: Prob
     """STATS (B, C', 1, 8) float32 of the complex spectrum with one band."""
     args = _static_args(input, target, problem)
     batch, channels = input.shape[:2]
-    num_blocks = triton.cdiv(args["N"], args["BLOCK_N"])
-    partial = input.new_empty((batch, num_blocks, channels - problem.offset, len(PARSEVAL_SUMS)), dtype=torch.float32)
+    partial = input.new_empty(
+        (batch, args["num_blocks"], channels - problem.offset, len(PARSEVAL_SUMS)), dtype=torch.float32
+    )
     if partial.numel():
-        _parseval_forward_kernel[_grid(batch, num_blocks)](
-            input.contiguous(), target.contiguous(), partial, num_blocks=num_blocks, **args
+        _parseval_forward_kernel[_grid(batch, args["num_blocks"])](
+            input.contiguous(), target.contiguous(), partial, **args
         )
     return parseval_stats(partial.sum(1), args["N"]).unsqueeze(2)
 
@@ -240,13 +255,11 @@ def parseval_backward(coefficients, input: torch.Tensor, target: torch.Tensor, p
     input = input.contiguous()
     grad_input = torch.empty_like(input)
     if grad_input.numel():
-        num_blocks = triton.cdiv(args["N"], args["BLOCK_N"])
-        _parseval_backward_kernel[_grid(input.shape[0], num_blocks)](
+        _parseval_backward_kernel[_grid(input.shape[0], args["num_blocks"])](
             input,
             target.contiguous(),
             coefficients.to(torch.float32).contiguous(),
             grad_input,
-            num_blocks=num_blocks,
             root_n=math.sqrt(args["N"]),
             **args,
         )
