@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from utils import assert_matches_reference, converged_problem, random_problem
+from utils import assert_matches_reference, converged_problem, typed_problem
 
 import scc_kernels
 from scc_kernels._options import Problem
@@ -41,35 +41,20 @@ CONVERGED = [
 ]
 
 
-def make_problem(spatial, options, target_kind, dtype, device, batch=2, channels=3):
-    logits, target = random_problem(
-        batch,
-        channels,
-        spatial,
-        label_map=target_kind != "dense",
-        ignore_index=options.get("ignore_index"),
-        dtype=dtype,
-        device=device,
-    )
-    if target_kind in ("uint8", "int32"):
-        target = target.to(getattr(torch, target_kind))
-    return logits, target
-
-
 class KernelCases:
     """The cases; a subclass named Test... provides the `backend` fixture and is collected."""
 
     @pytest.mark.parametrize("spatial, options, target_kind", CASES)
     def test_matches_reference_float32(self, backend, spatial, options, target_kind):
         name, device = backend
-        logits, target = make_problem(spatial, options, target_kind, torch.float32, device)
+        logits, target = typed_problem(spatial, options, target_kind, torch.float32, device)
         assert_matches_reference(name, logits, target, **options)
 
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     @pytest.mark.parametrize("spatial, options, target_kind", [CASES[1], CASES[2], CASES[6], CASES[8]])
     def test_matches_reference_half_types(self, backend, dtype, spatial, options, target_kind):
         name, device = backend
-        logits, target = make_problem(spatial, options, target_kind, dtype, device)
+        logits, target = typed_problem(spatial, options, target_kind, dtype, device)
         assert_matches_reference(name, logits, target, **options)
 
     @pytest.mark.parametrize("spectrum", ["complex", "amplitude"])
@@ -77,7 +62,7 @@ class KernelCases:
         """One block per batch item and slice: every kernel's grid-stride loop takes several turns."""
         name, device = backend
         monkeypatch.setattr(_cuda_launch, "MAX_BLOCKS", 1)
-        logits, target = make_problem((33, 35), {"ignore_index": 255}, "uint8", torch.float32, device)
+        logits, target = typed_problem((33, 35), {"ignore_index": 255}, "uint8", torch.float32, device)
         options = dict(spectrum=spectrum, softmax=True, ignore_index=255, include_background=False)
         assert_matches_reference(name, logits, target, **options)
 
@@ -85,7 +70,7 @@ class KernelCases:
         """Two passes of band_stats over the bands (40 > BAND_CHUNK), many of a few bins: SPEC §4's
         precision end to end, which centred statistics make reachable where raw sums cancelled."""
         name, device = backend
-        logits, target = make_problem((45, 47), {}, "int64", torch.float32, device)
+        logits, target = typed_problem((45, 47), {}, "int64", torch.float32, device)
         assert_matches_reference(name, logits, target, spectrum="amplitude", bands=40, sigmoid=True)
 
     @pytest.mark.parametrize("confidence", [4, 8])
@@ -115,7 +100,7 @@ class KernelCases:
         so is the gradient for the same grad_stats. 40 bands: two chunks, some empty, many of a few bins."""
         name, device = backend
         problem = Problem(spectrum, 40, "sigmoid", None, True)
-        logits, target = make_problem((21, 23), {}, "int64", torch.float32, device)
+        logits, target = typed_problem((21, 23), {}, "int64", torch.float32, device)
         expected = torch_backend.band_stats(logits, target, problem)
         got = load(name).band_stats(logits, target, problem)
         assert (got[0].shape, got[0].dtype) == (expected[0].shape, expected[0].dtype)  # saved tensors differ

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cuda_cases import KernelCases, make_problem
+from cuda_cases import KernelCases
 from cuda_utils import CSRC, assert_compiles
-from utils import random_problem
+from utils import random_problem, typed_problem
 
 from scc_kernels._options import ACTIVATION_CODES, Problem
 from scc_kernels.backends import _cuda_build, _cuda_launch, cuda_backend
@@ -116,7 +116,7 @@ class TestEmulated(KernelCases):
 def test_saved_tensors_match_the_fake(host_kernels, spectrum, bands):
     """What the op returns is what its fake implementation promises torch.compile."""
     problem = Problem(spectrum, bands or 1, "softmax", None, False)
-    logits, target = make_problem((9, 10), {}, "int64", torch.float32, "cpu")
+    logits, target = typed_problem((9, 10), {}, "int64", torch.float32, "cpu")
     got = _cuda_launch.forward(host_kernels, logits, target, problem)
     fake = cuda_backend.band_stats_fake(logits, target, problem)
     assert [(t.shape, t.dtype) for t in got] == [(t.shape, t.dtype) for t in fake]

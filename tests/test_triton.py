@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from utils import assert_matches_reference, converged_problem, random_problem
+from utils import assert_matches_reference, converged_problem, random_problem, typed_problem
 
 import scc_kernels
 from scc_kernels._options import Problem
@@ -46,22 +46,12 @@ CASES = [
 
 
 def _make(batch, channels, spatial, target_kind, options, dtype, device):
-    logits, target = random_problem(
-        batch,
-        channels,
-        spatial,
-        label_map=target_kind != "dense",
-        ignore_index=options.get("ignore_index"),
-        dtype=dtype,
-        device=device,
-    )
+    logits, target = typed_problem(spatial, options, target_kind, dtype, device, batch, channels)
     if "ignore_index" in options and batch > 1:
         # an ignored origin sample must get no √N·c_mean term, nonzero with batch=True when
         # another item's origin is kept
         target[0].view(-1)[0] = options["ignore_index"]
         target[1].view(-1)[0] = 0
-    if target_kind in ("uint8", "int32"):
-        target = target.to(getattr(torch, target_kind))
     return logits, target
 
 

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from utils import assert_matches_reference, converged_problem, random_problem
+from utils import assert_matches_reference, converged_problem, kernel_case_id, random_problem
 
 from scc_kernels._options import Problem
 from scc_kernels.backends import torch_backend, triton_backend, triton_dft
@@ -39,15 +39,7 @@ DIRECT_CASES = [
 ]
 
 
-def _case_id(case):
-    spatial, channels, spectrum, bands, activation, target_dtype, ignore_index, background = case
-    return (
-        f"{'x'.join(map(str, spatial))}-C{channels}-{spectrum}-K{bands}-{activation}-"
-        f"{str(target_dtype).removeprefix('torch.')}-ign{ignore_index}-bg{background}"
-    )
-
-
-@pytest.mark.parametrize("case", DIRECT_CASES, ids=_case_id)
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=kernel_case_id)
 def test_band_stats_and_backward_match_float64(case, device):
     """STATS and input gradient in float32 vs torch_backend run in float64 on the same data."""
     spatial, channels, spectrum, bands, activation, target_dtype, ignore_index, background = case

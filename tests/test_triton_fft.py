@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from utils import assert_matches_reference, converged_problem, random_problem
+from utils import assert_matches_reference, converged_problem, kernel_case_id, random_problem
 
 from scc_kernels import scc_loss
 from scc_kernels._options import Problem, make_options
@@ -51,15 +51,7 @@ DIRECT_CASES = [
 ]
 
 
-def _case_id(case):
-    spatial, channels, spectrum, bands, activation, target_dtype, ignore_index, background = case
-    return (
-        f"{'x'.join(map(str, spatial))}-C{channels}-{spectrum}-K{bands}-{activation}-"
-        f"{str(target_dtype).removeprefix('torch.')}-ign{ignore_index}-bg{background}"
-    )
-
-
-@pytest.mark.parametrize("case", DIRECT_CASES, ids=_case_id)
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=kernel_case_id)
 def test_band_stats_and_backward_match_float64(case, device):
     """STATS, saved tensors, fake structure and input gradient (for random grad_stats) in float32
     vs torch_backend run in float64 on the same data."""

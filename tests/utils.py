@@ -1,8 +1,17 @@
 """Shared test helpers; they live in the package (scc_kernels.verify) so the CLI uses the same checks."""
 
+import torch
+
 from scc_kernels.verify import compare_with_reference, converged_problem, random_problem
 
-__all__ = ["assert_matches_reference", "compare_with_reference", "converged_problem", "random_problem"]
+__all__ = [
+    "assert_matches_reference",
+    "compare_with_reference",
+    "converged_problem",
+    "kernel_case_id",
+    "random_problem",
+    "typed_problem",
+]
 
 
 def assert_matches_reference(backend, logits, target, seed=None, **options):
@@ -11,3 +20,30 @@ def assert_matches_reference(backend, logits, target, seed=None, **options):
     errors = compare_with_reference(backend, logits, target, **options)
     where = "" if seed is None else f" seed {seed}"
     assert errors.ok, f"{backend}{where}: {errors} ({options})"
+
+
+def typed_problem(spatial, options, target_kind, dtype, device, batch=2, channels=3):
+    """random_problem with the target as a kernel may receive it: "dense" soft targets, or a label
+    map of dtype `target_kind` ("uint8", "int32" or "int64"), options' ignore_index on about a tenth."""
+    logits, target = random_problem(
+        batch,
+        channels,
+        spatial,
+        label_map=target_kind != "dense",
+        ignore_index=options.get("ignore_index"),
+        dtype=dtype,
+        device=device,
+    )
+    if target_kind in ("uint8", "int32"):
+        target = target.to(getattr(torch, target_kind))
+    return logits, target
+
+
+def kernel_case_id(case):
+    """The test id of a (spatial, channels, spectrum, bands, activation, target dtype, ignore_index,
+    include_background) case of the Triton kernel tests."""
+    spatial, channels, spectrum, bands, activation, target_dtype, ignore_index, background = case
+    return (
+        f"{'x'.join(map(str, spatial))}-C{channels}-{spectrum}-K{bands}-{activation}-"
+        f"{str(target_dtype).removeprefix('torch.')}-ign{ignore_index}-bg{background}"
+    )
