@@ -183,8 +183,9 @@ def _one_pixel_class_problem(spatial, seed=SEED):
 @pytest.mark.parametrize("spatial", [(12, 10, 9), (16, 16)])
 def test_one_pixel_class_meets_spec(backend, spatial):
     """A class on one voxel under a prediction spread over the image: the transform base is the
-    target there (_spectra.base_is_prediction), so |Y| keeps its own rounding instead of the
-    prediction's (the loss was 3x off SPEC at 12x10x9 with the base chosen by largest magnitude)."""
+    target there (_spectra.base_is_prediction: x holds far more energy), so |Y| keeps its own
+    rounding instead of the prediction's (the loss was 3x off SPEC at 12x10x9 with the base
+    chosen by largest magnitude alone)."""
     if unavailable_reason(backend, DEVICE) is not None:
         pytest.skip(f"{backend} cannot run here")
     logits, labels = _one_pixel_class_problem(spatial)

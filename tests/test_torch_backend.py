@@ -95,7 +95,8 @@ def test_gradcheck(spatial, options):
 
 
 def test_transform_base_is_the_signal_of_smaller_energy():
-    """_spectra.base_is_prediction: the base is y unless x has under a quarter of its energy Σ·²."""
+    """_spectra.base_is_prediction: x unless it is the larger by largest magnitude, or holds more
+    than 4x the energy Σ·² of y."""
     from scc_kernels._options import Problem
     from scc_kernels.backends._spectra import base_is_prediction
 
@@ -105,8 +106,8 @@ def test_transform_base_is_the_signal_of_smaller_energy():
     labels = torch.zeros(1, 4, 5, dtype=torch.int64)
     labels[0, 0] = 1
     labels[0, 1, 0] = 2  # class 2 on one pixel, under a prediction of 1/2 on all 20
-    # class 0: 4·Σx² = 4·20·(1/2)² = 20 > 14 pixels; class 1: Σx² ≈ 0; class 2: 20 > 1
-    assert base_is_prediction(logits, labels, softmax).tolist() == [[False, True, False]]
+    # class 0: Σx² = 20·(1/2)² = 5 <= 4·14 pixels; class 1: Σx² ≈ 0; class 2: 5 > 4·1
+    assert base_is_prediction(logits, labels, softmax).tolist() == [[True, True, False]]
     huge = 1e15 * torch.randn(1, 3, 4, 5, dtype=torch.float64)
     assert not base_is_prediction(huge, labels, Problem("amplitude", 1, "none", None, True)).any()
 
