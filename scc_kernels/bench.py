@@ -130,14 +130,15 @@ def timing_method(device: torch.device, repeats: int) -> str:
 
 
 def _compiled_do_bench():
-    """triton.testing.do_bench, or None where triton is missing or runs in its interpreter."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return None
+    """triton.testing.do_bench, or None where triton is missing or runs in its interpreter (the
+    one decision of that: triton_backend.INTERPRETED)."""
     try:
         from triton.testing import do_bench
+
+        from .backends.triton_backend import INTERPRETED
     except ImportError:
         return None
-    return do_bench
+    return None if INTERPRETED else do_bench
 
 
 def _quantiles(times: list[float]) -> tuple[float, float, float]:
