@@ -245,6 +245,30 @@ def test_every_option_in_the_signature_and_the_docstring(entry_point):
     assert "{" not in entry_point.__doc__
 
 
+class _Passed(Exception):
+    """Raised by a stand-in make_options with the keywords an entry point passed to it."""
+
+
+@pytest.mark.parametrize(
+    "entry_point", [scc_loss, spectral_correlation, SCCLoss], ids=lambda f: getattr(f, "__qualname__", f.__name__)
+)
+def test_every_option_is_passed_through(entry_point, monkeypatch):
+    """The entry points spell the options out keyword by keyword (dynamo cannot trace locals()):
+    each option given reaches make_options under its own name, none left out or swapped."""
+
+    def record(**options):
+        raise _Passed(options)
+
+    for module in (scc_kernels.functional, scc_kernels.loss):
+        monkeypatch.setattr(module, "make_options", record)
+    names = [name for name in inspect.signature(entry_point).parameters if name not in ("self", "input", "target")]
+    given = {name: f"value of {name}" for name in names}
+    arguments = () if entry_point is SCCLoss else (LOGITS, LABELS)
+    with pytest.raises(_Passed) as passed:
+        entry_point(*arguments, **given)
+    assert passed.value.args[0] == given
+
+
 def test_repr_shows_every_option_that_is_not_the_default():
     assert repr(SCCLoss()) == "SCCLoss()"
     module = SCCLoss(
