@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from utils import random_problem
+from utils import device_for, random_problem
 
 import scc_kernels
 from scc_kernels import SCCLoss, scc_loss, spectral_correlation
@@ -108,8 +108,9 @@ def test_unavailable_backend_is_a_runtime_error():
     for name, info in scc_kernels.available_backends().items():
         if info["available"]:
             continue
+        device = device_for(name)  # both tensors there: a device mismatch would raise first
         with pytest.raises(RuntimeError, match=name):
-            scc_loss(LOGITS.to("cuda" if torch.cuda.is_available() else "cpu"), LABELS, backend=name)
+            scc_loss(LOGITS.to(device), LABELS.to(device), backend=name)
 
 
 def test_float64_on_kernel_backend_is_a_runtime_error():
@@ -126,10 +127,10 @@ def test_ignore_index_with_dense_target():
 @pytest.mark.parametrize("spectrum,bands", [("complex", None), ("amplitude", None), ("complex", 3)])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_or_inf_input_gives_nan(backend, spectrum, bands, bad):
-    logits = LOGITS.clone()
+    logits, labels = LOGITS.to(device_for(backend)), LABELS.to(device_for(backend))
     logits[0, 1, 2, 2] = bad
     for act in (dict(softmax=True), dict(sigmoid=True), dict()):
-        loss = scc_loss(logits, LABELS, spectrum=spectrum, bands=bands, backend=backend, **act)
+        loss = scc_loss(logits, labels, spectrum=spectrum, bands=bands, backend=backend, **act)
         if bad != bad or not act:  # inf saturates softmax/sigmoid to a finite value, but not the identity
             assert torch.isnan(loss), (act, loss)
         else:
