@@ -10,7 +10,6 @@ never breaks a `torch.compile` graph.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import numbers
 import os
@@ -116,8 +115,6 @@ def make_options(
     )
 
 
-OPTION_NAMES = tuple(inspect.signature(make_options).parameters)
-
 OPTIONS_DOC = """\
 include_background: if False, channel 0 (the background) is left out after the activation;
     the output has C' = C - 1 channels. Ignored, with a warning, for a single channel.
@@ -166,12 +163,6 @@ def documented(function):
 
     function.__doc__ = re.sub(r"^( *)(\{options\}|\{raises\})$", fill, function.__doc__, flags=re.MULTILINE)
     return function
-
-
-def options_from(arguments: dict) -> SCCOptions:
-    """`make_options` from a public entry point's `locals()`: the option keywords in it. The entry
-    points spell every option out in their own signatures, for help() and editors."""
-    return make_options(**{name: arguments[name] for name in OPTION_NAMES if name in arguments})
 
 
 def _is_process_group(group) -> bool:

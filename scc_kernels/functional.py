@@ -18,7 +18,7 @@ from . import (
     ops,  # noqa: F401  (registers torch.ops.scc_kernels.*)
     reference,
 )
-from ._options import SCCOptions, compute_dtype, documented, options_from, prepare, warn_caller_once
+from ._options import SCCOptions, compute_dtype, documented, make_options, prepare, warn_caller_once
 from ._stats import loss_from_stats
 from .backends import resolve
 
@@ -58,7 +58,24 @@ def spectral_correlation(
     Raises:
         {raises}
     """
-    return correlation(input, target, options_from(locals()))
+    # keyword by keyword, not from locals(): torch 2.11's dynamo cannot trace locals()
+    opts = make_options(
+        spectrum=spectrum,
+        bands=bands,
+        band_weights=band_weights,
+        sigmoid=sigmoid,
+        softmax=softmax,
+        other_act=other_act,
+        to_onehot_y=to_onehot_y,
+        include_background=include_background,
+        ignore_index=ignore_index,
+        batch=batch,
+        sync_batch=sync_batch,
+        process_group=process_group,
+        eps=eps,
+        backend=backend,
+    )
+    return correlation(input, target, opts)
 
 
 @documented
@@ -104,7 +121,25 @@ def scc_loss(
     Raises:
         {raises}
     """
-    return loss(input, target, options_from(locals()))
+    # keyword by keyword, not from locals(): torch 2.11's dynamo cannot trace locals()
+    opts = make_options(
+        spectrum=spectrum,
+        bands=bands,
+        band_weights=band_weights,
+        sigmoid=sigmoid,
+        softmax=softmax,
+        other_act=other_act,
+        to_onehot_y=to_onehot_y,
+        include_background=include_background,
+        ignore_index=ignore_index,
+        batch=batch,
+        sync_batch=sync_batch,
+        process_group=process_group,
+        eps=eps,
+        reduction=reduction,
+        backend=backend,
+    )
+    return loss(input, target, opts)
 
 
 def loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:

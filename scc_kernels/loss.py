@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from . import functional
-from ._options import SCCOptions, documented, options_from
+from ._options import SCCOptions, documented, make_options
 
 
 class SCCLoss(torch.nn.Module):
@@ -53,7 +53,24 @@ class SCCLoss(torch.nn.Module):
             {raises}
         """
         super().__init__()
-        self.options = options_from(locals())
+        # keyword by keyword, not from locals() (see functional.scc_loss)
+        self.options = make_options(
+            spectrum=spectrum,
+            bands=bands,
+            band_weights=band_weights,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            to_onehot_y=to_onehot_y,
+            include_background=include_background,
+            ignore_index=ignore_index,
+            batch=batch,
+            sync_batch=sync_batch,
+            process_group=process_group,
+            eps=eps,
+            reduction=reduction,
+            backend=backend,
+        )
         if isinstance(other_act, torch.nn.Module):  # a submodule: its parameters train and move with .to()
             self.other_act = other_act
 

@@ -448,8 +448,11 @@ def triton_path(
 
     if forced_path() is not None:
         return forced_path()
+    # Sizes as ints: while tracing with fake tensors a size may be a SymInt, which the cache cannot
+    # hash; int() guards the graph on it, so that a shape the plan sends down the other path (whose
+    # forward saves other tensors) is traced anew rather than reusing this graph.
     return _triton_path(
-        tuple(shape),
+        tuple(int(size) for size in shape),
         spectrum,
         bands,
         dtype,

@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from utils import random_problem
+from utils import device_for, random_problem
 
 import scc_kernels
 from scc_kernels import SCCLoss, scc_loss, spectral_correlation
@@ -108,8 +108,9 @@ def test_unavailable_backend_is_a_runtime_error():
     for name, info in scc_kernels.available_backends().items():
         if info["available"]:
             continue
+        device = device_for(name)  # both tensors there: a device mismatch would raise first
         with pytest.raises(RuntimeError, match=name):
-            scc_loss(LOGITS.to("cuda" if torch.cuda.is_available() else "cpu"), LABELS, backend=name)
+            scc_loss(LOGITS.to(device), LABELS.to(device), backend=name)
 
 
 def test_float64_on_kernel_backend_is_a_runtime_error():
@@ -126,10 +127,10 @@ def test_ignore_index_with_dense_target():
 @pytest.mark.parametrize("spectrum,bands", [("complex", None), ("amplitude", None), ("complex", 3)])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_or_inf_input_gives_nan(backend, spectrum, bands, bad):
-    logits = LOGITS.clone()
+    logits, labels = LOGITS.to(device_for(backend), copy=True), LABELS.to(device_for(backend))
     logits[0, 1, 2, 2] = bad
     for act in (dict(softmax=True), dict(sigmoid=True), dict()):
-        loss = scc_loss(logits, LABELS, spectrum=spectrum, bands=bands, backend=backend, **act)
+        loss = scc_loss(logits, labels, spectrum=spectrum, bands=bands, backend=backend, **act)
         if bad != bad or not act:  # inf saturates softmax/sigmoid to a finite value, but not the identity
             assert torch.isnan(loss), (act, loss)
         else:
@@ -243,6 +244,30 @@ def test_every_option_in_the_signature_and_the_docstring(entry_point):
         assert parameters[name].default == expected[name].default, name
         assert re.search(rf"^\s+{name}: \S", entry_point.__doc__, re.MULTILINE), name
     assert "{" not in entry_point.__doc__
+
+
+class _Passed(Exception):
+    """Raised by a stand-in make_options with the keywords an entry point passed to it."""
+
+
+@pytest.mark.parametrize(
+    "entry_point", [scc_loss, spectral_correlation, SCCLoss], ids=lambda f: getattr(f, "__qualname__", f.__name__)
+)
+def test_every_option_is_passed_through(entry_point, monkeypatch):
+    """The entry points spell the options out keyword by keyword (dynamo cannot trace locals()):
+    each option given reaches make_options under its own name, none left out or swapped."""
+
+    def record(**options):
+        raise _Passed(options)
+
+    for module in (scc_kernels.functional, scc_kernels.loss):
+        monkeypatch.setattr(module, "make_options", record)
+    names = [name for name in inspect.signature(entry_point).parameters if name not in ("self", "input", "target")]
+    given = {name: f"value of {name}" for name in names}
+    arguments = () if entry_point is SCCLoss else (LOGITS, LABELS)
+    with pytest.raises(_Passed) as passed:
+        entry_point(*arguments, **given)
+    assert passed.value.args[0] == given
 
 
 def test_repr_shows_every_option_that_is_not_the_default():

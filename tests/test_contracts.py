@@ -340,6 +340,20 @@ def test_unavailable_backend_is_a_usage_error(capsys):
     assert exit.value.code == 2 and f"backend {unavailable[0]!r} cannot run here" in capsys.readouterr().err
 
 
+def test_install_without_nnunetv2_or_a_writable_folder_is_a_usage_error(monkeypatch, tmp_path, capsys):
+    """Runs where nnunetv2 is absent too (test_nnunet.py skips as a whole there)."""
+    from scc_kernels.integrations import nnunet_install
+
+    monkeypatch.setattr(nnunet_install, "trainer_folder", lambda: None)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["nnunet-install"])
+    assert exit_info.value.code == 2 and "needs nnunetv2: pip install" in capsys.readouterr().err
+    monkeypatch.setattr(nnunet_install, "trainer_folder", lambda: tmp_path / "missing")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["nnunet-install", "--uninstall"])
+    assert exit_info.value.code == 2 and "cannot write to nnU-Net's trainer folder" in capsys.readouterr().err
+
+
 def test_png_without_matplotlib_is_a_usage_error(monkeypatch, capsys):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(

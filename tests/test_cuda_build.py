@@ -186,3 +186,87 @@ def test_build_status_and_availability():
     assert "CUDA device" in cuda_backend.unavailable_reason(torch.device("cpu"))
     if torch.version.cuda is None:
         assert status == "unavailable: this torch build has no CUDA support"
+
+
+# ----------------------------------------------------------------------------------------------
+# the JIT build: which toolkit, and a failure remembered (the loader imitated: no GPU needed)
+
+
+def _fake_toolkit(root: Path) -> Path:
+    """A CUDA toolkit folder: bin/nvcc (printing the TOP line the real one prints with --dryrun)
+    and include/cuda_runtime.h."""
+    (root / "bin").mkdir(parents=True)
+    (root / "include").mkdir()
+    (root / "include" / "cuda_runtime.h").write_text("// the fake toolkit's header\n")
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text(f'#!/bin/sh\necho "#$ TOP={root}/bin/.." >&2\n')
+    nvcc.chmod(0o755)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["wrapper script", "symlink"])
+def test_cuda_home_is_the_toolkit_behind_the_nvcc_on_path(kind, tmp_path, monkeypatch):
+    """On the GPU image /usr/local/bin/nvcc is a wrapper, torch guesses CUDA_HOME=/usr/local (no
+    include/cuda_runtime.h there) and the build failed: the toolkit behind that nvcc is used."""
+    from torch.utils import cpp_extension
+
+    from scc_kernels.backends import _cuda_build
+
+    toolkit = _fake_toolkit(tmp_path / "cuda-13.0")
+    wrapper = tmp_path / "local" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    if kind == "symlink":
+        wrapper.symlink_to(toolkit / "bin" / "nvcc")
+    else:
+        wrapper.write_text(f'#!/bin/sh\nexec {toolkit}/bin/nvcc "$@"\n')
+        wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path / "local"))
+    assert _cuda_build.cuda_home() == toolkit.resolve()
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(toolkit))  # a right guess is kept
+    assert _cuda_build.cuda_home() == toolkit
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    (toolkit / "include" / "cuda_runtime.h").unlink()  # nvcc without headers is no toolkit
+    assert _cuda_build.cuda_home() is None
+
+
+def test_a_failed_build_is_reported_and_not_retried(tmp_path, monkeypatch):
+    """A JIT build that fails raises once with the compiler's error; afterwards build_status and
+    unavailable_reason say why, and no call starts the ~50 s build again."""
+    from torch.utils import cpp_extension
+
+    from scc_kernels.backends import _cuda_build
+
+    if importlib.util.find_spec("scc_kernels._C") is not None:
+        pytest.skip("a prebuilt scc_kernels._C is installed: no JIT build to imitate")
+    toolkit = _fake_toolkit(tmp_path / "cuda")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path / "local"))  # the wrong guess
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "local"))
+    monkeypatch.setattr(_cuda_build, "cuda_home", lambda: toolkit)
+    monkeypatch.setattr(_cuda_build, "_build_failure", None)
+    builds = []
+
+    def failing_load(**kwargs):
+        builds.append(cpp_extension.CUDA_HOME)
+        raise RuntimeError(
+            "Error building extension 'scc_kernels_cuda': [1/3] nvcc -c launchers.cu\n"
+            "launchers.cu:1:10: fatal error: cuda_runtime.h: No such file or directory\n"
+            "ninja: build stopped: subcommand failed."
+        )
+
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    _cuda_build.extension.cache_clear()
+    try:
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match=r"JIT build of scc_kernels._C failed.*cuda_runtime.h: No such"):
+                _cuda_build.extension()
+    finally:
+        _cuda_build.extension.cache_clear()
+    assert builds == [str(toolkit)]  # built once, with CUDA_HOME set to the toolkit found
+    assert os.environ["CUDA_HOME"] == str(toolkit)  # and for the compiler's subprocesses
+    assert cuda_backend.build_status().startswith("unavailable: the JIT build of scc_kernels._C failed")
+    assert "cuda_runtime.h" in cuda_backend.unavailable_reason(torch.device("cuda"))
+    with pytest.raises(RuntimeError, match=r"JIT build of scc_kernels\._C failed"):  # what backend="cuda" raises
+        scc_kernels.backends.resolve("cuda", torch.device("cuda"), torch.float32, None)
+    assert len(builds) == 1

@@ -17,7 +17,6 @@ pytest.importorskip("nnunetv2", reason="nnU-Net v2 is the nnunet extra: pip inst
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-import scc_kernels.__main__ as cli
 from scc_kernels import SCCLoss
 from scc_kernels.integrations import nnunet_install
 from scc_kernels.integrations.nnunet import nnUNetTrainerSCC, nnUNetTrainerSCC_smoke
@@ -88,17 +87,6 @@ def test_importing_scc_kernels_does_not_import_nnunetv2():
     code = "import sys, scc_kernels, scc_kernels.__main__; print('nnunetv2' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout == "False\n"
-
-
-def test_install_without_nnunetv2_or_a_writable_folder_is_a_usage_error(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(nnunet_install, "trainer_folder", lambda: None)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["nnunet-install"])
-    assert exit_info.value.code == 2 and "needs nnunetv2: pip install" in capsys.readouterr().err
-    monkeypatch.setattr(nnunet_install, "trainer_folder", lambda: tmp_path / "missing")
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["nnunet-install", "--uninstall"])
-    assert exit_info.value.code == 2 and "cannot write to nnU-Net's trainer folder" in capsys.readouterr().err
 
 
 # --- a real nnU-Net run ------------------------------------------------------------------------

@@ -141,3 +141,34 @@ def test_plan_command_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(argv)
     assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "shape, spectrum, bands",
+    [((2, 3, 24, 40), "amplitude", 1), ((16, 4, 256, 256), "amplitude", 4), ((2, 2, 12, 10, 14), "complex", 3)],
+)
+def test_triton_path_decides_on_symbolic_sizes_on_cuda(shape, spectrum, bands, monkeypatch):
+    """torch.compile(dynamic=True) and opcheck trace the triton op with fake tensors whose sizes are
+    SymInts: on CUDA its path decision takes them (no `unhashable type: SymInt` from the path cache),
+    decides as for the concrete shape, and guards the graph on the sizes it decided on. Imitated
+    here: fake CUDA tensors with symbolic sizes, and the H100 profile for the device."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    pytest.importorskip("triton", reason="the triton backend needs triton")
+    monkeypatch.setattr(planning, "_profile_name", lambda device: "H100")
+    shape_env = ShapeEnv()
+    mode = FakeTensorMode(shape_env=shape_env)
+    symbolic = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * len(shape))
+    sizes = mode.from_tensor(torch.empty(shape), symbolic_context=symbolic).shape
+    assert all(isinstance(size, torch.SymInt) for size in sizes)
+    with mode:
+        logits = torch.empty(sizes, device="cuda")
+        labels = torch.empty((sizes[0], *sizes[2:]), dtype=torch.long, device="cuda")
+        outputs = torch.ops.scc_kernels.band_stats(logits, labels, "triton", spectrum, bands, "softmax", None, True)
+    concrete = planning.triton_path(shape, spectrum, bands, torch.float32, True, torch.device("cuda"))
+    saved_by_path = {"dft": 1, "fft": 2}  # triton_backend.saved_path: the forward's saved tensors
+    assert len(outputs) - 1 == saved_by_path[concrete]
+    assert tuple(outputs[0].shape[:3]) == (*shape[:2], bands)
+    decided_on = [shape_env.replace(size.node.expr) for size in sizes]  # each size guarded to its value
+    assert decided_on == list(shape)

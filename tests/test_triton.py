@@ -7,14 +7,14 @@ import math
 
 import pytest
 import torch
-from utils import assert_matches_reference, converged_problem, random_problem, typed_problem
+from utils import assert_matches_reference, converged_problem, device_for, random_problem, typed_problem
 
 import scc_kernels
 from scc_kernels._options import Problem
 from scc_kernels.backends import torch_backend, triton_backend, triton_dft
 from scc_kernels.verify import GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL
 
-_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_DEVICE = device_for("triton")
 pytestmark = pytest.mark.skipif(
     triton_backend.unavailable_reason(_DEVICE) is not None,
     reason="needs CUDA, or TRITON_INTERPRET=1 set before triton is imported (tests/conftest.py sets it)",

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from utils import assert_matches_reference, converged_problem, kernel_case_id, random_problem
+from utils import assert_matches_reference, converged_problem, device_for, kernel_case_id, random_problem
 
 from scc_kernels._options import Problem
 from scc_kernels.backends import torch_backend, triton_backend, triton_dft
@@ -20,7 +20,13 @@ from scc_kernels.verify import blob_labels
 
 @pytest.fixture
 def device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return device_for("triton")
+
+
+@pytest.fixture
+def dft_path(monkeypatch):
+    """Through scc_loss, the DFT path on a GPU too (where the plan may choose the FFT for a shape)."""
+    monkeypatch.setattr(triton_backend, "transform_path", lambda *args: "dft")
 
 
 # Options combined rather than crossed:
@@ -115,6 +121,7 @@ END_TO_END_CASES = [
     END_TO_END_CASES,
     ids=lambda case: "x".join(map(str, case)) if isinstance(case, tuple) else None,
 )
+@pytest.mark.usefixtures("dft_path")
 def test_end_to_end_matches_reference(spatial, options, label_map, dtype, device):
     logits, target = random_problem(
         2, 3, spatial, label_map=label_map, ignore_index=options.get("ignore_index"), dtype=dtype, device=device
@@ -141,6 +148,7 @@ CONVERGED_CASES = [
     CONVERGED_CASES,
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
 )
+@pytest.mark.usefixtures("dft_path")
 def test_near_convergence_matches_reference(confidence, spatial, spectrum, bands, device):
     logits, labels = converged_problem(
         2, 3, spatial, confidence=confidence, device=device, generator=torch.Generator().manual_seed(confidence)
@@ -148,6 +156,7 @@ def test_near_convergence_matches_reference(confidence, spatial, spectrum, bands
     assert_matches_reference("triton", logits, labels, spectrum=spectrum, bands=bands, softmax=True)
 
 
+@pytest.mark.usefixtures("dft_path")
 @pytest.mark.parametrize("spectrum, regime", [("amplitude", "random"), ("complex", "converged")])
 def test_bands_of_few_bins(spectrum, regime, device):
     """11×9 in 12 bands: a few bins each, some only Hermitian mirror pairs (equal amplitudes, r = 1)."""
@@ -166,7 +175,7 @@ def test_too_large_runs_the_fft_path_without_a_warning(monkeypatch, device):
     problem = Problem("amplitude", 3, "softmax", None, True)
     grad_stats = torch.randn((2, 3, 3, 8), generator=torch.Generator().manual_seed(1)).to(device)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)  # the package's (triton 3.6's interpreter has its own)
         out = triton_backend.band_stats(logits, target, problem)
         fake = triton_backend.band_stats_fake(logits, target, problem)
         grad = triton_backend.band_stats_backward(grad_stats, out[0], logits, target, out[1:], problem)
@@ -186,7 +195,7 @@ def test_one_spatial_dim_runs_the_fft_path(device):
     logits, target = random_problem(1, 2, (11,), device=device)
     problem = Problem("amplitude", 2, "sigmoid", None, True)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)  # the package's (triton 3.6's interpreter has its own)
         out = triton_backend.band_stats(logits, target, problem)
     assert triton_backend.saved_path(out[1:]) == "fft"
     torch.testing.assert_close(out[0], torch_backend.band_stats(logits, target, problem)[0], rtol=1e-5, atol=1e-6)

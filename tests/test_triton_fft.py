@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from utils import assert_matches_reference, converged_problem, kernel_case_id, random_problem
+from utils import assert_matches_reference, converged_problem, device_for, kernel_case_id, random_problem
 
 from scc_kernels import scc_loss
 from scc_kernels._options import Problem, make_options
@@ -23,7 +23,7 @@ from scc_kernels.verify import huge_problem
 
 @pytest.fixture
 def device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return device_for("triton")
 
 
 @pytest.fixture

@@ -8,10 +8,19 @@ __all__ = [
     "assert_matches_reference",
     "compare_with_reference",
     "converged_problem",
+    "device_for",
     "kernel_case_id",
     "random_problem",
     "typed_problem",
 ]
+
+
+def device_for(backend: str) -> torch.device:
+    """Where a test puts the tensors it gives `backend`: a GPU backend's on CUDA where there is a
+    GPU (triton then runs compiled: tests/conftest.py turns its interpreter on only without one),
+    else on the CPU (triton in its interpreter; cuda and cupy report themselves unavailable)."""
+    on_gpu = backend in ("triton", "cuda", "cupy") and torch.cuda.is_available()
+    return torch.device("cuda" if on_gpu else "cpu")
 
 
 def assert_matches_reference(backend, logits, target, seed=None, **options):
