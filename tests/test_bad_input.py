@@ -344,3 +344,44 @@ def test_bad_label_is_a_value_error_compiled_too(backend, fullgraph):
         compiled(logits, labels)
     labels[1, 2, 3] = 2
     torch.testing.assert_close(compiled(logits, labels), loss(logits, labels))
+
+
+# --- odd layouts and dtypes of the same problem: the same loss and gradient --------------------------
+
+
+def _layouts():
+    """(name, input, target, the same problem contiguous in the canonical dtypes, options)."""
+    generator = torch.Generator().manual_seed(16)
+    x = torch.randn(2, 3, 5, 6, generator=generator)
+    labels = torch.randint(0, 3, (2, 5, 6), generator=generator)
+    dense = torch.rand(2, 3, 5, 6, generator=generator)
+    wide = torch.randint(0, 3, (2, 5, 12), generator=generator)
+    label_options = dict(softmax=True, ignore_index=0)
+    dense_options = dict(sigmoid=True, spectrum="complex")
+    return [
+        ("labels expanded", x, labels[:1].expand(2, 5, 6), labels[:1].repeat(2, 1, 1), label_options),
+        ("labels transposed", x, labels.mT.contiguous().mT, labels, label_options),
+        ("labels strided", x, wide[..., ::2], wide[..., ::2].contiguous(), label_options),
+        ("labels (B, 1, *S) uint8", x, labels.unsqueeze(1).to(torch.uint8), labels, label_options),
+        ("input channels_last", x.contiguous(memory_format=torch.channels_last), labels, labels, label_options),
+        ("input transposed", x.mT.contiguous().mT, labels, labels, label_options),
+        ("input expanded", x[:1].expand(2, 3, 5, 6), labels, labels, label_options),
+        ("dense expanded", x, dense[:1].expand(2, 3, 5, 6), dense[:1].repeat(2, 1, 1, 1), dense_options),
+        ("dense zero-stride", x, torch.tensor(0.3).expand(2, 3, 5, 6), torch.full((2, 3, 5, 6), 0.3), dense_options),
+        ("dense channels_last", x, dense.contiguous(memory_format=torch.channels_last), dense, dense_options),
+        ("dense bool", x, dense > 0.5, (dense > 0.5).float(), dense_options),
+        ("dense uint8", x, (dense > 0.5).to(torch.uint8), (dense > 0.5).float(), dense_options),
+        ("dense float64", x, dense.double(), dense, dense_options),
+        ("dense float16", x, dense.half(), dense.half().float(), dense_options),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_odd_layouts_and_dtypes_give_the_same_loss(backend):
+    for name, x, target, canonical, options in _layouts():
+        results = []
+        for prediction, y in ((x, target), (x.contiguous(), canonical)):
+            prediction = prediction.detach().requires_grad_(True)
+            loss = _loss(prediction, y, backend=backend, **options)
+            results.append((loss, *torch.autograd.grad(loss.sum(), prediction)))
+        torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-6, msg=name)
