@@ -45,6 +45,7 @@ class SCCOptions:
     eps: float = 1e-5
     reduction: str = "mean"
     backend: str = "auto"
+    binary_label_map: bool = False  # set by `prepare` only: SPEC §1's one-channel binary label map
 
     @property
     def num_bands(self) -> int:
@@ -80,15 +81,12 @@ def make_options(
         raise ValueError(f"bands must be None or an int >= 1, got {bands!r}")
     if band_weights is not None:
         band_weights = _check_band_weights(band_weights, 1 if bands is None else bands)
-    if other_act is not None and not callable(other_act):
-        raise TypeError(f"other_act must be callable, got {type(other_act).__name__}")
-    if int(bool(sigmoid)) + int(bool(softmax)) + int(other_act is not None) > 1:
-        raise ValueError("at most one of sigmoid=True, softmax=True and other_act may be given")
+    _check_activations(bool(sigmoid), bool(softmax), other_act)
     # comparisons only (no math.isinf): under torch.compile(dynamic=True) eps may be symbolic
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= _FLOAT32_MAX:
         raise ValueError(f"eps must be a number in [0, {_FLOAT32_MAX:.4g}] (finite in float32), got {eps!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise ValueError(f"ignore_index must be None or an int, got {ignore_index!r}")
+    if ignore_index is not None:
+        ignore_index = _check_ignore_index(ignore_index)
     if process_group is not None and not (sync_batch and _is_process_group(process_group)):
         raise ValueError(
             f"process_group must be a torch.distributed ProcessGroup used with sync_batch=True, got {process_group!r}"
@@ -113,6 +111,19 @@ def make_options(
         reduction=reduction,
         backend=backend,
     )
+
+
+def _check_activations(sigmoid: bool, softmax: bool, other_act) -> None:
+    if other_act is not None and not callable(other_act):
+        raise TypeError(f"other_act must be callable, got {type(other_act).__name__}")
+    if int(sigmoid) + int(softmax) + int(other_act is not None) > 1:
+        raise ValueError("at most one of sigmoid=True, softmax=True and other_act may be given")
+
+
+def with_other_act(opts: SCCOptions, other_act) -> SCCOptions:
+    """`opts` with another `other_act` (SCCLoss's attribute, reassigned), checked as `make_options` does."""
+    _check_activations(opts.activation == "sigmoid", opts.activation == "softmax", other_act)
+    return dataclasses.replace(opts, other_act=other_act)
 
 
 OPTIONS_DOC = """\
@@ -163,6 +174,19 @@ def documented(function):
 
     function.__doc__ = re.sub(r"^( *)(\{options\}|\{raises\})$", fill, function.__doc__, flags=re.MULTILINE)
     return function
+
+
+def _check_ignore_index(ignore_index) -> int:
+    """An integer (a NumPy integer too) that fits int64 (SPEC §5), as a Python int."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise ValueError(f"ignore_index must be None or an int, got {ignore_index!r}")
+    ignore_index = int(ignore_index)
+    if not _INT64.min <= ignore_index <= _INT64.max:
+        raise ValueError(f"ignore_index must fit int64 ([{_INT64.min}, {_INT64.max}]), got {ignore_index}")
+    return ignore_index
+
+
+_INT64 = torch.iinfo(torch.int64)
 
 
 def _is_process_group(group) -> bool:
@@ -220,7 +244,11 @@ def prepare(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
         opts = _single_channel(opts)
 
     batch_size, spatial = input.shape[0], tuple(input.shape[2:])
-    if target.shape == input.shape:
+    is_label_shape = target.shape == (batch_size, *spatial) or target.shape == (batch_size, 1, *spatial)
+    is_integer = not target.is_floating_point() and target.dtype != torch.bool
+    # SPEC §1: with ignore_index, an integer target of a one-channel input is a binary label map
+    binary = num_classes == 1 and opts.ignore_index is not None and is_integer and is_label_shape
+    if target.shape == input.shape and not binary:
         if opts.ignore_index is not None:
             raise ValueError(
                 "ignore_index needs an integer label map target (B, *spatial) or (B, 1, *spatial); "
@@ -230,12 +258,15 @@ def prepare(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
             target = target.to(torch.float32)
         return input, target, opts
 
-    is_label_shape = target.shape == (batch_size, *spatial) or target.shape == (batch_size, 1, *spatial)
-    is_integer = not target.is_floating_point() and target.dtype != torch.bool
     if is_label_shape and (is_integer or (opts.to_onehot_y and target.dim() == input.dim())):
         if target.dim() == input.dim():
             target = target.squeeze(1)
-        return input, target, opts
+        # an ignore_index no value of the label dtype equals can match no label: compared as
+        # integers (SPEC §5), it ignores nothing (in the dtype it would wrap: uint8's 255 is not −1)
+        ignore_index = matchable_ignore_index(target.dtype, opts.ignore_index)
+        if target.dtype in _WIDENED_LABELS:
+            target = target.long()  # a uint64 label ≥ 2**63 wraps to a negative, invalid label either way
+        return input, target, dataclasses.replace(opts, ignore_index=ignore_index, binary_label_map=binary)
     hint = ""
     if is_label_shape and target.is_floating_point():
         hint = " (a floating (B, 1, *spatial) label map needs to_onehot_y=True)"
@@ -244,6 +275,39 @@ def prepare(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
         f"{tuple(input.shape)} (dense), or an integer label map {(batch_size, *spatial)} or "
         f"{(batch_size, 1, *spatial)}{hint}"
     )
+
+
+# label dtypes with too few torch ops (no aminmax, masked_fill, lt on CPU): widened to int64 once
+_WIDENED_LABELS = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def matchable_ignore_index(dtype: torch.dtype, ignore_index: int | None) -> int | None:
+    """`ignore_index` if some value of `dtype` equals it as an integer, else None (no label can).
+
+    SPEC §5 compares labels and ignore_index as integers of unbounded range; a comparison in the
+    label dtype would wrap (a uint8 map's 255 would match −1). With this, `labels == ignore_index`
+    is exact in any dtype. Pure Python (no tensor), so torch.compile keeps it static.
+    """
+    if ignore_index is None:
+        return None
+    if dtype.is_floating_point:  # an integer fits if it is finite and has at most `digits` significant bits
+        info = torch.finfo(dtype)
+        digits = 1 - round(math.log2(info.eps))
+        magnitude = abs(ignore_index)
+        fits = magnitude <= info.max and magnitude % (1 << max(magnitude.bit_length() - digits, 0)) == 0
+    else:
+        info = torch.iinfo(dtype)
+        fits = info.min <= ignore_index <= info.max
+    return ignore_index if fits else None
+
+
+def binary_as_two_classes(input: torch.Tensor, opts: SCCOptions) -> tuple[torch.Tensor, SCCOptions]:
+    """SPEC §1's one-channel binary label map (values 0, 1, ignore_index; target label == 1) as the
+    two-class problem every backend runs: a constant channel 0 for label 0, left out
+    (include_background=False), so that the output channel is the input's, its target is
+    label == 1, and ignore_index zeroes it as for any label map. Call after `other_act`."""
+    two_classes = torch.cat([torch.zeros_like(input), input], dim=1)
+    return two_classes, dataclasses.replace(opts, include_background=False, binary_label_map=False)
 
 
 def _single_channel(opts: SCCOptions) -> SCCOptions:
@@ -297,16 +361,18 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
     """Labels must lie in [0, C) or equal ignore_index (SPEC §5); returns them as integers.
 
-    CPU: a ValueError. CUDA, and inside a torch.compile graph (the reference backend's: a
-    data-dependent branch would break it): an asynchronous assert, so the hot path never syncs.
-    A floating label map (`to_onehot_y=True`) must hold integral values and comes back as int64.
+    CPU: a ValueError. CUDA: an asynchronous assert, so the hot path never syncs. Runs eagerly,
+    inside an op (the fast backends' band_stats, the reference's `checked_labels`), so that a
+    torch.compile graph raises what eager code does. A floating label map (`to_onehot_y=True`)
+    must hold integral values and comes back as int64.
     """
+    ignore_index = matchable_ignore_index(labels.dtype, ignore_index)
     checked = labels if ignore_index is None else labels.masked_fill(labels == ignore_index, 0)
     low, high = torch.aminmax(checked)  # one pass over the labels
     valid = (low >= 0) & (high < num_classes)
     if labels.is_floating_point():
         valid &= (checked == checked.round()).all()
-    if labels.device.type == "cpu" and not torch.compiler.is_compiling():
+    if labels.device.type == "cpu":
         if not bool(valid):
             invalid = (checked < 0) | (checked >= num_classes)
             if labels.is_floating_point():
@@ -318,6 +384,27 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | Non
     else:
         torch._assert_async(valid, "scc_kernels: label outside [0, C) and not ignore_index")
     return labels.long() if labels.is_floating_point() else labels
+
+
+@torch.library.custom_op("scc_kernels::checked_labels", mutates_args=())
+def checked_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
+    """`check_labels` as an op, for the reference backend (which has no op of its own): opaque to
+    torch.compile, so that a graph raises the eager error (a ValueError on CPU, not the
+    RuntimeError of a traced assert), and with a vmap rule (a data-dependent check cannot run on
+    vmap's wrapped tensors). Returns the labels as a new contiguous int64 tensor."""
+    checked = check_labels(labels, num_classes, ignore_index)
+    return checked.to(torch.int64, memory_format=torch.contiguous_format, copy=True)
+
+
+@checked_labels.register_fake
+def _(labels, num_classes, ignore_index):
+    return labels.new_empty(labels.shape, dtype=torch.int64)
+
+
+@checked_labels.register_vmap
+def _(info, in_dims, labels, num_classes, ignore_index):
+    # every example's labels at once: one bad label anywhere is an error either way
+    return checked_labels(labels, num_classes, ignore_index), in_dims[0]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -91,7 +91,10 @@ def one_minus_r(stats: torch.Tensor, eps: float) -> torch.Tensor:
     far = 1 - (m2_uv + eps) / a / b
     q = torch.where(spread < 1, near, far).clamp(0, 2)
     q = torch.where(degenerate, 0.0, q)
-    return torch.where(torch.isfinite(stats).all(-1), q, torch.nan)
+    # NaN where a statistic is not finite, with a NaN gradient there too (SPEC §5: GradScaler and
+    # anomaly checks must see it): the NaN comes from the statistics themselves, not a constant
+    finite = torch.isfinite(stats).all(-1)
+    return torch.where(finite, q, stats.sum(-1) * torch.where(finite, 0.0, torch.nan))
 
 
 def weighted_band_mean(values: torch.Tensor, opts: SCCOptions) -> torch.Tensor:

@@ -18,7 +18,15 @@ from . import (
     ops,  # noqa: F401  (registers torch.ops.scc_kernels.*)
     reference,
 )
-from ._options import SCCOptions, compute_dtype, documented, make_options, prepare, warn_caller_once
+from ._options import (
+    SCCOptions,
+    binary_as_two_classes,
+    compute_dtype,
+    documented,
+    make_options,
+    prepare,
+    warn_caller_once,
+)
 from ._stats import loss_from_stats
 from .backends import resolve
 
@@ -161,6 +169,8 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
     target = target.detach()  # SPEC §4: the target is a constant of the loss, on every backend
     if opts.other_act is not None:
         input = opts.other_act(input)
+    if opts.binary_label_map:
+        input, opts = binary_as_two_classes(input, opts)
     if input.numel() == 0:
         return _no_bins(input, opts)
     # "auto" on CUDA follows scc_kernels.plan for this shape (a CPU graph stays shape-generic)

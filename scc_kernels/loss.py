@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from . import functional
-from ._options import SCCOptions, documented, make_options
+from ._options import SCCOptions, documented, make_options, with_other_act
 
 
 class SCCLoss(torch.nn.Module):
@@ -71,11 +71,15 @@ class SCCLoss(torch.nn.Module):
             reduction=reduction,
             backend=backend,
         )
-        if isinstance(other_act, torch.nn.Module):  # a submodule: its parameters train and move with .to()
-            self.other_act = other_act
+        # an attribute (an nn.Module becomes a submodule: its parameters train and move with .to()),
+        # read at every call, so that reassigning `loss.other_act` takes effect as the repr shows
+        self.other_act = other_act
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return functional.loss(input, target, self.options)
+        options = self.options
+        if self.other_act is not options.other_act:  # reassigned since construction: checked as then
+            options = with_other_act(options, self.other_act)
+        return functional.loss(input, target, options)
 
     def extra_repr(self) -> str:
         """Every option that differs from its default (`other_act` shows as the submodule or by name)."""
@@ -86,6 +90,6 @@ class SCCLoss(torch.nn.Module):
             if field.name == "other_act" or value == getattr(defaults, field.name):
                 continue
             changed.append(f"{field.name}={value!r}")
-        if self.options.other_act is not None and "other_act" not in self._modules:
-            changed.append(f"other_act={getattr(self.options.other_act, '__name__', self.options.other_act)!r}")
+        if self.other_act is not None and "other_act" not in self._modules:
+            changed.append(f"other_act={getattr(self.other_act, '__name__', self.other_act)!r}")
         return ", ".join(changed)

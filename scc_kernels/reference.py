@@ -7,10 +7,9 @@ Every other backend is tested against this one in float64.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ._distributed import gather_batches
-from ._options import SCCOptions, check_labels, compute_dtype, is_label_map
+from ._options import SCCOptions, checked_labels, compute_dtype, is_label_map
 from ._stats import weighted_band_mean
 from .bands import band_index
 
@@ -30,11 +29,12 @@ def band_weighted_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions)
         x = torch.sigmoid(x)
     label_map = is_label_map(input, target)
     if label_map:
-        labels = check_labels(target, num_classes, opts.ignore_index).long()
+        labels = checked_labels(target, num_classes, opts.ignore_index)
         valid = torch.ones_like(labels, dtype=torch.bool)
         if opts.ignore_index is not None:
             valid = labels != opts.ignore_index
-        y = F.one_hot(torch.where(valid, labels, 0), num_classes).movedim(-1, 1).to(dtype)
+        classes = torch.arange(num_classes, device=labels.device).view(num_classes, *(1 for _ in spatial))
+        y = (labels.unsqueeze(1) == classes).to(dtype)  # one-hot (F.one_hot's range check fails under vmap)
         # 2. ignored positions are zero in prediction and target
         valid = valid.unsqueeze(1)
         x = x * valid
