@@ -304,12 +304,14 @@ def plan(
     None: the current CUDA device (its profile, and only the backends that can run on it).
     deterministic: leave out paths with order-dependent atomics (also when
     torch.are_deterministic_algorithms_enabled()). autotune: time the candidates on the current
-    device once per problem and pick the fastest measured (default: $SCC_KERNELS_AUTOTUNE).
+    device once per problem and pick the fastest measured (default: $SCC_KERNELS_AUTOTUNE where
+    gpu is None; a named profile is the model only).
     """
     options = make_options(spectrum=spectrum, bands=bands)  # scc_loss's checks of these two
-    problem = Problem(
-        _checked_shape(input_shape), spectrum, options.num_bands, _checked_dtype(dtype), include_background
-    )
+    shape = _checked_shape(input_shape)
+    # as scc_loss, which ignores include_background=False for a single channel
+    include_background = bool(include_background) or shape[1] == 1
+    problem = Problem(shape, spectrum, options.num_bands, _checked_dtype(dtype), include_background)
     if gpu is not None and gpu not in PROFILES:
         raise ValueError(f"gpu must be one of {tuple(PROFILES)} or None (the current device), got {gpu!r}")
     if gpu is None and not torch.cuda.is_available():
@@ -320,7 +322,9 @@ def plan(
     eligible = [c for c in candidates if _allowed(c, deterministic) and _supports_dtype(c.backend, dtype)]
     if gpu is None:
         eligible = [c for c in eligible if _runs_here(c.backend, dtype)]
-    if autotune if autotune is not None else os.environ.get("SCC_KERNELS_AUTOTUNE") == "1":
+    if autotune is None:
+        autotune = gpu is None and os.environ.get("SCC_KERNELS_AUTOTUNE") == "1"
+    if autotune:
         if gpu is not None:
             raise ValueError("autotune measures the current device: use gpu=None")
         measured = _autotune(problem, eligible)

@@ -360,3 +360,21 @@ def test_plan_command_runs_float64(capsys):
 
     assert cli.main(["plan", "2x4x32x32", "--gpu", "H100", "--dtype", "float64"]) == 0
     assert "pick: torch / fft" in capsys.readouterr().out
+
+
+def test_the_autotune_variable_does_not_apply_to_a_named_profile(monkeypatch, capsys):
+    """SCC_KERNELS_AUTOTUNE=1 made plan(gpu="H200") and `plan --gpu H200` raise (a traceback)."""
+    import scc_kernels.__main__ as cli
+
+    monkeypatch.setenv("SCC_KERNELS_AUTOTUNE", "1")
+    assert planning.plan((2, 3, 16, 16), gpu="H200").candidates[0].measured_ms is None
+    assert cli.main(["plan", "2x3x16x16", "--gpu", "H200"]) == 0 and "pick:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="use gpu=None"):
+        planning.plan((2, 3, 16, 16), gpu="H200", autotune=True)  # asked for explicitly: still an error
+
+
+def test_a_single_channel_keeps_its_background_as_in_scc_loss():
+    """scc_loss ignores include_background=False for C == 1; plan modelled zero slices."""
+    kept = planning.plan((4, 1, 64, 64), gpu="H200")
+    dropped = planning.plan((4, 1, 64, 64), include_background=False, gpu="H200")
+    assert dropped.candidates == kept.candidates and dropped.problem.slices == 4
