@@ -177,6 +177,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A seed torch.Generator.manual_seed takes: an integer in [-2**63, 2**64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not -(2**63) <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in [-2**63, 2**64)")
+    return value
+
+
 def _check_backends(parser: argparse.ArgumentParser, names) -> None:
     for name in names or ():
         reason = unavailable_reason(name, _device())
@@ -202,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     p_verify = sub.add_parser("verify", help="every available backend against the float64 reference")
     p_verify.add_argument("--backend", action="append", choices=backends, help="only this backend (repeatable)")
     p_verify.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"])
-    p_verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p_verify.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs (default 0)")
     p_bench = sub.add_parser("bench", help="forward and forward+backward times next to the reference")
     p_bench.add_argument("--backend", action="append", choices=backends[1:], help="only this backend (repeatable)")
     p_bench.add_argument("--quick", action="store_true", help="smaller default shapes")

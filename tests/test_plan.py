@@ -378,3 +378,15 @@ def test_a_single_channel_keeps_its_background_as_in_scc_loss():
     kept = planning.plan((4, 1, 64, 64), gpu="H200")
     dropped = planning.plan((4, 1, 64, 64), include_background=False, gpu="H200")
     assert dropped.candidates == kept.candidates and dropped.problem.slices == 4
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", str(2**64), str(-(2**63) - 1), "1.5", "x"])
+def test_verify_command_seed_out_of_range_is_a_usage_error(seed, capsys):
+    """A seed torch's generator cannot take ended in a traceback from inside verify."""
+    import scc_kernels.__main__ as cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.parse(["verify", "--seed", seed])
+    assert exit.value.code == 2 and "--seed" in capsys.readouterr().err
+    assert cli.parse(["verify", "--seed", str(2**64 - 1)]).seed == 2**64 - 1
+    assert cli.parse(["verify", "--seed", "-5"]).seed == -5
