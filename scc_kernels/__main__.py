@@ -19,7 +19,7 @@ import scc_kernels
 from scc_kernels.backends import FAST_BACKENDS, unavailable_reason
 from scc_kernels.backends import load as _load_backend
 from scc_kernels.integrations import nnunet_install
-from scc_kernels.planning import PROFILES
+from scc_kernels.planning import PROFILES, _checked_shape
 
 
 def _device() -> torch.device:
@@ -157,16 +157,14 @@ def plan(args) -> int:
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    """'8x4x256x256' → (8, 4, 256, 256): batch, channels and 1 to 3 spatial sizes, all >= 1."""
+    """'8x4x256x256' → (8, 4, 256, 256): batch, channels and 1 to 3 spatial sizes, all >= 1
+    (scc_kernels.plan's check)."""
     try:
-        shape = tuple(int(size) for size in text.lower().split("x"))
+        return _checked_shape(tuple(int(size) for size in text.lower().split("x")))
     except ValueError:
-        shape = ()
-    if not 3 <= len(shape) <= 5 or min(shape) < 1:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a shape BxCxS1[xS2[xS3]] of positive sizes, e.g. 8x4x256x256"
-        )
-    return shape
+        ) from None
 
 
 def _positive_int(text: str) -> int:
@@ -176,6 +174,17 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _seed(text: str) -> int:
+    """A seed torch.Generator.manual_seed takes: an integer in [-2**63, 2**64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not -(2**63) <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in [-2**63, 2**64)")
     return value
 
 
@@ -204,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     p_verify = sub.add_parser("verify", help="every available backend against the float64 reference")
     p_verify.add_argument("--backend", action="append", choices=backends, help="only this backend (repeatable)")
     p_verify.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"])
-    p_verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p_verify.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs (default 0)")
     p_bench = sub.add_parser("bench", help="forward and forward+backward times next to the reference")
     p_bench.add_argument("--backend", action="append", choices=backends[1:], help="only this backend (repeatable)")
     p_bench.add_argument("--quick", action="store_true", help="smaller default shapes")
@@ -225,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     p_plan.add_argument("shapes", nargs="+", type=_shape, help="input shapes, e.g. 2x4x128x128x128")
     p_plan.add_argument("--spectrum", default="amplitude", choices=["amplitude", "complex"])
     p_plan.add_argument("--bands", type=_positive_int, default=None)
-    p_plan.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p_plan.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     p_plan.add_argument("--gpu", choices=sorted(PROFILES), help="a GPU profile (default: this machine's GPU)")
     p_plan.add_argument("--deterministic", action="store_true", help="leave out paths with float32 atomics")
     p_plan.add_argument("--autotune", action="store_true", help="also time every candidate on this GPU")

@@ -5,16 +5,24 @@ and merge them (_stats.merge: exact, whatever the per-rank batch sizes); the ref
 the activated prediction and target themselves, the plain definition over the global batch.
 Both gathers are differentiable: each rank's gradient holds every rank's share of the loss it
 influences, so that DDP's average over W ranks equals the gradient of one process over the
-whole batch (as SyncBatchNorm does).
+whole batch (as SyncBatchNorm does). A rank with an empty batch joins both gathers too (SPEC §5).
+
+The gathers are torch's functional collectives (differentiable, and traced by torch.compile),
+not the deprecated torch.distributed.nn.functional ones, which torch.compile cannot trace.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as distributed_autograd
+import torch.distributed._functional_collectives as functional_collectives
 
 from ._options import warn_caller_once
+
+# torch >= 2.12 names it all_gather_single_autograd (all_gather_tensor_autograd warns there)
+_all_gather = getattr(functional_collectives, "all_gather_single_autograd", None) or (
+    functional_collectives.all_gather_tensor_autograd
+)
 
 
 def _group_or_none(group):
@@ -34,17 +42,19 @@ def gather_stack(tensor: torch.Tensor, group) -> torch.Tensor:
     group = _group_or_none(group)
     if group is None:
         return tensor.unsqueeze(0)
-    return torch.stack(distributed_autograd.all_gather(tensor, group=group))
+    return _all_gather(tensor.unsqueeze(0).contiguous(), 0, group)
 
 
+@torch.compiler.disable  # the sizes are data: torch.compile breaks the graph here
 def gather_batches(tensor: torch.Tensor, group) -> torch.Tensor:
-    """(Σ B_r, ...): every rank's batch (sizes may differ), concatenated in rank order, differentiably."""
+    """(Σ B_r, ...): every rank's batch (sizes may differ, 0 included), concatenated in rank
+    order, differentiably."""
     group = _group_or_none(group)
     if group is None:
         return tensor
-    sizes = [torch.zeros((), dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(sizes, torch.tensor(tensor.shape[0], device=tensor.device), group=group)
-    sizes = [int(size) for size in sizes]
+    sizes = _all_gather(torch.tensor([tensor.shape[0]], device=tensor.device), 0, group).tolist()
+    if max(sizes) == 0:  # every rank's batch is empty (all ranks take this branch)
+        return tensor
     padded = torch.cat([tensor, tensor.new_zeros((max(sizes) - tensor.shape[0], *tensor.shape[1:]))])
-    gathered = distributed_autograd.all_gather(padded, group=group)
-    return torch.cat([part[:size] for part, size in zip(gathered, sizes)])
+    gathered = _all_gather(padded.contiguous(), 0, group)
+    return torch.cat([part[:size] for part, size in zip(gathered.split(max(sizes)), sizes)])

@@ -366,6 +366,8 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | Non
     torch.compile graph raises what eager code does. A floating label map (`to_onehot_y=True`)
     must hold integral values and comes back as int64.
     """
+    if labels.numel() == 0:  # nothing to check (a rank with B = 0 under sync_batch)
+        return labels.long() if labels.is_floating_point() else labels
     ignore_index = matchable_ignore_index(labels.dtype, ignore_index)
     checked = labels if ignore_index is None else labels.masked_fill(labels == ignore_index, 0)
     low, high = torch.aminmax(checked)  # one pass over the labels

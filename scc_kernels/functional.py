@@ -27,7 +27,7 @@ from ._options import (
     prepare,
     warn_caller_once,
 )
-from ._stats import loss_from_stats
+from ._stats import STATS, loss_from_stats
 from .backends import resolve
 
 
@@ -171,11 +171,11 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
         input = opts.other_act(input)
     if opts.binary_label_map:
         input, opts = binary_as_two_classes(input, opts)
-    if input.numel() == 0:
+    if input.numel() == 0 and not opts.sync_batch:
         return _no_bins(input, opts)
     # "auto" on CUDA follows scc_kernels.plan for this shape (a CPU graph stays shape-generic)
     problem = None
-    if input.is_cuda:
+    if input.is_cuda and input.numel() > 0:
         problem = (tuple(map(int, input.shape)), opts.spectrum, opts.num_bands, opts.include_background)
     name = resolve(opts.backend, input.device, input.dtype, problem)
     if name != "reference" and (mode := _mode_only_the_reference_supports(input)) is not None:
@@ -187,6 +187,8 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
     with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
         if name == "reference":
             return 1 - reference.band_weighted_r(input, target, opts)
+        if input.numel() == 0:  # an empty rank under sync_batch: still joins the merge (SPEC §5)
+            return _no_bins(input, opts)
         stats, *_ = torch.ops.scc_kernels.band_stats(
             input,
             target,
@@ -213,11 +215,12 @@ def _mode_only_the_reference_supports(input: torch.Tensor) -> str | None:
 
 
 def _no_bins(input: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
-    """An empty input has no bins: every band is empty, so r = 1 (SPEC §3 step 6) and the loss
-    0 for every (b, c) or class, with a zero gradient. Handled here once: torch.fft refuses
-    empty tensors."""
+    """An empty input has no bins: statistics of count 0 in every band, so r = 1 (SPEC §3 step
+    6) and the loss 0 for every (b, c) or class, with a zero gradient; under sync_batch they
+    merge with the other ranks' (connected to `input`, so that the gather's backward, a
+    collective, runs on this rank too). Handled here once: torch.fft refuses empty tensors."""
     batch, channels = input.shape[:2]
     channels -= 0 if opts.include_background else 1
-    shape = (channels,) if opts.batch else (batch, channels)
-    zeros = torch.zeros(shape, dtype=compute_dtype(input.dtype), device=input.device)
-    return zeros + 0 * input.sum()
+    shape = (batch, channels, opts.num_bands, len(STATS))
+    stats = torch.zeros(shape, dtype=compute_dtype(input.dtype), device=input.device)
+    return loss_from_stats(stats + 0 * input.sum(), opts)

@@ -29,13 +29,19 @@ fastest in this process and in a JSON file (`$SCC_KERNELS_CACHE`, default
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import operator
 import os
+import tempfile
 
 import torch
+
+from ._options import make_options, warn_caller_once
+from .backends import _supports_dtype
 
 # ----------------------------------------------------------------------------------------------
 # device profiles: spec-sheet rates (dense, no sparsity)
@@ -298,15 +304,14 @@ def plan(
     None: the current CUDA device (its profile, and only the backends that can run on it).
     deterministic: leave out paths with order-dependent atomics (also when
     torch.are_deterministic_algorithms_enabled()). autotune: time the candidates on the current
-    device once per problem and pick the fastest measured (default: $SCC_KERNELS_AUTOTUNE).
+    device once per problem and pick the fastest measured (default: $SCC_KERNELS_AUTOTUNE where
+    gpu is None; a named profile is the model only).
     """
-    problem = Problem(tuple(input_shape), spectrum, 1 if bands is None else bands, dtype, include_background)
-    if len(problem.shape) < 3 or min(problem.shape) < 1:
-        raise ValueError(f"input_shape must be (B, C, *spatial) with sizes >= 1, got {input_shape!r}")
-    if spectrum not in ("amplitude", "complex") or problem.bands < 1:
-        raise ValueError(
-            f"spectrum must be 'amplitude' or 'complex' and bands None or >= 1, got {spectrum!r}, {bands!r}"
-        )
+    options = make_options(spectrum=spectrum, bands=bands)  # scc_loss's checks of these two
+    shape = _checked_shape(input_shape)
+    # as scc_loss, which ignores include_background=False for a single channel
+    include_background = bool(include_background) or shape[1] == 1
+    problem = Problem(shape, spectrum, options.num_bands, _checked_dtype(dtype), include_background)
     if gpu is not None and gpu not in PROFILES:
         raise ValueError(f"gpu must be one of {tuple(PROFILES)} or None (the current device), got {gpu!r}")
     if gpu is None and not torch.cuda.is_available():
@@ -314,16 +319,18 @@ def plan(
     profile = PROFILES[gpu] if gpu is not None else profile_of()
     deterministic = deterministic or torch.are_deterministic_algorithms_enabled()
     candidates = sorted(_costs(problem, profile), key=lambda c: c.modeled_ms)
-    eligible = [c for c in candidates if _allowed(c, deterministic)]
+    eligible = [c for c in candidates if _allowed(c, deterministic) and _supports_dtype(c.backend, dtype)]
     if gpu is None:
         eligible = [c for c in eligible if _runs_here(c.backend, dtype)]
-    if autotune if autotune is not None else os.environ.get("SCC_KERNELS_AUTOTUNE") == "1":
+    if autotune is None:
+        autotune = gpu is None and os.environ.get("SCC_KERNELS_AUTOTUNE") == "1"
+    if autotune:
         if gpu is not None:
             raise ValueError("autotune measures the current device: use gpu=None")
         measured = _autotune(problem, eligible)
-        candidates = [dataclasses.replace(c, measured_ms=measured.get(f"{c.backend}/{c.path}")) for c in candidates]
-        timed = [c for c in candidates if c.measured_ms is not None]
-        best = min(timed, key=lambda c: c.measured_ms)
+        candidates = [dataclasses.replace(c, measured_ms=measured.get(_key(c))) for c in candidates]
+        # only the eligible ones were timed: the pick is among them, whatever else is listed
+        best = min((c for c in candidates if _key(c) in map(_key, eligible)), key=lambda c: c.measured_ms)
         reason = f"fastest measured ({best.measured_ms:.3f} ms; the model said {best.modeled_ms:.3f} ms)"
     else:
         best = eligible[0]
@@ -337,6 +344,26 @@ def plan(
 cached_plan = functools.lru_cache(maxsize=256)(plan)  # backend="auto" asks once per problem
 
 
+def _checked_shape(input_shape) -> tuple[int, ...]:
+    """`input_shape` as (B, C, *spatial) of ints >= 1 with 1 to 3 spatial sizes (scc_loss's layouts)."""
+    try:
+        shape = tuple(operator.index(size) for size in input_shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be a sequence of ints (B, C, *spatial), got {input_shape!r}") from None
+    if not 3 <= len(shape) <= 5 or min(shape) < 1 or any(isinstance(size, bool) for size in input_shape):
+        raise ValueError(f"input_shape must be (B, C, *spatial), 1 to 3 spatial sizes, all >= 1, got {input_shape!r}")
+    if math.prod(shape) >= 2**63:
+        raise ValueError(f"input_shape {input_shape!r} has more elements than a tensor can hold (2**63)")
+    return shape
+
+
+def _checked_dtype(dtype) -> torch.dtype:
+    """A floating torch.dtype, as scc_loss's input must be (SPEC §5: TypeError otherwise)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, ...), got {dtype!r}")
+    return dtype
+
+
 def _dominant(c: Candidate) -> str:
     return max((c.memory_ms, "memory"), (c.compute_ms, "compute"), (c.launch_ms, "launch"))[1]
 
@@ -344,7 +371,7 @@ def _dominant(c: Candidate) -> str:
 def _runs_here(backend: str, dtype: torch.dtype) -> bool:
     """Can run on the current CUDA device now: the cuda backend only prebuilt (auto must not start
     a minute-long JIT compile that nobody asked for; backend="cuda" still may)."""
-    from .backends import _supports_dtype, load, unavailable_reason
+    from .backends import load, unavailable_reason
 
     if not _supports_dtype(backend, dtype) or unavailable_reason(backend, "cuda") is not None:
         return False
@@ -357,57 +384,109 @@ def _runs_here(backend: str, dtype: torch.dtype) -> bool:
 _measured: dict[str, dict[str, float]] = {}
 
 
+def _key(c: Candidate) -> str:
+    return f"{c.backend}/{c.path}"
+
+
 def _cache_path() -> str:
     return os.environ.get(
         "SCC_KERNELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "scc_kernels", "autotune.json")
     )
 
 
-def _signature(problem: Problem, device: torch.device) -> str:
+def _signature(problem: Problem, device: torch.device, candidates: list[Candidate]) -> str:
+    """Everything a measurement depends on: the device, the software, the problem, and the
+    candidate set (which deterministic mode, the dtype and what runs here decide)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
     return json.dumps(
         [
             name,
             torch.__version__,
+            triton_version,
             list(problem.shape),
             problem.spectrum,
             problem.bands,
             str(problem.dtype),
             problem.include_background,
+            sorted(map(_key, candidates)),
         ]
     )
 
 
 def _autotune(problem: Problem, candidates: list[Candidate], device: torch.device | None = None) -> dict[str, float]:
-    """{"backend/path": fwd+bwd ms} measured on `device` (default: the current CUDA device),
-    from the process cache, the disk cache, or by timing each candidate (median of 5)."""
+    """{"backend/path": fwd+bwd ms} for exactly `candidates`, measured on `device` (default: the
+    current CUDA device), from the process cache, the disk cache, or by timing each candidate
+    (median of 5). The disk cache is an optimisation: whatever it holds, or wherever it is, a
+    bad one gives a warning and the timings are measured again, never an error."""
     device = device or torch.device("cuda")
-    key = _signature(problem, device)
+    key = _signature(problem, device, candidates)
     if key not in _measured:
         disk = _read_cache()
-        if key in disk:
-            _measured[key] = disk[key]
+        entry = disk.get(key) if disk is not None else None
+        if _valid_entry(entry, candidates):
+            _measured[key] = entry
         else:
-            _measured[key] = {f"{c.backend}/{c.path}": _time_candidate(problem, c, device) for c in candidates}
-            disk[key] = _measured[key]
-            _write_cache(disk)
+            _measured[key] = {_key(c): _time_candidate(problem, c, device) for c in candidates}
+            if disk is not None:
+                disk[key] = _measured[key]
+                _write_cache(disk)
     return _measured[key]
 
 
-def _read_cache() -> dict:
-    try:
-        with open(_cache_path()) as file:
-            return json.load(file)
-    except (OSError, ValueError):
+def _valid_entry(entry, candidates: list[Candidate]) -> bool:
+    """A time in ms for every candidate, and nothing else."""
+    return (
+        isinstance(entry, dict)
+        and set(entry) == set(map(_key, candidates))
+        and all(
+            isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 <= ms < math.inf for ms in entry.values()
+        )
+    )
+
+
+def _cache_trouble(path: str, what: str) -> None:
+    warn_caller_once(f"scc_kernels: autotune cache {path!r} {what}; autotuning goes on without it")
+
+
+def _read_cache() -> dict | None:
+    """The disk cache's entries ({} when there is no file yet), or None when it cannot be used."""
+    path = _cache_path()
+    if not os.path.exists(path):
         return {}
+    try:
+        with open(path) as file:
+            entries = json.load(file)
+    except (OSError, ValueError) as error:
+        _cache_trouble(path, f"cannot be read ({type(error).__name__}: {error})")
+        return None
+    if not isinstance(entries, dict):
+        _cache_trouble(path, f"holds a JSON {type(entries).__name__}, not an object")
+        return None
+    return entries
 
 
 def _write_cache(entries: dict) -> None:
     path = _cache_path()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as file:
-        json.dump(entries, file, indent=1)
-    os.replace(path + ".tmp", path)  # atomic: a concurrent reader sees the old or the new file
+    folder = os.path.dirname(path) or "."  # a bare file name: the working directory
+    temporary = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        # a unique temporary name: ranks or processes that write at once do not collide
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as file:
+            temporary = file.name
+            json.dump(entries, file, indent=1)
+        os.replace(temporary, path)  # atomic: a concurrent reader sees the old or the new file
+    except OSError as error:
+        _cache_trouble(path, f"cannot be written ({type(error).__name__}: {error})")
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
 
 
 def _time_candidate(problem: Problem, c: Candidate, device: torch.device, repeats: int = 5) -> float:
@@ -470,7 +549,7 @@ def _triton_path(shape, spectrum, bands, dtype, include_background, device, dete
     triton = [c for c in _costs(problem, profile) if c.backend == "triton" and _allowed(c, deterministic)]
     if autotune:
         measured = _autotune(problem, triton, device)
-        return min(triton, key=lambda c: measured[f"{c.backend}/{c.path}"]).path
+        return min(triton, key=lambda c: measured[_key(c)]).path
     return min(triton, key=lambda c: c.modeled_ms).path
 
 

@@ -47,6 +47,8 @@ def band_weighted_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions)
         x, y = x[:, 1:], y[:, 1:]
     if opts.batch and opts.sync_batch:  # r over every rank's batch: gather the slices themselves
         x, y = gather_batches(x, opts.process_group), gather_batches(y, opts.process_group)
+        if x.numel() == 0:  # every rank's batch is empty: no bins, r = 1 (SPEC §3 step 6); fftn refuses it
+            return torch.ones(x.shape[1], dtype=dtype, device=x.device) + 0 * x.sum()
 
     # 4. full complex spectra
     X = torch.fft.fftn(x, dim=spatial_dims, norm="ortho")

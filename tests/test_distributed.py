@@ -1,9 +1,12 @@
 """`sync_batch=True` under torch.distributed (SPEC §2): DDP on W ranks × B/W samples gives every
 rank the loss of one process over all B samples, and the same parameter gradients (gloo, 2 CPU
-processes). Also MONAI's DeepSupervisionLoss around SCCLoss."""
+processes). Also ranks with an empty batch, torch.compile with sync_batch, and MONAI's
+DeepSupervisionLoss around SCCLoss."""
 
+import datetime
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -58,6 +61,97 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+HANG_S = 60  # a collective that waits longer than this is a hang: gloo raises on that rank
+
+
+def _spawn_ranks(fn, *args, deadline_s: float = 300):
+    """Run fn(rank, port, *args) on WORLD processes; a hang fails the test instead of CI."""
+    context = mp.spawn(fn, args=(_free_port(), *args), nprocs=WORLD, join=False)
+    end = time.monotonic() + deadline_s
+    while not context.join(timeout=max(end - time.monotonic(), 0.1)):
+        if time.monotonic() > end:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+            pytest.fail(f"the ranks did not finish within {deadline_s} s (a hang)")
+
+
+def _init(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=HANG_S))
+
+
+ALL_BACKENDS = [("reference", torch.float64), ("torch", torch.float64)]
+if scc_kernels.available_backends()["triton"]["available"] and not torch.cuda.is_available():
+    ALL_BACKENDS.append(("triton", torch.float32))  # interpreted: gloo ranks hold CPU tensors
+TOLERANCE = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
+
+
+def _empty_rank_main(rank, port, options):
+    _init(rank, port)
+    try:
+        for backend, dtype in ALL_BACKENDS:
+            images, labels = _problem(23, dtype)
+            loss_fn = SCCLoss(batch=True, softmax=True, backend=backend, **options)
+            single = _model(dtype)
+            single_loss = loss_fn(single(images), labels)
+            single_loss.backward()
+            model = torch.nn.parallel.DistributedDataParallel(_model(dtype))
+            synced = SCCLoss(batch=True, sync_batch=True, softmax=True, backend=backend, **options)
+            part = slice(0, 4) if rank == 0 else slice(4, 4)  # rank 1: B = 0
+            ddp_loss = synced(model(images[part]), labels[part])
+            ddp_loss.backward()
+            where = f"rank {rank}, backend {backend}, {options}"
+            torch.testing.assert_close(ddp_loss, single_loss, msg=where, **TOLERANCE[dtype])
+            for ddp_param, param in zip(model.module.parameters(), single.parameters()):
+                torch.testing.assert_close(ddp_param.grad, param.grad, msg=where, **TOLERANCE[dtype])
+            # every rank empty: the global batch has no bins, loss 0 (SPEC §3 step 6), no hang
+            empty = synced(model(images[:0]), labels[:0])
+            empty.backward()
+            assert empty.item() == 0, where
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(spectrum="amplitude", bands=2), dict(spectrum="complex")],
+    ids=["amplitude-2bands", "complex-parseval"],
+)
+def test_a_rank_with_an_empty_batch_joins_the_merge(options):
+    """SPEC §5: every rank gets the global loss and DDP's gradient, on every backend."""
+    _spawn_ranks(_empty_rank_main, options)
+
+
+def _compiled_main(rank, port, backend, dtype):
+    _init(rank, port)
+    try:
+        images, labels = _problem(24, dtype)
+        part = SPLITS[rank]
+        results = []
+        # the fast backends' graph holds the gather (one graph); the reference's breaks there
+        compiled = torch.compile(scc_kernels.scc_loss, fullgraph=backend != "reference")
+        for loss_fn in (scc_kernels.scc_loss, compiled):
+            torch._dynamo.reset()
+            logits = images[part].repeat(1, 3, 1, 1) * torch.tensor([1.0, -0.5, 2.0], dtype=dtype).view(3, 1, 1)
+            logits.requires_grad_(True)
+            value = loss_fn(logits, labels[part], softmax=True, bands=3, batch=True, sync_batch=True, backend=backend)
+            value.backward()
+            results.append((value.detach(), logits.grad))
+        where = f"rank {rank}, backend {backend}"
+        (eager, eager_grad), (compiled, compiled_grad) = results
+        torch.testing.assert_close(compiled, eager, msg=where, **TOLERANCE[dtype])
+        torch.testing.assert_close(compiled_grad, eager_grad, msg=where, **TOLERANCE[dtype])
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backend, dtype", ALL_BACKENDS[:2], ids=["reference", "torch"])  # triton: the torch op's graph
+def test_sync_batch_under_torch_compile(backend, dtype):
+    """SPEC §5: torch.compile with sync_batch and a process group works (graph breaks allowed)."""
+    _spawn_ranks(_compiled_main, backend, dtype)
 
 
 TRITON_ON_CPU = pytest.mark.skipif(

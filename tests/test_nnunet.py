@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -65,6 +66,23 @@ def test_subclass_attributes_reach_the_loss():
     loss = trainer_for_loss(Banded)._build_loss().loss
     assert loss.scc_weight == 2.0
     assert (loss.scc.options.spectrum, loss.scc.options.bands) == ("complex", 4)
+
+
+@pytest.mark.parametrize("scc_batch", [False, True])
+@pytest.mark.parametrize("is_ddp", [False, True])
+def test_batch_scc_under_ddp_is_over_every_ranks_batch(scc_batch, is_ddp):
+    """As nnU-Net's batch Dice under DDP: with scc_batch, r is over the global batch (sync_batch)."""
+
+    class Batched(nnUNetTrainerSCC):
+        pass
+
+    Batched.scc_batch = scc_batch
+    trainer = trainer_for_loss(Batched)
+    trainer.is_ddp = is_ddp
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "sync_batch needs batch" warning either
+        options = trainer._build_loss().loss.scc.options
+    assert (options.batch, options.sync_batch) == (scc_batch, scc_batch and is_ddp)
 
 
 def test_ignore_label_positions_get_no_gradient():

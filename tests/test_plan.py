@@ -4,6 +4,7 @@ the profiles are data)."""
 
 import dataclasses
 import json
+import warnings
 
 import pytest
 import torch
@@ -172,3 +173,251 @@ def test_triton_path_decides_on_symbolic_sizes_on_cuda(shape, spectrum, bands, m
     assert tuple(outputs[0].shape[:3]) == (*shape[:2], bands)
     decided_on = [shape_env.replace(size.node.expr) for size in sizes]  # each size guarded to its value
     assert decided_on == list(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# the autotune cache: keyed by the candidate set, robust to any content or location
+
+
+FAKE_MS = {"triton/fft": 2.0, "triton/dft": 1.0, "cuda/fft": 3.0, "torch/fft": 4.0}
+
+
+@pytest.fixture
+def fake_timing(monkeypatch, tmp_path):
+    """Autotuning on CPU: a fresh process cache, a cache file in tmp_path, timings from FAKE_MS."""
+    monkeypatch.setattr(planning, "_measured", {})
+    monkeypatch.setenv("SCC_KERNELS_CACHE", str(tmp_path / "autotune.json"))
+    calls = []
+
+    def fake_time(problem, candidate, device, repeats=5):
+        calls.append(planning._key(candidate))
+        return FAKE_MS[planning._key(candidate)]
+
+    monkeypatch.setattr(planning, "_time_candidate", fake_time)
+    return calls
+
+
+def _triton_candidates(problem, deterministic=False):
+    costs = planning._costs(problem, planning.PROFILES["H200"])
+    return [c for c in costs if c.backend == "triton" and planning._allowed(c, deterministic)]
+
+
+def test_a_deterministic_entry_does_not_serve_a_non_deterministic_call(fake_timing, monkeypatch):
+    monkeypatch.setattr(planning, "_profile_name", lambda device: "H200")  # a CPU device, the H200 model
+    cpu = torch.device("cpu")
+    problem = ((2, 3, 16, 13), "amplitude", 2, torch.float32, True, cpu)
+    assert planning._triton_path(*problem, True, True) == "fft"  # deterministic: the DFT's atomics left out
+    assert planning._triton_path(*problem, False, True) == "dft"  # was KeyError('triton/dft')
+    assert sorted(fake_timing) == ["triton/dft", "triton/fft", "triton/fft"]
+    # the disk holds both entries: a new process measures neither again
+    monkeypatch.setattr(planning, "_measured", {})
+    p = planning.Problem((2, 3, 16, 13), bands=2)
+    assert planning._autotune(p, _triton_candidates(p, True), cpu) == {"triton/fft": 2.0}
+    assert planning._autotune(p, _triton_candidates(p), cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
+    assert len(fake_timing) == 3
+
+
+def test_plan_autotuned_picks_only_among_allowed_candidates(fake_timing, monkeypatch):
+    """plan(deterministic=True, autotune=True) after a non-deterministic autotune of the same problem
+    picked the atomic DFT path from the shared cache entry."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200 (faked)")
+    monkeypatch.setattr(planning, "profile_of", lambda device=None: planning.PROFILES["H200"])
+    monkeypatch.setattr(planning, "_runs_here", lambda backend, dtype: backend in ("triton", "torch"))
+    shape = (8, 4, 32, 31)
+    assert planning.plan(shape, bands=4, autotune=True).path == "dft"
+    deterministic = planning.plan(shape, bands=4, autotune=True, deterministic=True)
+    assert (deterministic.backend, deterministic.path) == ("triton", "fft")
+    float64 = planning.plan(shape, bands=4, dtype=torch.float64, autotune=True)
+    assert float64.backend == "torch"  # the only fast backend that runs float64
+
+
+def _cpu_problem():
+    problem = planning.Problem((2, 3, 16, 11), bands=2)
+    return problem, _triton_candidates(problem), torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[1, 2]", '"text"', "3", "null", "{not json", "\x00\xff"],
+    ids=["list", "string", "number", "null", "invalid-json", "binary"],
+)
+def test_a_cache_file_of_the_wrong_type_warns_once_and_is_left_alone(fake_timing, tmp_path, content):
+    cache = tmp_path / "autotune.json"
+    cache.write_text(content)
+    problem, candidates, cpu = _cpu_problem()
+    with pytest.warns(UserWarning, match="autotune cache .* autotuning goes on without it"):
+        assert planning._autotune(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
+    assert cache.read_text() == content  # not the loss's file to overwrite
+    other = planning.Problem((2, 3, 16, 12), bands=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the next problem says nothing
+        planning._autotune(other, _triton_candidates(other), cpu)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["fast", [1.0, 2.0], {"triton/fft": "2"}, {"triton/fft": 2.0}, {"triton/fft": 2.0, "triton/dft": -1},
+     {"triton/fft": 2.0, "triton/dft": True}, {"triton/fft": 2.0, "triton/dft": 1.0, "cuda/fft": 0.1}, None],
+    ids=["string", "list", "string-ms", "missing", "negative", "bool", "extra", "null"],
+)  # fmt: skip
+def test_a_bad_cache_entry_is_measured_again_and_replaced(fake_timing, tmp_path, entry):
+    problem, candidates, cpu = _cpu_problem()
+    key = planning._signature(problem, cpu, candidates)
+    cache = tmp_path / "autotune.json"
+    cache.write_text(json.dumps({key: entry, "someone else's": [1]}))
+    assert planning._autotune(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
+    assert json.loads(cache.read_text()) == {key: {"triton/fft": 2.0, "triton/dft": 1.0}, "someone else's": [1]}
+
+
+def test_a_bare_file_name_is_in_the_working_directory(fake_timing, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCC_KERNELS_CACHE", "cache.json")  # os.path.dirname is ""
+    problem, candidates, cpu = _cpu_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        measured = planning._autotune(problem, candidates, cpu)
+    assert list(json.loads((tmp_path / "cache.json").read_text()).values()) == [measured]
+    assert [path.name for path in tmp_path.iterdir()] == ["cache.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("where", ["folder-in-its-place", "under-a-file", "unwritable-folder"])
+def test_a_cache_that_cannot_be_written_warns_and_carries_on(fake_timing, tmp_path, monkeypatch, where):
+    if where == "folder-in-its-place":
+        path = tmp_path / "autotune.json"
+        path.mkdir()
+    elif where == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "autotune.json"
+    else:  # /proc takes no new files, whoever runs the test (root included)
+        path = "/proc/scc_kernels_autotune.json"
+    monkeypatch.setenv("SCC_KERNELS_CACHE", str(path))
+    problem, candidates, cpu = _cpu_problem()
+    with pytest.warns(UserWarning, match="autotune cache"):
+        assert planning._autotune(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
+    assert planning._autotune(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}  # the process cache
+    assert len(fake_timing) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# plan's argument checks: scc_loss's, plus the shape and the dtype
+
+
+@pytest.mark.parametrize("gpu", sorted(planning.PROFILES))
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (8, 4, 64, 64), (1, 2, 33), (2, 4, 24, 24, 24)])
+@pytest.mark.parametrize("spectrum, bands", [("amplitude", 4), ("complex", None), ("complex", 2)])
+def test_float64_plans_pick_a_backend_that_runs_float64(gpu, shape, spectrum, bands):
+    chosen = planning.plan(shape, spectrum=spectrum, bands=bands, dtype=torch.float64, gpu=gpu)
+    assert chosen.backend == "torch"  # of the fast backends, only torch runs float64
+
+
+@pytest.mark.parametrize("bands", [2.5, True, False, 0, -1, "2"])
+def test_plan_checks_bands_as_scc_loss_does(bands):
+    logits, labels = torch.randn(1, 2, 8, 8), torch.randint(0, 2, (1, 8, 8))
+    with pytest.raises(ValueError, match="bands") as loss_error:
+        scc_kernels.scc_loss(logits, labels, bands=bands)
+    with pytest.raises(ValueError, match="bands") as plan_error:
+        planning.plan((1, 2, 8, 8), bands=bands, gpu="H200")
+    assert str(plan_error.value) == str(loss_error.value)
+
+
+def test_plan_checks_spectrum_as_scc_loss_does():
+    with pytest.raises(ValueError, match="spectrum"):
+        planning.plan((1, 2, 8, 8), spectrum="phase", gpu="H200")
+
+
+@pytest.mark.parametrize(
+    "shape, error",
+    [
+        ((2, 3), ValueError),
+        ((2, 3, 8, 8, 8, 8), ValueError),
+        ((2, -3, 8), ValueError),
+        ((2, 3, 0), ValueError),
+        ((2, 3, 8.0), TypeError),
+        ((2, 3, "8"), TypeError),
+        ((2, 3, None), TypeError),
+        ((True, 3, 8), ValueError),
+        (5, TypeError),
+        ("2x3x8", TypeError),
+        ((2, 3, 2**62, 2**62), ValueError),
+    ],
+)
+def test_plan_checks_the_shape(shape, error):
+    with pytest.raises(error, match="input_shape"):
+        planning.plan(shape, gpu="H200")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64, "float32", None, float])
+def test_plan_checks_the_dtype(dtype):
+    with pytest.raises(TypeError, match="dtype"):
+        planning.plan((2, 3, 8, 8), dtype=dtype, gpu="H200")
+
+
+def test_plan_accepts_numpy_sizes_and_a_torch_size():
+    numpy = pytest.importorskip("numpy")
+    sizes = planning.plan(tuple(numpy.array([2, 3, 16, 16])), gpu="H200")
+    assert sizes.problem.shape == (2, 3, 16, 16) and all(type(n) is int for n in sizes.problem.shape)
+    assert planning.plan(torch.Size([2, 3, 16, 16]), gpu="H200").problem == sizes.problem
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan", "4x0x8", "--gpu", "H200"],
+        ["plan", "abc", "--gpu", "H200"],
+        ["plan", "2x3", "--gpu", "H200"],
+        ["plan", "2x3x8x8x8x8", "--gpu", "H200"],
+        ["plan", "2x3x8", "--gpu", "H200", "--bands", "2.5"],
+        ["plan", "2x3x8", "--gpu", "H200", "--bands", "0"],
+        ["plan", "2x3x8", "--gpu", "H200", "--bands", "x"],
+        ["plan", "2x3x8", "--gpu", "V100"],
+        ["plan", "2x3x8", "--gpu", "H200", "--dtype", "int32"],
+        ["plan", "2x3x8", "--gpu", "H200", "--spectrum", "phase"],
+        ["plan", "--gpu", "H200"],
+        ["plan", "2x3x4611686018427387904x4", "--gpu", "H200"],
+    ],
+)
+def test_plan_command_bad_arguments_are_usage_errors(argv, capsys):
+    import scc_kernels.__main__ as cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "error:" in err and "Traceback" not in err
+
+
+def test_plan_command_runs_float64(capsys):
+    import scc_kernels.__main__ as cli
+
+    assert cli.main(["plan", "2x4x32x32", "--gpu", "H100", "--dtype", "float64"]) == 0
+    assert "pick: torch / fft" in capsys.readouterr().out
+
+
+def test_the_autotune_variable_does_not_apply_to_a_named_profile(monkeypatch, capsys):
+    """SCC_KERNELS_AUTOTUNE=1 made plan(gpu="H200") and `plan --gpu H200` raise (a traceback)."""
+    import scc_kernels.__main__ as cli
+
+    monkeypatch.setenv("SCC_KERNELS_AUTOTUNE", "1")
+    assert planning.plan((2, 3, 16, 16), gpu="H200").candidates[0].measured_ms is None
+    assert cli.main(["plan", "2x3x16x16", "--gpu", "H200"]) == 0 and "pick:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="use gpu=None"):
+        planning.plan((2, 3, 16, 16), gpu="H200", autotune=True)  # asked for explicitly: still an error
+
+
+def test_a_single_channel_keeps_its_background_as_in_scc_loss():
+    """scc_loss ignores include_background=False for C == 1; plan modelled zero slices."""
+    kept = planning.plan((4, 1, 64, 64), gpu="H200")
+    dropped = planning.plan((4, 1, 64, 64), include_background=False, gpu="H200")
+    assert dropped.candidates == kept.candidates and dropped.problem.slices == 4
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", str(2**64), str(-(2**63) - 1), "1.5", "x"])
+def test_verify_command_seed_out_of_range_is_a_usage_error(seed, capsys):
+    """A seed torch's generator cannot take ended in a traceback from inside verify."""
+    import scc_kernels.__main__ as cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.parse(["verify", "--seed", seed])
+    assert exit.value.code == 2 and "--seed" in capsys.readouterr().err
+    assert cli.parse(["verify", "--seed", str(2**64 - 1)]).seed == 2**64 - 1
+    assert cli.parse(["verify", "--seed", "-5"]).seed == -5

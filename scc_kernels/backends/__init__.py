@@ -59,7 +59,7 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, problem: tuple 
     if name == "auto":
         name = os.environ.get("SCC_KERNELS_BACKEND", "auto") or "auto"
     if name == "auto":
-        if device.type != "cuda":
+        if device.type != "cuda" or problem is None:  # no problem: an empty input, which has no plan
             return "torch"
         from ..planning import cached_plan
 

@@ -77,6 +77,8 @@ class nnUNetTrainerSCC(nnUNetTrainer):
             band_weights=self.scc_band_weights,
             ignore_index=self.label_manager.ignore_label,
             batch=self.scc_batch,
+            # under nnU-Net's DDP, r over every rank's batch, as its batch Dice (ddp=self.is_ddp) does
+            sync_batch=self.scc_batch and self.is_ddp,
         )
 
 
