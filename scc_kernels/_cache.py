@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import inspect
 import os
 import threading
 import warnings
@@ -59,7 +58,6 @@ class TableCache:
         functools.update_wrapper(self, build)
         self.build = build  # the builder itself, uncached
         self.budget = _budget_from_environment()
-        self._signature = inspect.signature(build)
         self._entries: collections.OrderedDict = collections.OrderedDict()  # key -> (table, bytes)
         self._bytes = 0
         self._lock = threading.Lock()
@@ -68,9 +66,7 @@ class TableCache:
     def __call__(self, *args, **kwargs):
         if torch.compiler.is_compiling():
             return self.build(*args, **kwargs)
-        bound = self._signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        key = tuple(bound.arguments.values())
+        key = (args, tuple(sorted(kwargs.items()))) if kwargs else args
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
