@@ -36,8 +36,8 @@ def band_index(spatial: tuple[int, ...], num_bands: int, half: bool = False) -> 
     scale = math.prod([n * n for n in spatial])
     if dims * scale // 4 >= 2**63 or K >= 2**15:  # S or j²·r below would overflow int64
         raise ValueError(
-            f"exact band tables need Σ over {dims} axes of (n/2)²·Π n² < 2**63 and bands < 32768; "
-            f"got spatial {tuple(spatial)}, bands {K}"
+            f"exact band tables need D·Π n_d²/4 < 2**63 (about 2**31 bins a slice) and bands < 32768 "
+            f"(int64 arithmetic); got spatial {tuple(spatial)}, bands {K}"
         )
     squares = 0
     for axis, n in enumerate(spatial):
