@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from ._cache import clear_caches
 from .functional import scc_loss, spectral_correlation
 from .loss import SCCLoss
 from .planning import plan
 
 __version__ = "0.1.0"
-__all__ = ["SCCLoss", "__version__", "available_backends", "plan", "scc_loss", "spectral_correlation"]
+__all__ = [
+    "SCCLoss",
+    "__version__",
+    "available_backends",
+    "clear_caches",
+    "plan",
+    "scc_loss",
+    "spectral_correlation",
+]
 
 
 def available_backends() -> dict[str, dict[str, object]]:

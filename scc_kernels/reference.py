@@ -11,7 +11,7 @@ import torch
 from ._distributed import gather_batches
 from ._options import SCCOptions, checked_labels, compute_dtype, is_label_map
 from ._stats import weighted_band_mean
-from .bands import band_index
+from .bands import band_index, mirror
 
 
 def band_weighted_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
@@ -50,9 +50,10 @@ def band_weighted_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions)
         if x.numel() == 0:  # every rank's batch is empty: no bins, r = 1 (SPEC §3 step 6); fftn refuses it
             return torch.ones(x.shape[1], dtype=dtype, device=x.device) + 0 * x.sum()
 
-    # 4. full complex spectra
-    X = torch.fft.fftn(x, dim=spatial_dims, norm="ortho")
-    Y = torch.fft.fftn(y, dim=spatial_dims, norm="ortho")
+    # 4. full complex spectra, made exactly Hermitian: an FFT's rounding (which depends on the
+    # CPU's instruction set) leaves mirror bins' amplitudes an ulp apart, and a band of mirror
+    # pairs then loses r = 1 at large magnitudes (SPEC §3 step 4)
+    X, Y = (_hermitian(torch.fft.fftn(z, dim=spatial_dims, norm="ortho"), spatial_dims) for z in (x, y))
     if opts.spectrum == "amplitude":
         u, v = X.abs(), Y.abs()
     else:
@@ -67,6 +68,11 @@ def band_weighted_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions)
 
     # 7. band weights
     return weighted_band_mean(r, opts)
+
+
+def _hermitian(Z: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """The Hermitian part of Z over `dims`: Z itself for an exact transform of a real signal."""
+    return (Z + mirror(Z, dims).conj()) / 2
 
 
 def _correlation(u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dims, eps: float) -> torch.Tensor:

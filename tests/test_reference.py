@@ -1,10 +1,12 @@
 """The reference against hand-computed values, an independent numpy implementation, and properties."""
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
+from test_bands import exact_band
 
 import scc_kernels
 from scc_kernels import scc_loss, spectral_correlation
@@ -74,9 +76,8 @@ def numpy_scc(x, y, spectrum, bands, eps, batch):
     """SPEC §3 steps 4-7 written again from the text, with numpy.fft and explicit loops."""
     B, C, *S = x.shape
     K = bands or 1
-    freqs = np.meshgrid(*[np.fft.fftfreq(n) for n in S], indexing="ij")
-    rho = np.sqrt(sum(f**2 for f in freqs))
-    band = np.minimum(np.floor(K * rho / (0.5 * np.sqrt(len(S)))), K - 1).astype(int)
+    indices = np.meshgrid(*[np.rint(np.fft.fftfreq(n) * n).astype(int) for n in S], indexing="ij")
+    band = np.vectorize(lambda *k: exact_band(tuple(map(int, k)), S, K))(*indices)  # SPEC v3: exact
     spectra = []
     for arr in (x, y):
         F = np.fft.fftn(arr, axes=tuple(range(2, arr.ndim)), norm="ortho")
@@ -128,3 +129,115 @@ def test_parseval_identity():
 
 def test_version():
     assert scc_kernels.__version__
+
+
+# --- exactly Hermitian spectra (SPEC v3 §3 step 4) -----------------------------------------------
+
+
+def _anti_hermitian_noise(monkeypatch):
+    """torch.fft.fftn as an FFT whose rounding is not Hermitian (MKL's AVX-512 path: mirror bins
+    of amplitude 1e15 came out 0.125 apart): adds 1e-16·max|X| of anti-Hermitian noise."""
+    from scc_kernels.bands import mirror
+
+    fftn = torch.fft.fftn
+    generator = torch.Generator().manual_seed(16)
+
+    def noisy_fftn(x, *args, dim=None, **kwargs):
+        X = fftn(x, *args, dim=dim, **kwargs)
+        noise = torch.randn(X.shape, dtype=X.dtype, generator=generator)
+        noise = (noise - mirror(noise, tuple(dim)).conj()) / 2  # noise[−k] = −conj(noise[k])
+        return X + 1e-16 * X.abs().amax() * noise
+
+    monkeypatch.setattr(torch.fft, "fftn", noisy_fftn)
+
+
+def test_a_band_of_mirror_pairs_has_r_one_whatever_the_fft_rounding(monkeypatch):
+    """64 bands on 9×10×11: bands made of one mirror pair have equal amplitudes, so r = 1 exactly,
+    at magnitude 1e15 too (with the noise, and no Hermitian projection, r was about 0.05)."""
+    from scc_kernels.bands import band_index
+
+    spatial = (9, 10, 11)
+    table = band_index(spatial, 64)
+    pairs = []
+    for band in range(64):
+        bins = (table == band).nonzero().tolist()
+        if len(bins) == 2 and all((a + b) % n == 0 for a, b, n in zip(*bins, spatial)):
+            pairs.append(band)
+    assert len(pairs) >= 3
+    generator = torch.Generator().manual_seed(20261206)
+    x = 1e15 * torch.randn(2, 3, *spatial, dtype=torch.float64, generator=generator)
+    y = 1e15 * torch.randn(2, 3, *spatial, dtype=torch.float64, generator=generator)
+    _anti_hermitian_noise(monkeypatch)
+    for band in pairs:
+        weights = [1.0 if j == band else 0.0 for j in range(64)]
+        r = r_ref(x, y, bands=64, band_weights=weights)
+        assert torch.equal(r, torch.ones_like(r)), f"band {band}: r = {r}"
+
+
+@pytest.mark.parametrize("spectrum", ["amplitude", "complex"])
+def test_the_hermitian_projection_leaves_other_values_alone(monkeypatch, spectrum):
+    """Where the FFT is Hermitian up to rounding, the projection changes values by rounding only."""
+    x = torch.randn(2, 3, 6, 9, 5, dtype=torch.float64).requires_grad_(True)
+    y = torch.randint(0, 3, (2, 6, 9, 5))
+    options = dict(spectrum=spectrum, bands=5, softmax=True, reduction="none", backend="reference")
+    exact = scc_loss(x, y, **options)
+    (exact_grad,) = torch.autograd.grad(exact.sum(), x)
+    _anti_hermitian_noise(monkeypatch)
+    noisy = scc_loss(x, y, **options)
+    (noisy_grad,) = torch.autograd.grad(noisy.sum(), x)
+    torch.testing.assert_close(noisy, exact, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(noisy_grad, exact_grad, rtol=1e-12, atol=1e-15)
+
+
+# --- torch.func transforms, twice on the same shape (issue 16) -----------------------------------
+
+TRANSFORMS = ["grad", "grad of grad", "vmap", "jacrev", "jvp", "hessian"]
+
+
+def _transform(name, f, x, v):
+    func = torch.func
+    if name == "grad":
+        return func.grad(f)(x)
+    if name == "grad of grad":
+        return func.grad(lambda z: (func.grad(f)(z) * v).sum())(x)
+    if name == "vmap":
+        return func.vmap(f)(torch.stack([x, v]))
+    if name == "jacrev":
+        return func.jacrev(f)(x)
+    if name == "jvp":
+        return func.jvp(f, (x,), (v,))[1]
+    return func.hessian(f)(x)
+
+
+def _autograd(name, f, x, v):
+    """The same quantity with torch.autograd (no functorch)."""
+    x = x.detach().requires_grad_(True)
+    if name == "vmap":
+        return torch.stack([f(x.detach()), f(v)])
+    if name == "hessian":
+        return torch.autograd.functional.hessian(f, x)
+    (g,) = torch.autograd.grad(f(x), x, create_graph=name == "grad of grad")
+    if name == "grad of grad":
+        (g,) = torch.autograd.grad((g * v).sum(), x)
+    return (g * v).sum() if name == "jvp" else g
+
+
+@pytest.mark.filterwarnings("ignore:scc_kernels. backend:UserWarning")  # auto: torch.func runs the reference
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_every_torch_func_transform_twice_on_the_same_shape(name, backend):
+    """The first transform used to leave a functorch-wrapped tensor in the band-table cache: the
+    second hessian, or a grad of grad, then hit an internal assert."""
+    scc_kernels.clear_caches()  # the first call builds the tables inside the transform
+    spatial = (5, 4) if name == "hessian" else (5, 6, 3)
+    x = torch.randn(1, 2, *spatial, dtype=torch.float64)
+    v = torch.randn(1, 2, *spatial, dtype=torch.float64)
+    target = torch.nn.functional.one_hot(torch.randint(0, 2, (1, *spatial)), 2).movedim(-1, 1).double()
+
+    def f(z, backend=backend):
+        return scc_loss(z, target, bands=3, softmax=True, backend=backend)
+
+    results = [_transform(name, f, x, v) for _ in range(2)]
+    expected = _autograd(name, functools.partial(f, backend="reference"), x, v)  # the others lack double backward
+    for attempt, result in enumerate(results):
+        torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-12, msg=f"call {attempt}")

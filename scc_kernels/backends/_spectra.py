@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .._options import Problem, compute_dtype, is_label_map
+from ..bands import mirror
 
 
 def activate(input: torch.Tensor, problem: Problem) -> torch.Tensor:
@@ -91,7 +92,6 @@ def make_hermitian(Z: torch.Tensor, last: int) -> torch.Tensor:
     other = tuple(range(2, Z.dim() - 1))
     for column in (0, last // 2) if last % 2 == 0 else (0,):
         plane = Z[..., column]
-        mirror = plane.flip(other).roll((1,) * len(other), other) if other else plane  # k → −k mod n
         # conj_physical: a lazy conj() was lost here when the op ran under torch.compile (AOT)
-        Z[..., column] = (plane + mirror.conj_physical()) / 2
+        Z[..., column] = (plane + mirror(plane, other).conj_physical()) / 2
     return Z

@@ -85,6 +85,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._cache import TableCache
 from .._options import Problem
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
@@ -651,7 +652,7 @@ def _finish_kernel(
 # host side: tables, tiling, launches
 
 
-@functools.lru_cache(maxsize=16)
+@TableCache
 def _twiddles(n: int, device: torch.device) -> torch.Tensor:
     """(2, n, n) float32: cos and sin of 2π·(k·m mod n)/n, over √n (ortho); symmetric in k, m.
 
