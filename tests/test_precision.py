@@ -243,3 +243,23 @@ def test_tiny_signals_meet_spec(backend, target_kind, spatial, bands):
                 options = dict(softmax=True, spectrum=spectrum, bands=bands, include_background=background)
                 errors = compare_with_reference(backend, logits, target, **options)
                 assert errors.ok, f"seed {seed}: {errors} ({options})"
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("spectrum", ["amplitude", "complex"])
+def test_tiny_path_op_contract(backend, spectrum):
+    """The float64 tiny path through the custom ops: its fake (float64 statistics) matches what
+    it computes, under opcheck, forward and backward."""
+    if unavailable_reason(backend, DEVICE) is not None:
+        pytest.skip(f"{backend} cannot run here")
+    logits, target = _tiny_problem((5, 1), "labels", 0)
+    static = (backend, spectrum, 2, "softmax", None, True)
+    stats, *saved = torch.ops.scc_kernels.band_stats(logits, target, *static)
+    assert stats.dtype == torch.float64
+    torch.library.opcheck(torch.ops.scc_kernels.band_stats.default, (logits.requires_grad_(True), target, *static))
+    grad_stats = torch.randn(stats.shape, generator=torch.Generator().manual_seed(4), dtype=stats.dtype).to(DEVICE)
+    torch.library.opcheck(
+        torch.ops.scc_kernels.band_stats_backward.default,
+        (grad_stats, stats, logits.detach(), target, saved, *static),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
+    )
