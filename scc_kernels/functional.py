@@ -199,7 +199,7 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
             opts.ignore_index,
             opts.include_background,
         )
-        return loss_from_stats(stats, opts)
+        return loss_from_stats(stats, opts).to(compute_dtype(input.dtype))  # tiny slices: float64 stats
 
 
 def _mode_only_the_reference_supports(input: torch.Tensor) -> str | None:
