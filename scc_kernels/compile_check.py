@@ -253,8 +253,8 @@ def _demangle(name: str) -> str:
     if tool is None:
         return name
     text = subprocess.run([tool, name], capture_output=True, text=True).stdout.strip() or name
-    # scc::activate<float, long long>(const float*, ...) → activate<float, long long>
-    return re.sub(r"^scc::(\(anonymous namespace\)::)?", "", text.split("(")[0])
+    # void scc::activate<float, long long>(const float*, ...) → activate<float, long long>
+    return re.sub(r"^(void )?scc::", "", text.split("(")[0])
 
 
 # ----------------------------------------------------------------------------------------------
