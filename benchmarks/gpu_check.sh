@@ -149,6 +149,9 @@ if [ "$HAS_CUDA" = 1 ]; then
     else
         status=1
         SKIP_CUDA=(--skip cuda)
+        # torch's JIT build would try again in every later step (plan's autotuning, the tests): a
+        # CUDA_HOME without nvcc makes the cuda backend report itself unavailable instead
+        export CUDA_HOME=/nonexistent/cuda-build-failed
         record build $((SECONDS - BUILD_BEGIN)) "FAILED (exit $rc): cuda backend skipped below" "$(tail -n 3 "$BUILD_OUT")"
     fi
     rm -f "$BUILD_OUT" "$BUILD_OUT.rc"
@@ -163,12 +166,10 @@ fi
 
 # (c) the cost model's calibration, then the benchmark against the floors
 SHAPES="16x4x512x512 16x4x256x256 2x4x128x128x128"
-BACKENDS=()
-[ ${#SKIP_CUDA[@]} -gt 0 ] && BACKENDS=(--backend triton --backend cupy --backend torch)
 if [ "$HAS_CUDA" = 1 ]; then
     step plan 75 "grep -E '^plan for|^pick'" -- $PYTHON -m scc_kernels plan $SHAPES --autotune
     step bench 75 "grep -E 'floors|^[a-z]' | head -n 12" -- $PYTHON -m scc_kernels bench --floors --shapes $SHAPES \
-        --modes complex amplitude --repeats 10 --csv "$OUT_DIR/bench.csv" "${BACKENDS[@]}"
+        --modes complex amplitude --repeats 10 --csv "$OUT_DIR/bench.csv"
 else
     step plan 60 "grep -E '^plan for|^pick'" -- $PYTHON -m scc_kernels plan $SHAPES --gpu H200
     if [ $QUICK = 1 ]; then
@@ -187,7 +188,7 @@ if [ "$HAS_CUDA" = 1 ]; then
     else
         TESTS="tests/test_triton.py tests/test_triton_dft.py tests/test_triton_fft.py tests/test_api.py"
         [ ${#SKIP_CUDA[@]} -eq 0 ] && TESTS="tests/test_cuda_gpu.py $TESTS"
-        step tests "$LEFT" "tail -n 1" -- $PYTHON -m pytest -q -p no:cacheprovider -x $TESTS \
+        step tests "$LEFT" "tail -n 1" -- $PYTHON -m pytest -q -p no:cacheprovider --maxfail=20 $TESTS \
             -k "not compile_with_changing_shapes"
     fi
 else
