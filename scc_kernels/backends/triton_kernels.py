@@ -187,7 +187,7 @@ def _parseval_backward_kernel(
 
 def _launch_config(channels: int, n: int) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_N, num_warps): about 2K elements per program of 4 warps, 16 per thread.
-    8K elements on 8 warps (32 per thread) took 100-133 registers on sm_90 (compile-check):
+    8K elements on 8 warps (32 per thread) took 80-120 registers on sm_90 (compile-check):
     2 blocks, 16 warps per SM, too few loads in flight for a memory-bound kernel; 16 per thread
     keeps the registers low enough for several blocks per SM. Never a block much wider than the image."""
     block_c = triton.next_power_of_2(channels)
