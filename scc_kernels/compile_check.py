@@ -126,7 +126,13 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
                 else:
                     target = torch.zeros(shape, dtype=torch.float32, device=device)
                 for spectrum, bands in (("complex", 1), ("amplitude", 1), ("amplitude", 4)):
-                    problem = Problem(spectrum, bands, activation, IGNORE_INDEX if label_map else None, False)
+                    problem = Problem(
+                        spectrum=spectrum,
+                        num_bands=bands,
+                        activation=activation,
+                        ignore_index=IGNORE_INDEX if label_map else None,
+                        include_background=False,
+                    )
                     if problem.parseval:
                         stats = triton_kernels.parseval_band_stats(input, target, problem)
                         coefficients = torch.zeros((batch, channels - 1, 7), device=device)
