@@ -297,13 +297,19 @@ activate(const T* __restrict__ logits, const L* __restrict__ target, const bool*
         tl.init(logits_b, target_b, num_classes, n, n0, activation, has_ignore, ignore_index, x_aligned,
                 t_aligned);
         for (int c = offset; c < num_classes; ++c) {
-            float p[VEC], t[VEC], diff[VEC];
+            float p[VEC], t[VEC], diff[VEC], chosen[VEC];
             tl.prob(p, c, true);
             tl.truth(t, c);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) diff[i] = p[i] - t[i];
             const long long slice = (long long)b * channels + c - offset;
-            store_tile<VEC>(base + slice * n, base_is_x[slice] ? p : t, n0, n, out_aligned);
+            const bool from_x = base_is_x[slice];
+            // select element by element: `from_x ? p : t` picks an array, whose address forces both
+            // arrays out of registers into local memory
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                diff[i] = p[i] - t[i];
+                chosen[i] = from_x ? p[i] : t[i];
+            }
+            store_tile<VEC>(base + slice * n, chosen, n0, n, out_aligned);
             store_tile<VEC>(d + slice * n, diff, n0, n, out_aligned);
         }
     }

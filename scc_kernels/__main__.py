@@ -1,4 +1,4 @@
-"""python -m scc_kernels [info | verify | bench | plan | nnunet-install]; with no command: info, verify, a short bench.
+"""python -m scc_kernels [info | verify | bench | plan | compile-check | nnunet-install]; none: info, verify, bench
 
 `cli()` is the command line (`python -m scc_kernels`, the `scc-kernels` script); `main(argv)` runs
 one command from Python and never restarts the process.
@@ -238,6 +238,15 @@ def _parser() -> argparse.ArgumentParser:
     p_plan.add_argument("--gpu", choices=sorted(PROFILES), help="a GPU profile (default: this machine's GPU)")
     p_plan.add_argument("--deterministic", action="store_true", help="leave out paths with float32 atomics")
     p_plan.add_argument("--autotune", action="store_true", help="also time every candidate on this GPU")
+    p_compile = sub.add_parser(
+        "compile-check",
+        help="compile every Triton and csrc kernel for a GPU target without a GPU; registers, spills, shared memory",
+    )
+    p_compile.add_argument("--arch", nargs="+", default=["sm_90"], choices=["sm_90", "sm_80"])
+    p_compile.add_argument("--shapes", nargs="+", type=_shape, help="problems (default: the headline shapes)")
+    p_compile.add_argument("--jobs", type=_positive_int, help="compiling processes (default: every CPU core)")
+    p_compile.add_argument("--no-csrc", action="store_true", help="leave out the csrc kernels (nvcc)")
+    p_compile.add_argument("--kernels", nargs="+", help="only these Triton kernels, e.g. _stats_kernel")
     p_nnunet = sub.add_parser(
         "nnunet-install", help="let nnU-Net v2 find nnUNetTrainerSCC (nnUNetv2_train ... -tr nnUNetTrainerSCC)"
     )
@@ -277,6 +286,11 @@ def main(argv=None) -> int:
         return bench(args)
     if args.command == "plan":
         return plan(args)
+    if args.command == "compile-check":
+        from scc_kernels import compile_check
+
+        shapes = args.shapes or compile_check.HEADLINE_SHAPES
+        return compile_check.run(args.arch, shapes, jobs=args.jobs, csrc=not args.no_csrc, kernels=args.kernels)
     if args.command == "nnunet-install":
         return nnunet_install.uninstall() if args.uninstall else nnunet_install.install()
     # the main job: info, verify, and a short bench

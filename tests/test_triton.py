@@ -27,7 +27,7 @@ def device():
 
 
 # Options combined rather than crossed. Sizes are odd, and some exceed one block of pixels
-# (BLOCK_N = 8192 / next_pow2(C), e.g. 2048 for C = 3, 256 for C = 17) so that the per-block
+# (BLOCK_N = 2048 / next_pow2(C), e.g. 512 for C = 3, 64 for C = 17) so that the per-block
 # partial sums and the origin sample living in block 0 only are exercised.
 CASES = [
     # (batch, channels, spatial, target, options, dtype)

@@ -56,10 +56,14 @@ one FLOP count of this path (scc_kernels.planning's cost model and `bench --floo
 float32 runs every dot as "tf32x3" (3 tf32 MMAs each), so its floor is 3× the count at tf32 rate.
 Every (kd, kh) tile redoes the slice's whole stage 1, so 3D costs grow as N²/(BKD·BKH): at 128³
 ~40× the same matmuls done once (with a stored intermediate), ~1000× a real FFT's FLOPs.
-Tiles (BH = 16, BW = 32, 4 warps) were picked from ptxas output for sm_90/sm_80, compiled without
-a GPU: the smallest local-memory stack (spills) among the candidates tried, not timed. tf32x3
-uses all 255 registers, and larger BKD·BKH tiles spilled hundreds of bytes. The tile's band and
-weight tables are loaded after the transform (`_tile_bins`): held through it, they spilled.
+Tiles (BH = 16, BW = 32) were picked from ptxas output for sm_90/sm_80, compiled without a GPU:
+the smallest local-memory stack (spills) among the candidates tried, not timed; larger BKD·BKH
+tiles spilled hundreds of bytes. On 4 warps tf32x3 still used all 255 registers and spilled up to
+~500 B (`python -m scc_kernels compile-check`); 8 warps and one pipeline stage (no prefetched
+tables in flight) hold the 2D variants of the headline problems without spills and leave the 3D
+float32 ones 8-16 B of stack, at the same 8 warps per SM (not yet timed on a GPU; the tables:
+benchmarks/results/2026-12-06-compile-check-sm90.md). The tile's band and weight tables are
+loaded after the transform (`_tile_bins`): held through it, they spilled.
 
 Precision: `input_precision` is a constexpr per dtype. float32 inputs run "tf32x3": plain tf32,
 emulated on the CPU, missed SPEC §4's float32 bounds (1e-4 loss, 1e-3 grad). float16/bfloat16
@@ -314,12 +318,14 @@ def _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE: tl.constexpr):
     yr = tl.where(base_is_x, sr - dr, sr)
     yi = tl.where(base_is_x, si - di, si)
     if AMPLITUDE:
-        u_re = tl.sqrt(xr * xr + xi * xi)
-        v_re = tl.sqrt(yr * yr + yi * yi)
+        # correctly rounded sqrt and division (`tl.sqrt`, `/` compile to sqrt.approx, div.full: 2 ulp, and
+        # the interpreter, numpy, rounds correctly): the statistics are not the hot path
+        u_re = tl.sqrt_rn(xr * xr + xi * xi)
+        v_re = tl.sqrt_rn(yr * yr + yi * yi)
         # d = (|X|² − |Y|²)/(|X| + |Y|) with |X|² − |Y|² = 2·Re(D·conj X) − |D|²: every term of D's size
         power_difference = 2.0 * (dr * xr + di * xi) - (dr * dr + di * di)
         total = u_re + v_re
-        d_re = tl.where(total > 0, power_difference / tl.where(total > 0, total, 1.0), 0.0)
+        d_re = tl.where(total > 0, tl.div_rn(power_difference, tl.where(total > 0, total, 1.0)), 0.0)
     else:
         u_re = xr
         v_re = yr
@@ -363,10 +369,10 @@ def _store_tile_stats(out, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K,
     for j in range(first, last + 1):
         w = tl.where(band == j, weight, 0.0)
         count = tl.sum(w)
-        inverse_count = 1.0 / tl.maximum(count, 1.0)
-        mean_u = tl.sum(w * u_re) * inverse_count
-        mean_v = tl.sum(w * v_re) * inverse_count
-        mean_d = tl.sum(w * d_re) * inverse_count
+        divisor = tl.maximum(count, 1.0)
+        mean_u = tl.div_rn(tl.sum(w * u_re), divisor)  # correctly rounded, as in _bin_values
+        mean_v = tl.div_rn(tl.sum(w * v_re), divisor)
+        mean_d = tl.div_rn(tl.sum(w * d_re), divisor)
         du = u_re - mean_u
         dv = v_re - mean_v
         dd = d_re - mean_d
@@ -472,7 +478,7 @@ def _bin_gradient(coefficients, band, valid, xr, xi, yi, di, u_re, v_re, d_re, A
     mean_d = tl.load(at + 6, mask=valid, other=0.0)
     grad_re = c_mean + c_uu * (u_re - mean_u) + c_uv * (v_re - mean_v) + c_dd * (d_re - mean_d)
     if AMPLITUDE:
-        scale = tl.where(u_re > 0, grad_re / tl.where(u_re > 0, u_re, 1.0), 0.0)
+        scale = tl.where(u_re > 0, tl.div_rn(grad_re, tl.where(u_re > 0, u_re, 1.0)), 0.0)  # as in _bin_values
         return scale * xr, scale * xi
     return grad_re, c_uu * xi + c_uv * yi + c_dd * di
 
@@ -588,7 +594,9 @@ def _backward_kernel(
                 part = tl.dot(hr, cos_w, input_precision=PRECISION)
                 part = tl.dot(hi, sin_w, part, input_precision=PRECISION)
                 pix = d * H * W + rows[:, None] * W + cols[None, :]
-                tl.atomic_add(acc + pix, part, mask=rows_ok[:, None] & cols_ok[None, :])
+                # relaxed: only the sum matters, no other memory is ordered by these adds (the default,
+                # acq_rel, fences every one)
+                tl.atomic_add(acc + pix, part, mask=rows_ok[:, None] & cols_ok[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -767,7 +775,8 @@ def _kernel_args(input, target, base_is_x, problem: Problem) -> tuple[tuple[int,
         AMPLITUDE=problem.spectrum == "amplitude",
         PRECISION=_precision(input.dtype),
         THREE_D=plan.three_d,
-        num_warps=4,
+        num_warps=8,
+        num_stages=1,
         **plan.blocks._asdict(),
         **_input_args(input, target, problem),
     )
