@@ -141,8 +141,10 @@ spectrum: "amplitude" correlates |F p| with |F t| (shape content, blind to where
 bands: None for one band holding every frequency, or an int K >= 1 for K radial bands of
     equal width in normalised frequency (SPEC §3 step 5); r is averaged over the bands.
 band_weights: K non-negative weights (not all zero) for that average; None is uniform.
-ignore_index: a label value (label-map targets only) whose positions are zeroed in both
-    the prediction and the target, in every channel, before the transform.
+ignore_index: a label value (label-map targets only; an int within int64, compared as an
+    integer whatever the label dtype) whose positions are zeroed in both the prediction and
+    the target, in every channel, before the transform. With one channel, an integer target
+    is then a binary label map: values 0, 1 or ignore_index, target label == 1.
 batch: one r per class over the whole batch instead of one per (item, class), as MONAI's
     `batch`.
 sync_batch: with `batch=True` under torch.distributed, merge the band statistics of every
@@ -381,7 +383,8 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | Non
                 invalid |= checked != checked.round()
             bad = checked[invalid][:5].tolist()
             raise ValueError(
-                f"label map values must be integers in [0, {num_classes}) or ignore_index={ignore_index}; found {bad}"
+                f"label map values must be integers in [0, {num_classes}) or ignore_index={ignore_index}; "
+                f"found {bad} (a {str(labels.dtype).removeprefix('torch.')} label map)"
             )
     else:
         torch._assert_async(valid, "scc_kernels: label outside [0, C) and not ignore_index")
