@@ -24,7 +24,10 @@ among those without order-dependent float32 atomics (the DFT backward has them).
 Autotuning (`SCC_KERNELS_AUTOTUNE=1`, or `plan(..., autotune=True)`) times the runnable
 candidates once per problem signature on the current device, forward + backward, and caches the
 fastest in this process and in a JSON file (`$SCC_KERNELS_CACHE`, default
-~/.cache/scc_kernels/autotune.json), keyed by device name, torch version and signature.
+~/.cache/scc_kernels/autotune.json), keyed by device name, torch and triton versions, the problem
+and the candidate set (so deterministic mode, or a dtype some paths cannot run, has its own
+entries). The file is an optimisation: one that cannot be read, written or understood gives a
+warning (once) and autotuning goes on without it.
 """
 
 from __future__ import annotations
