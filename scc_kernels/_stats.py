@@ -97,6 +97,20 @@ def one_minus_r(stats: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(finite, q, stats.sum(-1) * torch.where(finite, 0.0, torch.nan))
 
 
+def with_flat_targets(stats: torch.Tensor, flat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """STATS (B, C', K, 8) with the exact values of the bands over which the target's amplitude
+    spectrum is flat (`flat` (B, C', K) bool; `level` (B, C'): the value of v there). Over such a
+    band ṽ = 0, so mean_v = level, m2_vv = m2_uv = 0 and d̃ = ũ (mean_d = mean_u − level, m2_dd =
+    m2_uu) exactly. Computed, those moments are the spectra's float32 rounding, which r's eps-sized
+    terms amplify (by 1/√eps in the gradient: 3-11x SPEC §4's gradient tolerance for a class on one
+    pixel); set exactly, r = √(eps/(m2_uu + eps)) and the gradient flows through u's moments alone."""
+    mean_u, m2_uu = stats[..., 1], stats[..., 4]
+    level = level.to(stats.dtype).unsqueeze(-1).expand_as(mean_u)
+    zero = torch.zeros_like(m2_uu)
+    exact = torch.stack([stats[..., 0], mean_u, level, mean_u - level, m2_uu, zero, zero, m2_uu], dim=-1)
+    return torch.where(flat.unsqueeze(-1), exact, stats)
+
+
 def weighted_band_mean(values: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
     """SPEC §3 step 7: average the last axis (bands) with `band_weights` (uniform by default)."""
     if opts.band_weights is None:

@@ -9,6 +9,7 @@ directly, never as 1 minus a rounded r (SPEC §4); `spectral_correlation` return
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,11 +24,13 @@ from ._options import (
     binary_as_two_classes,
     compute_dtype,
     documented,
+    is_label_map,
     make_options,
+    matchable_ignore_index,
     prepare,
     warn_caller_once,
 )
-from ._stats import STATS, loss_from_stats
+from ._stats import STATS, loss_from_stats, with_flat_targets
 from .backends import resolve
 
 
@@ -199,7 +202,38 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
             opts.ignore_index,
             opts.include_background,
         )
+        if opts.spectrum == "amplitude":
+            stats = with_flat_targets(stats, *_flat_target_bands(input, target, opts))
         return loss_from_stats(stats, opts).to(compute_dtype(input.dtype))  # tiny slices: float64 stats
+
+
+def _flat_target_bands(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
+    """Where each target slice's amplitude spectrum is flat over a band, and its value there:
+    ((B, C', K) bool, (B, C')), for _stats.with_flat_targets. A target y = c + b·δ_p (the same
+    value at all samples but at most one: a class on one pixel, on all but one, or on none) has
+    |Y_k| = |b|/√N at every bin but the origin, which is in band 0, and there too when c = 0.
+    A pass or three over the target, after the op checked the labels."""
+    batch, classes = input.shape[:2]
+    n = math.prod(input.shape[2:])
+    if is_label_map(input, target):  # y ∈ {0, 1}: c + b·δ when at most one sample is 1, or is 0
+        labels = target.reshape(batch, -1).long()
+        ignore_index = matchable_ignore_index(target.dtype, opts.ignore_index)
+        kept = torch.ones_like(labels) if ignore_index is None else (labels != ignore_index).long()
+        counts = labels.new_zeros((batch, classes)).scatter_add(1, labels * kept, kept)
+        zero_base = counts <= 1
+        one_pixel_or_less = zero_base | (counts >= n - 1)
+        step = torch.where(zero_base, counts, n - counts)
+    else:
+        y = target.reshape(batch, classes, -1)
+        first, second = y[..., :1], y[..., min(1, n - 1) :][..., :1]
+        base = torch.where(torch.count_nonzero(y != first, dim=-1).unsqueeze(-1) <= 1, first, second)
+        one_pixel_or_less = torch.count_nonzero(y != base, dim=-1) <= 1
+        zero_base = base.squeeze(-1) == 0
+        step = (y - base).sum(-1).abs()
+    offset = 0 if opts.include_background else 1
+    outer = torch.arange(opts.num_bands, device=input.device) > 0  # the bands without the origin
+    flat = one_pixel_or_less.unsqueeze(-1) & (outer | zero_base.unsqueeze(-1))
+    return flat[:, offset:], (step / math.sqrt(n))[:, offset:]
 
 
 def _mode_only_the_reference_supports(input: torch.Tensor) -> str | None:
