@@ -59,6 +59,8 @@ def kernel_names() -> list[str]:
 
 def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """The backend's band_stats with the kernels of `launcher`."""
+    if torch_backend.takes_tiny_path(input, problem):
+        return torch_backend.band_stats(input, target, problem)
     logits, target = _flat(input, target)
     if problem.parseval:
         batch, classes, n = logits.shape
@@ -71,7 +73,7 @@ def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Proble
 
 def forward_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """What `forward` returns, as empty tensors (the backends' band_stats_fake, for torch.compile)."""
-    if problem.parseval:
+    if problem.parseval or torch_backend.takes_tiny_path(input, problem):
         return torch_backend.band_stats_fake(input, target, problem)
     batch, channels, *spatial = input.shape
     channels -= problem.offset
@@ -82,6 +84,8 @@ def forward_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) ->
 
 def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
     """The backend's band_stats_backward with the kernels of `launcher`."""
+    if torch_backend.takes_tiny_path(input, problem):
+        return torch_backend.band_stats_backward(grad_stats, stats, input, target, saved, problem)
     logits, target = _flat(input, target)
     batch, _, n = logits.shape
     coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats).to(torch.float32).contiguous()

@@ -87,9 +87,15 @@ def is_tiny(spatial: tuple[int, ...]) -> bool:
     return math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1) <= TINY_BINS
 
 
+def takes_tiny_path(input: torch.Tensor, problem: Problem) -> bool:
+    """Whether this backend's float64 path computes the problem: the other fast backends hand such
+    problems to it (their float32 kernels cannot match it there)."""
+    return not problem.parseval and is_tiny(tuple(input.shape[2:]))
+
+
 def _tiny_float64(input: torch.Tensor, target: torch.Tensor, problem: Problem):
     """(input, target) as the spectral path computes them: float64 for tiny slices."""
-    if problem.parseval or not is_tiny(tuple(input.shape[2:])):
+    if not takes_tiny_path(input, problem):
         return input, target
     return input.double(), target.double() if target.is_floating_point() else target
 

@@ -1,7 +1,7 @@
 """Triton backend: the fused kernels behind the backend contract (see backends/__init__.py).
 
 - complex spectrum, one band: the one-pass Parseval kernels of triton_kernels.py (nothing saved);
-- tiny slices (torch_backend.is_tiny): the torch backend's float64 path, which float32
+- tiny slices (torch_backend.takes_tiny_path): the torch backend's float64 path, which float32
   kernels cannot match there (torch_backend.TINY_BINS says why);
 - amplitude or banded spectra, on one of two transform paths (`transform_path`): the
   DFT-as-matmul kernels of triton_dft.py ("dft": saves only each slice's choice of transformed
@@ -82,15 +82,10 @@ def saved_path(saved: list[torch.Tensor]) -> str:
     return "dft" if len(saved) == 1 else "fft"
 
 
-def _tiny(input: torch.Tensor, problem: Problem) -> bool:
-    """Whether the torch backend's float64 path computes this problem (tiny slices)."""
-    return not problem.parseval and torch_backend.is_tiny(tuple(input.shape[2:]))
-
-
 def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     if problem.parseval:
         return [parseval_band_stats(input, target, problem)]
-    if _tiny(input, problem):
+    if torch_backend.takes_tiny_path(input, problem):
         return torch_backend.band_stats(input, target, problem)
     path = transform_path(tuple(input.shape), problem, input.dtype, input.device)
     return _module(path).band_stats(input, target, problem)
@@ -100,7 +95,7 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     if problem.parseval:
         batch, channels = input.shape[:2]
         return [input.new_empty((batch, channels - problem.offset, 1, len(STATS)), dtype=torch.float32)]
-    if _tiny(input, problem):
+    if torch_backend.takes_tiny_path(input, problem):
         return torch_backend.band_stats_fake(input, target, problem)
     path = transform_path(tuple(input.shape), problem, input.dtype, input.device)
     return _module(path).band_stats_fake(input, target, problem)
@@ -110,6 +105,6 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
     if problem.parseval:
         coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats)[:, :, 0]
         return parseval_backward(coefficients, input, target, problem)
-    if _tiny(input, problem):
+    if torch_backend.takes_tiny_path(input, problem):
         return torch_backend.band_stats_backward(grad_stats, stats, input, target, saved, problem)
     return _module(saved_path(saved)).band_stats_backward(grad_stats, stats, input, target, saved, problem)
