@@ -6,6 +6,7 @@ DeepSupervisionLoss around SCCLoss."""
 import datetime
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -33,28 +34,24 @@ def _model(dtype):
 
 
 def _rank_main(rank, port, backend, options, dtype, seed):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        images, labels = _problem(seed, dtype)
-        loss_fn = SCCLoss(batch=True, softmax=True, backend=backend, **options)
-        # one process over the whole batch
-        single = _model(dtype)
-        single_loss = loss_fn(single(images), labels)
-        single_loss.backward()
-        # DDP: this rank's part of the batch, statistics merged over the ranks
-        model = torch.nn.parallel.DistributedDataParallel(_model(dtype))
-        synced = SCCLoss(batch=True, sync_batch=True, softmax=True, backend=backend, **options)
-        part = SPLITS[rank]
-        ddp_loss = synced(model(images[part]), labels[part])
-        ddp_loss.backward()
-        where = f"rank {rank}, backend {backend}, {options}, seed {seed}"
-        tolerance = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(ddp_loss, single_loss, msg=where, **tolerance)
-        for ddp_param, param in zip(model.module.parameters(), single.parameters()):
-            torch.testing.assert_close(ddp_param.grad, param.grad, msg=where, **tolerance)
-    finally:
-        dist.destroy_process_group()
+    _init(rank, port)
+    images, labels = _problem(seed, dtype)
+    loss_fn = SCCLoss(batch=True, softmax=True, backend=backend, **options)
+    # one process over the whole batch
+    single = _model(dtype)
+    single_loss = loss_fn(single(images), labels)
+    single_loss.backward()
+    # DDP: this rank's part of the batch, statistics merged over the ranks
+    model = torch.nn.parallel.DistributedDataParallel(_model(dtype))
+    synced = SCCLoss(batch=True, sync_batch=True, softmax=True, backend=backend, **options)
+    part = SPLITS[rank]
+    ddp_loss = synced(model(images[part]), labels[part])
+    ddp_loss.backward()
+    where = f"rank {rank}, backend {backend}, {options}, seed {seed}"
+    tolerance = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ddp_loss, single_loss, msg=where, **tolerance)
+    for ddp_param, param in zip(model.module.parameters(), single.parameters()):
+        torch.testing.assert_close(ddp_param.grad, param.grad, msg=where, **tolerance)
 
 
 def _free_port() -> int:
@@ -66,9 +63,21 @@ def _free_port() -> int:
 HANG_S = 60  # a collective that waits longer than this is a hang: gloo raises on that rank
 
 
+def _rank_entry(rank, port, fn, *args):
+    """fn(rank, port, *args) on one rank, which then leaves with os._exit, its process group alive.
+    fn's DDP reducers are freed when it returns, while the default group still holds the process
+    group; tearing the group down in this process instead can deadlock in torch's gloo
+    (~ProcessGroupGloo joins a worker thread that waits for the GIL the freeing thread holds; seen
+    intermittently in CI). A failure still reaches mp.spawn as an exception."""
+    fn(rank, port, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _spawn_ranks(fn, *args, deadline_s: float = 300):
     """Run fn(rank, port, *args) on WORLD processes; a hang fails the test instead of CI."""
-    context = mp.spawn(fn, args=(_free_port(), *args), nprocs=WORLD, join=False)
+    context = mp.spawn(_rank_entry, args=(_free_port(), fn, *args), nprocs=WORLD, join=False)
     end = time.monotonic() + deadline_s
     while not context.join(timeout=max(end - time.monotonic(), 0.1)):
         if time.monotonic() > end:
@@ -91,28 +100,25 @@ TOLERANCE = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rto
 
 def _empty_rank_main(rank, port, options):
     _init(rank, port)
-    try:
-        for backend, dtype in ALL_BACKENDS:
-            images, labels = _problem(23, dtype)
-            loss_fn = SCCLoss(batch=True, softmax=True, backend=backend, **options)
-            single = _model(dtype)
-            single_loss = loss_fn(single(images), labels)
-            single_loss.backward()
-            model = torch.nn.parallel.DistributedDataParallel(_model(dtype))
-            synced = SCCLoss(batch=True, sync_batch=True, softmax=True, backend=backend, **options)
-            part = slice(0, 4) if rank == 0 else slice(4, 4)  # rank 1: B = 0
-            ddp_loss = synced(model(images[part]), labels[part])
-            ddp_loss.backward()
-            where = f"rank {rank}, backend {backend}, {options}"
-            torch.testing.assert_close(ddp_loss, single_loss, msg=where, **TOLERANCE[dtype])
-            for ddp_param, param in zip(model.module.parameters(), single.parameters()):
-                torch.testing.assert_close(ddp_param.grad, param.grad, msg=where, **TOLERANCE[dtype])
-            # every rank empty: the global batch has no bins, loss 0 (SPEC §3 step 6), no hang
-            empty = synced(model(images[:0]), labels[:0])
-            empty.backward()
-            assert empty.item() == 0, where
-    finally:
-        dist.destroy_process_group()
+    for backend, dtype in ALL_BACKENDS:
+        images, labels = _problem(23, dtype)
+        loss_fn = SCCLoss(batch=True, softmax=True, backend=backend, **options)
+        single = _model(dtype)
+        single_loss = loss_fn(single(images), labels)
+        single_loss.backward()
+        model = torch.nn.parallel.DistributedDataParallel(_model(dtype))
+        synced = SCCLoss(batch=True, sync_batch=True, softmax=True, backend=backend, **options)
+        part = slice(0, 4) if rank == 0 else slice(4, 4)  # rank 1: B = 0
+        ddp_loss = synced(model(images[part]), labels[part])
+        ddp_loss.backward()
+        where = f"rank {rank}, backend {backend}, {options}"
+        torch.testing.assert_close(ddp_loss, single_loss, msg=where, **TOLERANCE[dtype])
+        for ddp_param, param in zip(model.module.parameters(), single.parameters()):
+            torch.testing.assert_close(ddp_param.grad, param.grad, msg=where, **TOLERANCE[dtype])
+        # every rank empty: the global batch has no bins, loss 0 (SPEC §3 step 6), no hang
+        empty = synced(model(images[:0]), labels[:0])
+        empty.backward()
+        assert empty.item() == 0, where
 
 
 @pytest.mark.parametrize(
@@ -127,25 +133,22 @@ def test_a_rank_with_an_empty_batch_joins_the_merge(options):
 
 def _compiled_main(rank, port, backend, dtype):
     _init(rank, port)
-    try:
-        images, labels = _problem(24, dtype)
-        part = SPLITS[rank]
-        results = []
-        # the fast backends' graph holds the gather (one graph); the reference's breaks there
-        compiled = torch.compile(scc_kernels.scc_loss, fullgraph=backend != "reference")
-        for loss_fn in (scc_kernels.scc_loss, compiled):
-            torch._dynamo.reset()
-            logits = images[part].repeat(1, 3, 1, 1) * torch.tensor([1.0, -0.5, 2.0], dtype=dtype).view(3, 1, 1)
-            logits.requires_grad_(True)
-            value = loss_fn(logits, labels[part], softmax=True, bands=3, batch=True, sync_batch=True, backend=backend)
-            value.backward()
-            results.append((value.detach(), logits.grad))
-        where = f"rank {rank}, backend {backend}"
-        (eager, eager_grad), (compiled, compiled_grad) = results
-        torch.testing.assert_close(compiled, eager, msg=where, **TOLERANCE[dtype])
-        torch.testing.assert_close(compiled_grad, eager_grad, msg=where, **TOLERANCE[dtype])
-    finally:
-        dist.destroy_process_group()
+    images, labels = _problem(24, dtype)
+    part = SPLITS[rank]
+    results = []
+    # the fast backends' graph holds the gather (one graph); the reference's breaks there
+    compiled = torch.compile(scc_kernels.scc_loss, fullgraph=backend != "reference")
+    for loss_fn in (scc_kernels.scc_loss, compiled):
+        torch._dynamo.reset()
+        logits = images[part].repeat(1, 3, 1, 1) * torch.tensor([1.0, -0.5, 2.0], dtype=dtype).view(3, 1, 1)
+        logits.requires_grad_(True)
+        value = loss_fn(logits, labels[part], softmax=True, bands=3, batch=True, sync_batch=True, backend=backend)
+        value.backward()
+        results.append((value.detach(), logits.grad))
+    where = f"rank {rank}, backend {backend}"
+    (eager, eager_grad), (compiled, compiled_grad) = results
+    torch.testing.assert_close(compiled, eager, msg=where, **TOLERANCE[dtype])
+    torch.testing.assert_close(compiled_grad, eager_grad, msg=where, **TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("backend, dtype", ALL_BACKENDS[:2], ids=["reference", "torch"])  # triton: the torch op's graph
@@ -176,7 +179,7 @@ TRITON_ON_CPU = pytest.mark.skipif(
 def test_ddp_matches_one_process_over_the_whole_batch(backend, dtype, options):
     if not dist.is_available():
         pytest.skip("this torch build has no torch.distributed")
-    mp.spawn(_rank_main, args=(_free_port(), backend, options, dtype, 21), nprocs=WORLD, join=True)
+    _spawn_ranks(_rank_main, backend, options, dtype, 21)
 
 
 def test_sync_batch_without_batch_warns_and_is_ignored():
