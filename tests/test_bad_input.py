@@ -38,8 +38,8 @@ def _fits(dtype, value):
 def _in_dtype(labels, dtype, where, value):
     """`labels` (int64, in [0, C)) as `dtype`, with `value` wrapped into the dtype at `where`
     (uint8's −1 is 255, int8's 255 is −1): what a user's label map of that dtype holds."""
-    wrapped = torch.tensor(value, dtype=torch.int64).to(dtype)
-    return torch.where(where, wrapped, labels.to(dtype))
+    # the select in int64, then one conversion (torch 2.11 has no CPU where() for uint16/32/64)
+    return torch.where(where, torch.tensor(value, dtype=torch.int64), labels.long()).to(dtype)
 
 
 def _loss(x, target, **options):
