@@ -79,9 +79,8 @@ def _pad_channels(x: torch.Tensor, problem: Problem) -> torch.Tensor:
 # (float64 spectra with float32 statistics missed by up to 900x). Measured, float32 path against
 # the float32 reference (3 seeds, K = 1..5, both spectra): random or soft targets missed SPEC §4
 # at up to 9 bins (5x1 K=2: 2.5x; 3 samples: 5x), one-pixel classes (flat |Y|) at up to 16 (16x1,
-# 4x4: 4-5x, the reference at 0.001x); above 16 bins the reference misses them at most sizes too
-# (a known limit: README). Cost:
-# none at 8x4 slices (per-call overhead), at most 1.3x for 512x4 slices of <= 16 bins.
+# 4x4: 4-5x, the reference at 0.001x; larger ones are exact through _stats.with_flat_targets).
+# Cost: none at 8x4 slices (per-call overhead), at most 1.3x for 512x4 slices of <= 16 bins.
 TINY_BINS = 16
 
 
