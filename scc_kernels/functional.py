@@ -26,7 +26,6 @@ from ._options import (
     documented,
     is_label_map,
     make_options,
-    matchable_ignore_index,
     prepare,
     warn_caller_once,
 )
@@ -217,8 +216,8 @@ def _flat_target_bands(input: torch.Tensor, target: torch.Tensor, opts: SCCOptio
     n = math.prod(input.shape[2:])
     if is_label_map(input, target):  # y ∈ {0, 1}: c + b·δ when at most one sample is 1, or is 0
         labels = target.reshape(batch, -1).long()
-        ignore_index = matchable_ignore_index(target.dtype, opts.ignore_index)
-        kept = torch.ones_like(labels) if ignore_index is None else (labels != ignore_index).long()
+        # opts.ignore_index is one the label dtype can hold (prepare): compared exactly here
+        kept = torch.ones_like(labels) if opts.ignore_index is None else (labels != opts.ignore_index).long()
         counts = labels.new_zeros((batch, classes)).scatter_add(1, labels * kept, kept)
         zero_base = counts <= 1
         one_pixel_or_less = zero_base | (counts >= n - 1)
