@@ -5,7 +5,7 @@ Triton: the kernel variants are not listed here. The triton host functions run o
 softmax/sigmoid × int64 label map with ignore_index/float32 dense target × complex one band
 (Parseval), amplitude with 1 and 4 bands on both transform paths, DFT and FFT) with
 `JITFunction.run` replaced by a recorder: what they launch, with the arguments they compute
-(_launch_config, triton_dft._plan, triton_fft.BLOCK...), is what gets compiled. Each distinct specialization is then
+(_launch_config, dft_tiles.plan_tiles, triton_fft.BLOCK...), is what gets compiled. Each distinct specialization is then
 compiled through Triton's own launch path (`JITFunction.warmup`, dtypes standing in for tensors,
 Triton's MockTensor: 16-byte aligned like every CUDA allocation) against a stand-in driver that
 names the target (sm_90, sm_80), in a pool of processes. The cache key is the one a real launch
@@ -94,7 +94,7 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
     from triton.runtime.jit import JITFunction
 
     from ._options import Problem
-    from .backends import triton_dft, triton_fft, triton_kernels
+    from .backends import dft_tiles, triton_dft, triton_fft, triton_kernels
 
     launches: dict[tuple, Variant] = {}
 
@@ -139,7 +139,7 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
                         triton_kernels.parseval_backward(coefficients, input, target, problem)
                         continue
                     for path in (triton_dft, triton_fft):
-                        if path is triton_dft and not triton_dft._supported(tuple(spatial)):
+                        if path is triton_dft and not dft_tiles.supported(tuple(spatial)):
                             continue
                         stats, *saved = path.band_stats(input, target, problem)
                         grad_stats = torch.ones_like(stats)

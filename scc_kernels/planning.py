@@ -44,7 +44,7 @@ import tempfile
 import torch
 
 from ._options import make_options, warn_caller_once
-from .backends import _supports_dtype
+from .backends import _supports_dtype, dft_tiles
 
 # ----------------------------------------------------------------------------------------------
 # device profiles: spec-sheet rates (dense, no sparsity)
@@ -202,17 +202,13 @@ def _costs(p: Problem, profile: Profile) -> list[Candidate]:
 
 
 def dft_tensor_flops(p: Problem) -> float | None:
-    """Tensor-core FLOPs of one forward + backward on the triton DFT path: triton_dft.flop_count (the
+    """Tensor-core FLOPs of one forward + backward on the triton DFT path: dft_tiles.flop_count (the
     one FLOP count of those kernels) per slice, × 3 for float32 inputs ("tf32x3": three TF32 products
-    per product). None where the kernels do not run the shape, or triton is missing."""
-    try:
-        from .backends import triton_dft
-    except ImportError:  # no triton here: no DFT path
-        return None
+    per product). None where the kernels do not run the shape."""
     spatial = tuple(p.shape[2:])
-    if not triton_dft._supported(spatial):
+    if not dft_tiles.supported(spatial):
         return None
-    forward, backward = triton_dft.flop_count(spatial)
+    forward, backward = dft_tiles.flop_count(spatial)
     precision_factor = 3 if p.dtype == torch.float32 else 1
     return precision_factor * p.slices * (forward + backward)
 
@@ -222,11 +218,9 @@ def _dft_cost(p: Problem, profile: Profile) -> Candidate | None:
     tensor_flops = dft_tensor_flops(p)
     if tensor_flops is None:
         return None
-    from .backends import triton_dft
-
     # inputs come from DRAM once per slice (the tiles re-read them from L2); the backward adds
     # into a float32 buffer once per (pixel, tile): atomics resolved in L2, counted at 1/4
-    atomics = 8 * p.slices * p.pixels * triton_dft._plan(tuple(p.shape[2:])).num_tiles
+    atomics = 8 * p.slices * p.pixels * dft_tiles.plan_tiles(tuple(p.shape[2:])).num_tiles
     return Candidate(
         "triton",
         "dft",

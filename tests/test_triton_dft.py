@@ -13,7 +13,7 @@ import torch
 from utils import assert_matches_reference, converged_problem, device_for, kernel_case_id, random_problem
 
 from scc_kernels._options import Problem
-from scc_kernels.backends import torch_backend, triton_backend, triton_dft
+from scc_kernels.backends import dft_tiles, torch_backend, triton_backend, triton_dft
 from scc_kernels.backends._spectra import base_is_prediction
 from scc_kernels.verify import blob_labels
 
@@ -170,7 +170,7 @@ def test_bands_of_few_bins(spectrum, regime, device):
 
 def test_too_large_runs_the_fft_path_without_a_warning(monkeypatch, device):
     """A slice outside the DFT kernels' range runs triton_fft (triton_backend.transform_path)."""
-    monkeypatch.setattr(triton_dft, "MAX_SIDE", {2: 8, 3: 8})
+    monkeypatch.setattr(dft_tiles, "MAX_SIDE", {2: 8, 3: 8})
     logits, target = random_problem(2, 3, (9, 7), device=device, generator=torch.Generator().manual_seed(7))
     problem = Problem("amplitude", 3, "softmax", None, True)
     grad_stats = torch.randn((2, 3, 3, 8), generator=torch.Generator().manual_seed(1)).to(device)

@@ -26,7 +26,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from .._options import Problem
 from .._stats import STATS, gradient_coefficients
-from . import torch_backend
+from . import dft_tiles, torch_backend
 from .triton_kernels import parseval_backward, parseval_band_stats
 
 # Triton reads TRITON_INTERPRET when a function is decorated: its own (tl.max, ...) when triton is
@@ -65,7 +65,7 @@ def transform_path(input_shape: tuple[int, ...], problem: Problem, dtype: torch.
     if forced_path() is not None:
         return forced_path()
     dft = _module("dft")
-    if not dft._supported(tuple(input_shape[2:])):
+    if not dft_tiles.supported(tuple(input_shape[2:])):
         return "fft"
     if torch.are_deterministic_algorithms_enabled() and dft._atomic_order_varies(device):
         return "fft"

@@ -51,7 +51,7 @@ along those axes. The forward transforms two real signals, the base and x − y:
     stage 2: 2 · 4 · 2 · D · H · Hp · Wp · RD                    (complex dots)
     stage 3: 2 · 4 · 2 · D · Dp · Hp · Wp                        (3D only, CUDA cores)
 The backward recomputes the forward, then inverts G's half alone, about 1.5× the forward.
-It also makes N · (tiles per slice) float32 atomic adds. `flop_count(spatial)` gives both: the
+It also makes N · (tiles per slice) float32 atomic adds. `dft_tiles.flop_count(spatial)` gives both: the
 one FLOP count of this path (scc_kernels.planning's cost model and `bench --floors` use it).
 float32 runs every dot as "tf32x3" (3 tf32 MMAs each), so its floor is 3× the count at tf32 rate.
 Every (kd, kh) tile redoes the slice's whole stage 1, so 3D costs grow as N²/(BKD·BKH): at 128³
@@ -74,16 +74,14 @@ runs float32 IEEE dots. The figures behind these choices (FLOP counts, ptxas sta
 tf32 / tf32x3 errors, the interpreter's errors), how and where each was made, and the commands
 that reproduce them: benchmarks/results/2026-11-29-triton-dft-tf32x3.md.
 
-Sizes: 2D up to 512×512 and 3D up to 128×128×128 (`MAX_SIDE`). triton_backend.transform_path
+Sizes: 2D up to 512×512 and 3D up to 128×128×128 (`dft_tiles.MAX_SIDE`). triton_backend.transform_path
 sends larger slices, and 1D, to triton_fft.py (the same kernels around torch.fft).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-from typing import NamedTuple
 
 import torch
 import triton
@@ -94,9 +92,9 @@ from .._options import Problem
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction
+from .dft_tiles import plan_tiles
 from .triton_kernels import SIGMOID, SOFTMAX, _input_args, _label_map
 
-MAX_SIDE = {2: 512, 3: 128}  # largest axis length per spatial rank the kernels are checked for
 FINISH_BLOCK = 1024  # pixels per _finish_kernel program, at least: its pixel blocks are grid axis 1 (≤ 65535)
 
 
@@ -674,65 +672,6 @@ def _twiddles(n: int, device: torch.device) -> torch.Tensor:
     return (torch.stack([torch.cos(folded), sign * torch.sin(folded)]) / math.sqrt(n)).float().to(device)
 
 
-def _pow2(n: int, low: int, high: int) -> int:
-    return max(low, min(high, triton.next_power_of_2(n)))
-
-
-class Blocks(NamedTuple):
-    """The kernels' block constexprs (BKH, BKW, BH, BW are `tl.dot` dims: at least 16)."""
-
-    BKD: int  # frequency tile: planes (1 in 2D)
-    BKH: int  # frequency tile: rows
-    BKW: int  # frequency tile: half-spectrum columns
-    BH: int  # pixel rows per loop step
-    BW: int  # pixel columns per loop step
-
-
-class TilePlan(NamedTuple):
-    """How the kernels tile a slice: `_plan(spatial)`."""
-
-    dims: tuple[int, int, int]  # (D, H, W); D = 1 in 2D
-    tiles: tuple[int, int, int]  # frequency tiles along D, H and the half W axis
-    blocks: Blocks
-    three_d: bool
-
-    @property
-    def num_tiles(self) -> int:  # per slice: the kernels' grid axis 1
-        return math.prod(self.tiles)
-
-
-@functools.lru_cache(maxsize=64)
-def _plan(spatial: tuple[int, ...]) -> TilePlan:
-    """Tile sizes and tile counts for a 2D or 3D slice."""
-    depth, height, width = (1, *spatial) if len(spatial) == 2 else spatial
-    half = width // 2 + 1
-    bw = _pow2(width, 16, 32)
-    if len(spatial) == 2:
-        blocks = Blocks(BKD=1, BKH=_pow2(height, 16, 64), BKW=_pow2(half, 16, 32), BH=16, BW=bw)
-    else:  # 3D: stage 1 is redone for every (kd, kh) tile, so BKD·BKH as large as registers allow
-        blocks = Blocks(BKD=_pow2(depth, 1, 4), BKH=_pow2(height, 16, 32), BKW=16, BH=16, BW=bw)
-    tiles = (triton.cdiv(depth, blocks.BKD), triton.cdiv(height, blocks.BKH), triton.cdiv(half, blocks.BKW))
-    return TilePlan((depth, height, width), tiles, blocks, len(spatial) == 3)
-
-
-def flop_count(spatial: tuple[int, ...]) -> tuple[int, int]:
-    """(forward, backward) FLOPs per slice as the kernels run them, padding included (see docstring)."""
-    plan = _plan(tuple(spatial))
-    depth, height, width = plan.dims
-    tiles_d, tiles_h, tiles_w = plan.tiles
-    padded_d, padded_h, padded_w = tiles_d * plan.blocks.BKD, tiles_h * plan.blocks.BKH, tiles_w * plan.blocks.BKW
-    n = depth * height * width
-    stage1 = 2 * 2 * n * padded_w * tiles_h * tiles_d  # one signal
-    stage2 = 4 * 2 * depth * height * padded_h * padded_w * tiles_d
-    stage3 = 4 * 2 * depth * padded_d * padded_h * padded_w if plan.three_d else 0
-    forward = 2 * (stage1 + stage2 + stage3)
-    return forward, forward + stage1 + stage2 + stage3
-
-
-def _supported(spatial: tuple[int, ...]) -> bool:
-    return len(spatial) in MAX_SIDE and max(spatial) <= MAX_SIDE[len(spatial)]
-
-
 def _atomic_order_varies(device: torch.device) -> bool:
     """The backward's float32 atomic adds land in a varying order on a GPU; the interpreter runs
     one program at a time."""
@@ -752,7 +691,7 @@ def _kernel_args(input, target, base_is_x, problem: Problem) -> tuple[tuple[int,
     """The grid (slices, tiles per slice) and every argument `_forward_kernel` and `_backward_kernel`
     share (all but their own output and input pointers, and the forward's num_tiles)."""
     spatial = tuple(input.shape[2:])
-    plan = _plan(spatial)
+    plan = plan_tiles(spatial)
     depth, height, width = plan.dims
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
     args = dict(
