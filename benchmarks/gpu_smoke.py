@@ -22,7 +22,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before scc_kernels imports triton
 
-from scc_kernels.backends import FAST_BACKENDS, unavailable_reason
+from scc_kernels.backends.registry import FAST_BACKENDS, unavailable_reason
 from scc_kernels.verify import compare_with_reference, random_problem
 
 # the headline problems (README, bench.SHAPES["cuda"]) with the options each is the headline of

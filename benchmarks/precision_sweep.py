@@ -24,7 +24,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before scc_kernels imports triton
 
-from scc_kernels.backends import info, unavailable_reason
+from scc_kernels.backends.registry import info, unavailable_reason
 from scc_kernels.verify import compare_with_reference, make_problem
 
 REGIMES = ["random", "converged 4", "converged 6", "converged 8", "converged 10", "huge 1e15", "huge 1e30"]

@@ -44,9 +44,10 @@ from unittest import mock
 import torch
 
 from scc_kernels import scc_loss
-from scc_kernels._options import Problem, make_options
+from scc_kernels._options import make_options
 from scc_kernels._stats import loss_from_stats
 from scc_kernels.backends import torch_backend
+from scc_kernels.backends.registry import Problem
 from scc_kernels.bands import hermitian_weights
 from scc_kernels.verify import GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL, make_problem
 
@@ -147,7 +148,8 @@ def emulated(x, labels, spectrum, bands, modes):
     """torch_backend's spectral path on probabilities x (1, C, *S) float64 and a label map, with
     its transforms emulated: loss values (1, C) and the gradient of their mean w.r.t. x."""
     opts = make_options(spectrum=spectrum, bands=bands)
-    problem = Problem(spectrum, opts.num_bands, "none", None, True)
+    path = "parseval" if (spectrum, opts.num_bands) == ("complex", 1) else "fft"
+    problem = Problem(spectrum, opts.num_bands, "none", None, True, path)
     with emulated_fft(modes) as called:
         stats, *saved = torch_backend.band_stats(x, labels, problem)
         stats.requires_grad_(True)

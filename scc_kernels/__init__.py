@@ -21,6 +21,6 @@ __all__ = [
 
 def available_backends() -> dict[str, dict[str, object]]:
     """For every backend: whether it can run here and, if not, why (and what to install)."""
-    from .backends import info
+    from .backends.registry import info
 
     return {name: {"available": reason is None, "reason": reason} for name, reason in info().items()}

@@ -16,10 +16,11 @@ import time
 import torch
 
 import scc_kernels
-from scc_kernels.backends import FAST_BACKENDS, unavailable_reason
-from scc_kernels.backends import load as _load_backend
+from scc_kernels.backends.registry import FAST_BACKENDS, unavailable_reason
+from scc_kernels.backends.registry import load as _load_backend
+from scc_kernels.cost_model import PROFILES
 from scc_kernels.integrations import nnunet_install
-from scc_kernels.planning import PROFILES, _checked_shape
+from scc_kernels.planning import _checked_shape
 
 
 def _device() -> torch.device:
@@ -98,11 +99,12 @@ def verify(args) -> int:
 
 
 def bench(args) -> int:
-    from scc_kernels import bench as timing
+    from scc_kernels import bench
+    from scc_kernels.timing import timing_method
 
     device = _device()
-    names = args.backend or timing.timed_backends(device)
-    shapes = args.shapes or (timing.QUICK_SHAPES if args.quick else timing.SHAPES)[device.type]
+    names = args.backend or bench.timed_backends(device)
+    shapes = args.shapes or (bench.QUICK_SHAPES if args.quick else bench.SHAPES)[device.type]
     gpu = (
         torch.cuda.get_device_name()
         if device.type == "cuda"
@@ -110,15 +112,15 @@ def bench(args) -> int:
     )
     title = f"{time.strftime('%Y-%m-%d')} {gpu}, torch {torch.__version__}, triton {_version('triton')}"
     print(
-        f"bench on {title}; median and 20th-80th percentiles (p20-p80) of {timing.timing_method(device, args.repeats)} "
+        f"bench on {title}; median and 20th-80th percentiles (p20-p80) of {timing_method(device, args.repeats)} "
         "after warm-up; speed-up = reference fwd+bwd / fwd+bwd (medians)"
     )
     floors = None
     if args.floors:
-        floors = timing.Floors.measure(device)
+        floors = bench.Floors.measure(device)
         print(f"floors: copy {floors.copy_gbps:.0f} GB/s, float32/TF32 matmul {floors.matmul_tflops:.3g} TFLOP/s")
-    print(timing.HEADER)
-    rows = timing.run(
+    print(bench.HEADER)
+    rows = bench.run(
         names,
         device,
         shapes,
@@ -129,9 +131,9 @@ def bench(args) -> int:
         progress=lambda line: print(line, flush=True),
     )
     if args.csv:
-        timing.write_csv(rows, args.csv)
+        bench.write_csv(rows, args.csv)
     if args.png:
-        timing.write_png(rows, args.png, title)
+        bench.write_png(rows, args.png, title)
     return 0
 
 

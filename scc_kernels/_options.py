@@ -21,9 +21,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .backends import registry as backend_registry
+
 SPECTRA = ("amplitude", "complex")
 REDUCTIONS = ("mean", "sum", "none")
-BACKEND_NAMES = ("auto", "reference", "torch", "triton", "cuda", "cupy")
+BACKEND_NAMES = ("auto", *backend_registry.NAMES)
 ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}  # what backends see (kernel constants, csrc's
 # scc::Activation); `other_act` is applied before
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # every loss is computed in float32 at least
@@ -410,27 +412,3 @@ def _(labels, num_classes, ignore_index):
 def _(info, in_dims, labels, num_classes, ignore_index):
     # every example's labels at once: one bad label anywhere is an error either way
     return checked_labels(labels, num_classes, ignore_index), in_dims[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """What a fast backend needs to know besides the two tensors (the op's static arguments).
-
-    The target is an integer label map `(B, *S)` when `target.dim() == input.dim() - 1`,
-    else a float tensor shaped like `input`. Output channels are `offset:C`.
-    """
-
-    spectrum: str
-    num_bands: int
-    activation: str
-    ignore_index: int | None
-    include_background: bool
-
-    @property
-    def offset(self) -> int:
-        return 0 if self.include_background else 1
-
-    @property
-    def parseval(self) -> bool:
-        """Complex spectrum, one band: SPEC's transform-free closed form applies."""
-        return self.spectrum == "complex" and self.num_bands == 1

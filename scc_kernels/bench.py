@@ -8,7 +8,7 @@ with the inputs made), and optionally the median time as a fraction of a floor m
 same device (`Floors`).
 
 The floor of a transform mode is the triton DFT path's (since 2026-11-29): its kernels' own FLOPs,
-`scc_kernels.planning.dft_tensor_flops` (triton_dft.flop_count: padding and per-tile recomputation
+`scc_kernels.cost_model.dft_tensor_flops` (dft_tiles.flop_count: padding and per-tile recomputation
 included, three TF32 products per product for float32), where it once was the FLOPs of one dense
 DFT-as-matmul of x, y and the gradient. The FFT paths do far fewer FLOPs, so their time may be
 below this floor (more than 100% of it).
@@ -22,13 +22,13 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import torch
 
-from . import planning
-from .backends import FAST_BACKENDS, unavailable_reason
+from .backends.registry import FAST_BACKENDS, unavailable_reason
+from .cost_model import Workload, dft_tensor_flops
 from .functional import scc_loss
+from .timing import time_ms, time_quantiles_ms
 
 MODES = {  # name → options; softmax logits and an integer label map, the usual training setup
     "complex": dict(spectrum="complex", softmax=True),
@@ -41,7 +41,6 @@ SHAPES = {
     "cuda": [(16, 4, 512, 512), (16, 4, 256, 256), (2, 4, 128, 128, 128)],
 }
 QUICK_SHAPES = {"cpu": [(4, 4, 128, 128), (1, 4, 32, 32, 32)], "cuda": [(16, 4, 256, 256), (2, 4, 64, 64, 64)]}
-QUANTILES = (0.2, 0.5, 0.8)  # reported: the median and the range of the middle 60% of the runs
 
 
 @dataclasses.dataclass
@@ -76,81 +75,6 @@ def make_inputs(shape, dtype, device, seed=0):
     logits = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
     labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g).to(device)
     return logits, labels
-
-
-def timer(device: torch.device):
-    """measure(fn) -> ms of one call of fn: CUDA events on a GPU, wall time on a CPU."""
-    if device.type == "cuda":
-
-        def measure(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end)
-    else:
-
-        def measure(fn):
-            start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e3
-
-    return measure
-
-
-def time_quantiles_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> tuple[float, float, float]:
-    """The QUANTILES (20th, 50th, 80th percentile) of the time of one call of `fn` in ms, after
-    `warmup` untimed calls (compilation never counts).
-
-    On a GPU, where triton runs compiled: `triton.testing.do_bench`, which flushes the L2 cache
-    before every call and runs for a time, not a count: 100 ms of calls, or `repeats` calls if they
-    take longer. Otherwise `timer`'s measurements of `repeats` calls.
-    """
-    measure = timer(device)
-    for _ in range(warmup):
-        fn()
-    do_bench = _compiled_do_bench() if device.type == "cuda" else None
-    if do_bench is not None:
-        call_ms = measure(fn)
-        return tuple(do_bench(fn, rep=max(100.0, repeats * call_ms), quantiles=list(QUANTILES)))
-    return _quantiles([measure(fn) for _ in range(repeats)])
-
-
-def time_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """The median of `time_quantiles_ms`."""
-    return time_quantiles_ms(fn, device, repeats, warmup)[1]
-
-
-def timing_method(device: torch.device, repeats: int) -> str:
-    """How `time_quantiles_ms` times on `device`, for a printed header."""
-    if device.type == "cuda" and _compiled_do_bench() is not None:
-        return f"triton.testing.do_bench (L2 flushed; 100 ms of runs, or {repeats} runs if longer)"
-    return f"{repeats} runs"
-
-
-def _compiled_do_bench():
-    """triton.testing.do_bench, or None where triton is missing or runs in its interpreter (the
-    one decision of that: triton_backend.INTERPRETED)."""
-    try:
-        from triton.testing import do_bench
-
-        from .backends.triton_backend import INTERPRETED
-    except ImportError:
-        return None
-    return None if INTERPRETED else do_bench
-
-
-def _quantiles(times: list[float]) -> tuple[float, float, float]:
-    """QUANTILES of `times`, interpolated linearly between the sorted values (as do_bench does)."""
-    ordered = sorted(times)
-    result = []
-    for q in QUANTILES:
-        point = q * (len(ordered) - 1)
-        low = math.floor(point)
-        high = min(low + 1, len(ordered) - 1)
-        result.append(ordered[low] + (point - low) * (ordered[high] - ordered[low]))
-    return tuple(result)
 
 
 def _loss_steps(logits, labels, backend: str, options: dict):
@@ -222,13 +146,13 @@ class Floors:
 
     def forward_backward_ms(self, mode: str, shape: tuple[int, ...], dtype: torch.dtype) -> float:
         """Reading logits and labels once and writing the gradient once; for transform modes, the
-        triton DFT kernels' tensor-core FLOPs (`planning.dft_tensor_flops`) at the matmul rate, if
+        triton DFT kernels' tensor-core FLOPs (`cost_model.dft_tensor_flops`) at the matmul rate, if
         that takes longer (where those kernels run the shape)."""
         batch, channels, *spatial = shape
         numel = batch * channels * math.prod(spatial)
         element = torch.finfo(dtype).bits // 8
         memory_ms = (2 * numel * element + numel // channels * 8) / (self.copy_gbps * 1e6)
-        flops = None if mode == "complex" else planning.dft_tensor_flops(planning.Problem(tuple(shape), dtype=dtype))
+        flops = None if mode == "complex" else dft_tensor_flops(Workload(tuple(shape), dtype=dtype))
         if flops is None:
             return memory_ms
         return max(memory_ms, flops / (self.matmul_tflops * 1e9))

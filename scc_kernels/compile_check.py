@@ -93,8 +93,8 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
     import torch
     from triton.runtime.jit import JITFunction
 
-    from ._options import Problem
     from .backends import dft_tiles, triton_dft, triton_fft, triton_kernels
+    from .backends.registry import Problem
 
     launches: dict[tuple, Variant] = {}
 
@@ -126,14 +126,9 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
                 else:
                     target = torch.zeros(shape, dtype=torch.float32, device=device)
                 for spectrum, bands in (("complex", 1), ("amplitude", 1), ("amplitude", 4)):
-                    problem = Problem(
-                        spectrum=spectrum,
-                        num_bands=bands,
-                        activation=activation,
-                        ignore_index=IGNORE_INDEX if label_map else None,
-                        include_background=False,
-                    )
-                    if problem.parseval:
+                    ignore_index = IGNORE_INDEX if label_map else None
+                    if spectrum == "complex" and bands == 1:
+                        problem = Problem(spectrum, bands, activation, ignore_index, False, "parseval")
                         stats = triton_kernels.parseval_band_stats(input, target, problem)
                         coefficients = torch.zeros((batch, channels - 1, 7), device=device)
                         triton_kernels.parseval_backward(coefficients, input, target, problem)
@@ -141,6 +136,8 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
                     for path in (triton_dft, triton_fft):
                         if path is triton_dft and not dft_tiles.supported(tuple(spatial)):
                             continue
+                        name = "dft" if path is triton_dft else "fft"
+                        problem = Problem(spectrum, bands, activation, ignore_index, False, name)
                         stats, *saved = path.band_stats(input, target, problem)
                         grad_stats = torch.ones_like(stats)
                         path.band_stats_backward(grad_stats, stats, input, target, saved, problem)

@@ -1,9 +1,10 @@
 """Functional API and the one dispatch point.
 
 options → (checked tensors) → backend: the reference computes r directly with autograd; a
-fast backend runs as the custom op `scc_kernels::band_stats` (ops.py: registered with
-torch.library, with a fake implementation and its own autograd, so torch.compile keeps one graph), and
-_stats.loss_from_stats turns its band statistics into 1 − r. The loss is formed as 1 − r
+fast backend runs as the custom op `scc_kernels::spectral_stats` (ops.py: registered with
+torch.library, with a fake implementation and its own autograd, so torch.compile keeps one graph)
+on the backend and path planning.resolve chose, and _stats.loss_from_stats turns its band
+statistics into 1 − r. The loss is formed as 1 − r
 directly, never as 1 minus a rounded r (SPEC §4); `spectral_correlation` returns 1 minus it.
 """
 
@@ -13,12 +14,8 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.autograd import forward_ad
 
-from . import (
-    ops,  # noqa: F401  (registers torch.ops.scc_kernels.*)
-    reference,
-)
+from . import reference
 from ._options import (
     SCCOptions,
     binary_as_two_classes,
@@ -27,10 +24,11 @@ from ._options import (
     is_label_map,
     make_options,
     prepare,
-    warn_caller_once,
 )
 from ._stats import STATS, loss_from_stats, with_flat_targets
-from .backends import resolve
+from .backends.registry import Problem
+from .ops import spectral_stats
+from .planning import resolve
 
 
 @documented
@@ -153,7 +151,7 @@ def scc_loss(
 
 
 def loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
-    per_item = one_minus_r(input, target, opts)
+    per_item = per_item_loss(input, target, opts)
     if opts.reduction == "mean":
         return per_item.mean()
     if opts.reduction == "sum":
@@ -162,10 +160,10 @@ def loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.T
 
 
 def correlation(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
-    return 1 - one_minus_r(input, target, opts)
+    return 1 - per_item_loss(input, target, opts)
 
 
-def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
+def per_item_loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> torch.Tensor:
     """The per-item loss 1 − r, (B, C') or (C',) with `batch=True`."""
     input, target, opts = prepare(input, target, opts)
     target = target.detach()  # SPEC §4: the target is a constant of the loss, on every backend
@@ -175,32 +173,16 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
         input, opts = binary_as_two_classes(input, opts)
     if input.numel() == 0 and not opts.sync_batch:
         return _no_bins(input, opts)
-    # "auto" on CUDA follows scc_kernels.plan for this shape (a CPU graph stays shape-generic)
-    problem = None
-    if input.is_cuda and input.numel() > 0:
-        problem = (tuple(map(int, input.shape)), opts.spectrum, opts.num_bands, opts.include_background)
-    name = resolve(opts.backend, input.device, input.dtype, problem)
-    if name != "reference" and (mode := _mode_only_the_reference_supports(input)) is not None:
-        warn_caller_once(
-            f"scc_kernels: backend {name!r} does not support {mode}; the reference backend computes "
-            "these losses instead (same values, slower). Pass backend='reference' to silence this."
-        )
-        name = "reference"
+    route = resolve(opts.backend, input, opts)
     with torch.autocast(input.device.type, enabled=False):  # SPEC §4: we choose the precision
-        if name == "reference":
+        if route.backend == "reference":
             return 1 - reference.band_weighted_r(input, target, opts)
         if input.numel() == 0:  # an empty rank under sync_batch: still joins the merge (SPEC §5)
             return _no_bins(input, opts)
-        stats, *_ = torch.ops.scc_kernels.band_stats(
-            input,
-            target,
-            name,
-            opts.spectrum,
-            opts.num_bands,
-            opts.activation,
-            opts.ignore_index,
-            opts.include_background,
+        problem = Problem(
+            opts.spectrum, opts.num_bands, opts.activation, opts.ignore_index, opts.include_background, route.path
         )
+        stats, *_ = spectral_stats(input, target, route.backend, problem)
         if opts.spectrum == "amplitude":
             stats = with_flat_targets(stats, *_flat_target_bands(input, target, opts))
         return loss_from_stats(stats, opts).to(compute_dtype(input.dtype))  # tiny slices: float64 stats
@@ -233,18 +215,6 @@ def _flat_target_bands(input: torch.Tensor, target: torch.Tensor, opts: SCCOptio
     outer = torch.arange(opts.num_bands, device=input.device) > 0  # the bands without the origin
     flat = one_pixel_or_less.unsqueeze(-1) & (outer | zero_base.unsqueeze(-1))
     return flat[:, offset:], (step / math.sqrt(n))[:, offset:]
-
-
-def _mode_only_the_reference_supports(input: torch.Tensor) -> str | None:
-    """The autograd mode in use that the fast backends' custom op has no rule for (SPEC §4):
-    forward mode, or a torch.func transform. Reverse mode, the common case, gives None."""
-    if torch.compiler.is_compiling():  # dynamo traces neither of these
-        return None
-    if torch._C._functorch.peek_interpreter_stack() is not None:
-        return "torch.func transforms (grad, vmap, jvp, jacrev, hessian, ...)"
-    if forward_ad.unpack_dual(input).tangent is not None:
-        return "forward-mode AD (torch.autograd.forward_ad)"
-    return None
 
 
 def _no_bins(input: torch.Tensor, opts: SCCOptions) -> torch.Tensor:

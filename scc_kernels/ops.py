@@ -1,25 +1,44 @@
 """The two custom ops every fast backend runs as (torch.library), with their fakes and autograd.
 
-    scc_kernels::band_stats(input, target, backend, spectrum, num_bands, activation,
-                            ignore_index, include_background) -> [stats (B, C', K, 8), *saved]
-    scc_kernels::band_stats_backward(grad_stats, stats, input, target, saved, ...) -> grad of input
+    scc_kernels::spectral_stats(input, target, backend, path, spectrum, num_bands, activation,
+                                ignore_index, include_background) -> [stats (B, C', K, 8), *saved]
+    scc_kernels::spectral_stats_backward(grad_stats, stats, input, target, saved, ...) -> grad of input
 
-A registered op with a fake implementation keeps torch.compile to one graph whatever a backend
-does inside (Triton launches, a C++ extension, CuPy); the backward is an op too, so that AOT
-autograd traces it. The backward's own autograd rule raises: no double backward through a fast
-backend (the reference supports every autograd mode; functional.py routes the others there).
+The static arguments are the backend planning.resolve chose and a registry.Problem, its path
+included, so the fake, the forward and the backward run the same path. A registered op with a
+fake keeps torch.compile to one graph whatever a backend does inside (Triton launches, a C++
+extension, CuPy); the backward is an op too, so that AOT autograd traces it. The backward's own
+autograd rule raises: no double backward through a fast backend (the reference supports every
+autograd mode; planning.resolve routes the others there).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._options import Problem, check_labels, is_label_map
-from .backends import load
+from ._options import check_labels, is_label_map
+from .backends.registry import BY_NAME, Problem, load
 
 
-def _problem(spectrum, num_bands, activation, ignore_index, include_background) -> Problem:
-    return Problem(spectrum, num_bands, activation, ignore_index, include_background)
+def spectral_stats(input: torch.Tensor, target: torch.Tensor, backend: str, problem: Problem) -> list[torch.Tensor]:
+    """[stats (B, C', K, 8) in _stats.STATS order, *what the backend saves], through the op."""
+    return torch.ops.scc_kernels.spectral_stats(
+        input,
+        target,
+        backend,
+        problem.path,
+        problem.spectrum,
+        problem.num_bands,
+        problem.activation,
+        problem.ignore_index,
+        problem.include_background,
+    )
+
+
+def _problem(backend, path, spectrum, num_bands, activation, ignore_index, include_background) -> Problem:
+    if path not in BY_NAME[backend].paths:
+        raise ValueError(f"backend {backend!r} has no path {path!r} (its paths: {BY_NAME[backend].paths})")
+    return Problem(spectrum, num_bands, activation, ignore_index, include_background, path)
 
 
 def _label_map(input: torch.Tensor, target: torch.Tensor, ignore_index, check: bool) -> torch.Tensor:
@@ -30,49 +49,50 @@ def _label_map(input: torch.Tensor, target: torch.Tensor, ignore_index, check: b
     return target.long() if target.is_floating_point() else target
 
 
-@torch.library.custom_op("scc_kernels::band_stats", mutates_args=())
-def _band_stats(
+@torch.library.custom_op("scc_kernels::spectral_stats", mutates_args=())
+def _spectral_stats(
     input: torch.Tensor,
     target: torch.Tensor,
     backend: str,
+    path: str,
     spectrum: str,
     num_bands: int,
     activation: str,
     ignore_index: int | None,
     include_background: bool,
 ) -> list[torch.Tensor]:
-    """[stats (B, C', K, 8) in _stats.STATS order, *tensors the backend saves for its backward]."""
-    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
+    problem = _problem(backend, path, spectrum, num_bands, activation, ignore_index, include_background)
     target = _label_map(input, target, ignore_index, check=True)
     return load(backend).band_stats(input, target, problem)
 
 
-@_band_stats.register_fake
-def _(input, target, backend, spectrum, num_bands, activation, ignore_index, include_background):
-    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
+@_spectral_stats.register_fake
+def _(input, target, backend, path, spectrum, num_bands, activation, ignore_index, include_background):
+    problem = _problem(backend, path, spectrum, num_bands, activation, ignore_index, include_background)
     return load(backend).band_stats_fake(input, target, problem)
 
 
-@torch.library.custom_op("scc_kernels::band_stats_backward", mutates_args=())
-def _band_stats_backward(
+@torch.library.custom_op("scc_kernels::spectral_stats_backward", mutates_args=())
+def _spectral_stats_backward(
     grad_stats: torch.Tensor,
     stats: torch.Tensor,
     input: torch.Tensor,
     target: torch.Tensor,
     saved: list[torch.Tensor],
     backend: str,
+    path: str,
     spectrum: str,
     num_bands: int,
     activation: str,
     ignore_index: int | None,
     include_background: bool,
 ) -> torch.Tensor:
-    problem = _problem(spectrum, num_bands, activation, ignore_index, include_background)
+    problem = _problem(backend, path, spectrum, num_bands, activation, ignore_index, include_background)
     target = _label_map(input, target, ignore_index, check=False)
     return load(backend).band_stats_backward(grad_stats.contiguous(), stats, input, target, saved, problem)
 
 
-@_band_stats_backward.register_fake
+@_spectral_stats_backward.register_fake
 def _(grad_stats, stats, input, target, saved, *args):
     return torch.empty_like(input)
 
@@ -88,11 +108,11 @@ def _backward(ctx, grads):
     input, target, stats, *saved = ctx.saved_tensors
     grad_input = None
     if ctx.needs_input_grad[0] and grads[0] is not None:
-        grad_input = torch.ops.scc_kernels.band_stats_backward(grads[0], stats, input, target, saved, *ctx.static)
+        grad_input = torch.ops.scc_kernels.spectral_stats_backward(grads[0], stats, input, target, saved, *ctx.static)
     return (grad_input, None, *([None] * len(ctx.static)))
 
 
-_band_stats.register_autograd(_backward, setup_context=_setup_context)
+_spectral_stats.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _setup_backward_context(ctx, inputs, output):
@@ -106,4 +126,4 @@ def _no_double_backward(ctx, grad):
     )
 
 
-_band_stats_backward.register_autograd(_no_double_backward, setup_context=_setup_backward_context)
+_spectral_stats_backward.register_autograd(_no_double_backward, setup_context=_setup_backward_context)

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .backends import info, unavailable_reason
+from .backends.registry import info, unavailable_reason
 from .functional import scc_loss
 
 # SPEC v3 §4, by input dtype

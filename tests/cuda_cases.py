@@ -13,8 +13,8 @@ import torch
 from utils import assert_matches_reference, converged_problem, typed_problem
 
 import scc_kernels
-from scc_kernels._options import Problem
-from scc_kernels.backends import _cuda_launch, load, torch_backend
+from scc_kernels.backends import _cuda_launch, torch_backend
+from scc_kernels.backends.registry import Problem, load
 from scc_kernels.verify import huge_problem
 
 # (spatial, options, target): odd, even and 16-byte-aligned sizes, 1D to 3D, every option
@@ -77,7 +77,7 @@ class KernelCases:
 
     @pytest.mark.parametrize("spatial, bands", [((3,), None), ((5, 1), 2), ((9, 1), 5), ((1, 7), 3)])
     def test_tiny_slices_meet_spec(self, backend, spatial, bands):
-        """Slices of a few bins take the torch backend's float64 path (torch_backend.takes_tiny_path):
+        """Slices of a few bins take the torch backend's float64 "tiny" path (planning.resolve):
         float32 statistics missed SPEC §4's gradient tolerance there by up to 5x."""
         name, device = backend
         for seed in range(3):
@@ -115,7 +115,7 @@ class KernelCases:
         rounding of the band's values (its means times √count and its m2s to the size of its norm²);
         so is the gradient for the same grad_stats. 40 bands: two chunks, some empty, many of a few bins."""
         name, device = backend
-        problem = Problem(spectrum, 40, "sigmoid", None, True)
+        problem = Problem(spectrum, 40, "sigmoid", None, True, "fft")
         logits, target = typed_problem((21, 23), {}, "int64", torch.float32, device)
         expected = torch_backend.band_stats(logits, target, problem)
         got = load(name).band_stats(logits, target, problem)

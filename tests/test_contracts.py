@@ -11,12 +11,12 @@ import warnings
 import pytest
 import torch
 import torch.autograd.forward_ad as forward_ad
-from utils import random_problem
+from utils import op_static, random_problem
 
 import scc_kernels
 import scc_kernels.__main__ as cli
 from scc_kernels import SCCLoss, scc_loss
-from scc_kernels.backends import triton_dft, triton_kernels
+from scc_kernels.backends import triton_kernels
 
 FAST = ["torch", "triton"]  # fast backends that run on every test machine (triton: interpreted without a GPU)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,17 +77,8 @@ def test_opcheck_band_stats(backend, options, label_map, requires_grad):
     opts = scc_kernels._options.make_options(**options)
     logits, target = _inputs((2, 3, 7, 6), label_map, 3, options)
     logits.requires_grad_(requires_grad)
-    args = (
-        logits,
-        target,
-        backend,
-        opts.spectrum,
-        opts.num_bands,
-        opts.activation,
-        opts.ignore_index,
-        opts.include_background,
-    )
-    torch.library.opcheck(torch.ops.scc_kernels.band_stats.default, args)
+    args = (logits, target, *op_static(backend, logits, opts))
+    torch.library.opcheck(torch.ops.scc_kernels.spectral_stats.default, args)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -95,13 +86,13 @@ def test_opcheck_band_stats(backend, options, label_map, requires_grad):
 def test_opcheck_band_stats_backward(backend, options, label_map):
     opts = scc_kernels._options.make_options(**options)
     logits, target = _inputs((2, 3, 7, 6), label_map, 4, options)
-    static = (backend, opts.spectrum, opts.num_bands, opts.activation, opts.ignore_index, opts.include_background)
-    stats, *saved = torch.ops.scc_kernels.band_stats(logits, target, *static)
+    static = op_static(backend, logits, opts)
+    stats, *saved = torch.ops.scc_kernels.spectral_stats(logits, target, *static)
     grad_stats = torch.randn(stats.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     args = (grad_stats, stats, logits, target, saved, *static)
     # its autograd rule only raises (no double backward), so the gradient checks are left out
     torch.library.opcheck(
-        torch.ops.scc_kernels.band_stats_backward.default,
+        torch.ops.scc_kernels.spectral_stats_backward.default,
         args,
         test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
     )
@@ -274,18 +265,24 @@ def test_one_pass_grid_takes_any_batch():
 
 
 def test_deterministic_mode_avoids_the_atomic_backward(monkeypatch):
-    from scc_kernels.backends import triton_backend
+    from scc_kernels import planning
 
-    monkeypatch.setattr(triton_dft, "_atomic_order_varies", lambda device: True)  # as on a GPU
+    # as on a GPU (the interpreter runs the DFT's atomics in order): the H200 model picks the DFT
+    monkeypatch.setattr(planning, "profile_name", lambda device: "H200")
+
+    def as_on_a_gpu(input, opts):
+        shape = tuple(input.shape)
+        return planning.triton_path(shape, opts.spectrum, opts.num_bands, input.dtype, True, input.device)
+
+    monkeypatch.setattr(planning, "_triton_path", as_on_a_gpu)
     logits, labels = _random(2, 3, (10, 9), 17)
     options = dict(softmax=True, bands=2, backend="triton")
+    assert planning.resolve("triton", logits, scc_kernels._options.make_options(softmax=True, bands=2)).path == "dft"
     before = _value_and_grad(lambda x, t: scc_loss(x, t, **options), logits, labels)
     torch.use_deterministic_algorithms(True)
     try:
-        _stats, *saved = torch.ops.scc_kernels.band_stats(
-            logits, labels, "triton", "amplitude", 2, "softmax", None, True
-        )
-        assert triton_backend.saved_path(saved) == "fft"  # the FFT path (no atomics), not the DFT's
+        route = planning.resolve("triton", logits, scc_kernels._options.make_options(softmax=True, bands=2))
+        assert route.path == "fft"  # the FFT path (no atomics), not the DFT's
         after = _value_and_grad(lambda x, t: scc_loss(x, t, **options), logits, labels)
     finally:
         torch.use_deterministic_algorithms(False)

@@ -23,8 +23,9 @@ from cuda_cases import KernelCases
 from cuda_utils import CSRC, assert_compiles
 from utils import random_problem, typed_problem
 
-from scc_kernels._options import ACTIVATION_CODES, Problem
+from scc_kernels._options import ACTIVATION_CODES
 from scc_kernels.backends import _cuda_build, _cuda_launch, cuda_backend
+from scc_kernels.backends.registry import Problem
 
 SCALAR_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # scc::Scalar
 TARGET_CODES = {torch.uint8: 0, torch.int32: 1, torch.int64: 2, torch.float32: 3}  # scc::Target
@@ -115,7 +116,8 @@ class TestEmulated(KernelCases):
 @pytest.mark.parametrize("spectrum, bands", [("complex", None), ("amplitude", 3), ("complex", 2)])
 def test_saved_tensors_match_the_fake(host_kernels, spectrum, bands):
     """What the op returns is what its fake implementation promises torch.compile."""
-    problem = Problem(spectrum, bands or 1, "softmax", None, False)
+    path = "parseval" if (spectrum, bands) == ("complex", None) else "fft"
+    problem = Problem(spectrum, bands or 1, "softmax", None, False, path)
     logits, target = typed_problem((9, 10), {}, "int64", torch.float32, "cpu")
     got = _cuda_launch.forward(host_kernels, logits, target, problem)
     fake = cuda_backend.band_stats_fake(logits, target, problem)
@@ -183,7 +185,8 @@ def test_cupy_launches_match_the_kernel_signatures(spectrum, num_bands, monkeypa
     cupy_backend = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cupy_backend)
 
-    problem = Problem(spectrum, num_bands, "softmax", 255, False)
+    path = "parseval" if (spectrum, num_bands) == ("complex", 1) else "fft"
+    problem = Problem(spectrum, num_bands, "softmax", 255, False, path)
     logits, target = random_problem(2, 3, (9, 10), ignore_index=255)
     target = target.to(torch.uint8)
     stats, *saved = cupy_backend.band_stats(logits, target, problem)

@@ -10,7 +10,7 @@ import torch
 from cuda_cases import KernelCases
 
 import scc_kernels
-from scc_kernels.backends import unavailable_reason
+from scc_kernels.backends.registry import unavailable_reason
 from scc_kernels.bands import band_index
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -4,29 +4,30 @@ the profiles are data)."""
 
 import dataclasses
 import json
+import types
 import warnings
 
 import pytest
 import torch
 
 import scc_kernels
-from scc_kernels import planning
-from scc_kernels.backends import resolve
+from scc_kernels import autotune, cost_model, planning
+from scc_kernels._options import make_options
 
 
 def test_profiles_are_spec_sheet_data():
-    assert set(planning.PROFILES) >= {"H100", "H200", "A100"}
-    h100, h200, a100 = (planning.PROFILES[name] for name in ("H100", "H200", "A100"))
+    assert set(cost_model.PROFILES) >= {"H100", "H200", "A100"}
+    h100, h200, a100 = (cost_model.PROFILES[name] for name in ("H100", "H200", "A100"))
     assert h200.dram_gbps / h100.dram_gbps == pytest.approx(4800 / 3350)  # same chip, faster memory
     assert h200.tf32_tflops == h100.tf32_tflops > a100.tf32_tflops
 
 
 def test_terms_are_bytes_over_bandwidth_flops_over_rate_launches_times_cost():
-    profile = planning.Profile("test", dram_gbps=1000, fp32_tflops=10, tf32_tflops=100, torch_op_us=8)
-    candidate = planning.Candidate(
+    profile = cost_model.Profile("test", dram_gbps=1000, fp32_tflops=10, tf32_tflops=100, torch_op_us=8)
+    candidate = cost_model.Candidate(
         "torch", "fft", bytes=2e9, fp32_flops=3e9, tensor_flops=4e10, launches=5, launch_us=8
     )
-    timed = planning._timed(candidate, profile)
+    timed = cost_model._timed(candidate, profile)
     assert timed.memory_ms == pytest.approx(2.0)  # 2 GB at 1000 GB/s
     assert timed.compute_ms == pytest.approx(0.3 + 0.4)  # 3 GFLOP at 10 TFLOP/s + 40 GFLOP at 100
     assert timed.launch_ms == pytest.approx(0.04)
@@ -35,8 +36,8 @@ def test_terms_are_bytes_over_bandwidth_flops_over_rate_launches_times_cost():
 
 def test_io_bytes_by_hand():
     # 2×3×4×5 float32 logits (480 B) read twice and the gradient written once, int64 labels read twice
-    problem = planning.Problem((2, 3, 4, 5))
-    assert planning._io_bytes(problem) == 3 * 480 + 2 * 20 * 8
+    problem = cost_model.Workload((2, 3, 4, 5))
+    assert cost_model._io_bytes(problem) == 3 * 480 + 2 * 20 * 8
 
 
 @pytest.mark.parametrize("gpu", ["H200", "H100", "A100"])
@@ -79,33 +80,33 @@ def test_bad_arguments():
 def test_autotune_times_once_and_caches_in_the_process_and_on_disk(monkeypatch, tmp_path):
     cache = tmp_path / "autotune.json"
     monkeypatch.setenv("SCC_KERNELS_CACHE", str(cache))
-    monkeypatch.setattr(planning, "_measured", {})
+    monkeypatch.setattr(autotune, "_measured", {})
     calls = []
 
     def fake_time(problem, candidate, device, repeats=5):
         calls.append(candidate.path)
         return {"fft": 2.0, "dft": 1.0}[candidate.path]
 
-    monkeypatch.setattr(planning, "_time_candidate", fake_time)
-    problem = planning.Problem((2, 3, 16, 16))
-    candidates = [c for c in planning._costs(problem, planning.PROFILES["H200"]) if c.backend == "triton"]
+    monkeypatch.setattr(autotune, "_time_candidate", fake_time)
+    problem = cost_model.Workload((2, 3, 16, 16))
+    candidates = [c for c in cost_model.candidates(problem, cost_model.PROFILES["H200"]) if c.backend == "triton"]
     cpu = torch.device("cpu")
-    first = planning._autotune(problem, candidates, cpu)
+    first = autotune.measure(problem, candidates, cpu)
     assert first == {"triton/fft": 2.0, "triton/dft": 1.0} and len(calls) == 2
-    assert planning._autotune(problem, candidates, cpu) == first and len(calls) == 2  # the process cache
-    monkeypatch.setattr(planning, "_measured", {})
-    assert planning._autotune(problem, candidates, cpu) == first and len(calls) == 2  # the disk cache
+    assert autotune.measure(problem, candidates, cpu) == first and len(calls) == 2  # the process cache
+    monkeypatch.setattr(autotune, "_measured", {})
+    assert autotune.measure(problem, candidates, cpu) == first and len(calls) == 2  # the disk cache
     assert list(json.loads(cache.read_text()).values()) == [first]
 
 
 def test_timing_a_candidate_runs_forward_and_backward():
-    problem = planning.Problem((2, 3, 16, 15))
-    candidate = planning.Candidate("torch", "fft", 0, 0, 0, 0, 0)
-    assert planning._time_candidate(problem, candidate, torch.device("cpu"), repeats=2) > 0
+    problem = cost_model.Workload((2, 3, 16, 15))
+    candidate = cost_model.Candidate("torch", "fft", 0, 0, 0, 0, 0)
+    assert autotune._time_candidate(problem, candidate, torch.device("cpu"), repeats=2) > 0
 
 
 def test_auto_on_cuda_follows_the_plan(monkeypatch):
-    picked = dataclasses.make_dataclass("Picked", ["backend"])("cuda")
+    picked = dataclasses.make_dataclass("Picked", ["backend", "path"])("cuda", "fft")
     seen = {}
 
     def fake_plan(shape, **options):
@@ -114,10 +115,15 @@ def test_auto_on_cuda_follows_the_plan(monkeypatch):
 
     monkeypatch.setattr(planning, "cached_plan", fake_plan)
     monkeypatch.delenv("SCC_KERNELS_BACKEND", raising=False)
-    problem = ((2, 4, 64, 64), "amplitude", 4, True)
-    assert resolve("auto", torch.device("cuda"), torch.float32, problem) == "cuda"
+    opts = make_options(bands=4)
+    on_cuda = types.SimpleNamespace(
+        shape=(2, 4, 64, 64), is_cuda=True, dtype=torch.float32, device=torch.device("cuda")
+    )
+    on_cuda.numel = lambda: 2 * 4 * 64 * 64
+    monkeypatch.setattr(planning, "_mode_only_the_reference_supports", lambda input: None)
+    assert planning.resolve("auto", on_cuda, opts) == ("cuda", "fft")
     assert seen["shape"] == (2, 4, 64, 64) and seen["bands"] == 4 and seen["dtype"] == torch.float32
-    assert resolve("auto", torch.device("cpu"), torch.float32, None) == "torch"
+    assert planning.resolve("auto", torch.empty(2, 4, 64, 64), opts) == ("torch", "fft")
     assert scc_kernels.plan is planning.plan  # the function, at the top level
 
 
@@ -157,7 +163,7 @@ def test_triton_path_decides_on_symbolic_sizes_on_cuda(shape, spectrum, bands, m
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
     pytest.importorskip("triton", reason="the triton backend needs triton")
-    monkeypatch.setattr(planning, "_profile_name", lambda device: "H100")
+    monkeypatch.setattr(planning, "profile_name", lambda device: "H100")
     shape_env = ShapeEnv()
     mode = FakeTensorMode(shape_env=shape_env)
     symbolic = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * len(shape))
@@ -166,10 +172,13 @@ def test_triton_path_decides_on_symbolic_sizes_on_cuda(shape, spectrum, bands, m
     with mode:
         logits = torch.empty(sizes, device="cuda")
         labels = torch.empty((sizes[0], *sizes[2:]), dtype=torch.long, device="cuda")
-        outputs = torch.ops.scc_kernels.band_stats(logits, labels, "triton", spectrum, bands, "softmax", None, True)
+        route = planning.resolve("triton", logits, make_options(spectrum=spectrum, bands=bands, softmax=True))
+        outputs = torch.ops.scc_kernels.spectral_stats(
+            logits, labels, "triton", route.path, spectrum, bands, "softmax", None, True
+        )
     concrete = planning.triton_path(shape, spectrum, bands, torch.float32, True, torch.device("cuda"))
-    saved_by_path = {"dft": 1, "fft": 2}  # triton_backend.saved_path: the forward's saved tensors
-    assert len(outputs) - 1 == saved_by_path[concrete]
+    saved_by_path = {"dft": 1, "fft": 2}  # the forward's saved tensors on each path
+    assert route.path == concrete and len(outputs) - 1 == saved_by_path[concrete]
     assert tuple(outputs[0].shape[:3]) == (*shape[:2], bands)
     decided_on = [shape_env.replace(size.node.expr) for size in sizes]  # each size guarded to its value
     assert decided_on == list(shape)
@@ -185,35 +194,35 @@ FAKE_MS = {"triton/fft": 2.0, "triton/dft": 1.0, "cuda/fft": 3.0, "torch/fft": 4
 @pytest.fixture
 def fake_timing(monkeypatch, tmp_path):
     """Autotuning on CPU: a fresh process cache, a cache file in tmp_path, timings from FAKE_MS."""
-    monkeypatch.setattr(planning, "_measured", {})
+    monkeypatch.setattr(autotune, "_measured", {})
     monkeypatch.setenv("SCC_KERNELS_CACHE", str(tmp_path / "autotune.json"))
     calls = []
 
     def fake_time(problem, candidate, device, repeats=5):
-        calls.append(planning._key(candidate))
-        return FAKE_MS[planning._key(candidate)]
+        calls.append(autotune.candidate_key(candidate))
+        return FAKE_MS[autotune.candidate_key(candidate)]
 
-    monkeypatch.setattr(planning, "_time_candidate", fake_time)
+    monkeypatch.setattr(autotune, "_time_candidate", fake_time)
     return calls
 
 
 def _triton_candidates(problem, deterministic=False):
-    costs = planning._costs(problem, planning.PROFILES["H200"])
-    return [c for c in costs if c.backend == "triton" and planning._allowed(c, deterministic)]
+    costs = cost_model.candidates(problem, cost_model.PROFILES["H200"])
+    return [c for c in costs if c.backend == "triton" and planning.allowed(c, deterministic)]
 
 
 def test_a_deterministic_entry_does_not_serve_a_non_deterministic_call(fake_timing, monkeypatch):
-    monkeypatch.setattr(planning, "_profile_name", lambda device: "H200")  # a CPU device, the H200 model
+    monkeypatch.setattr(planning, "profile_name", lambda device: "H200")  # a CPU device, the H200 model
     cpu = torch.device("cpu")
     problem = ((2, 3, 16, 13), "amplitude", 2, torch.float32, True, cpu)
-    assert planning._triton_path(*problem, True, True) == "fft"  # deterministic: the DFT's atomics left out
-    assert planning._triton_path(*problem, False, True) == "dft"  # was KeyError('triton/dft')
+    assert planning._triton_path_of(*problem, True, True) == "fft"  # deterministic: the DFT's atomics left out
+    assert planning._triton_path_of(*problem, False, True) == "dft"  # was KeyError('triton/dft')
     assert sorted(fake_timing) == ["triton/dft", "triton/fft", "triton/fft"]
     # the disk holds both entries: a new process measures neither again
-    monkeypatch.setattr(planning, "_measured", {})
-    p = planning.Problem((2, 3, 16, 13), bands=2)
-    assert planning._autotune(p, _triton_candidates(p, True), cpu) == {"triton/fft": 2.0}
-    assert planning._autotune(p, _triton_candidates(p), cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
+    monkeypatch.setattr(autotune, "_measured", {})
+    p = cost_model.Workload((2, 3, 16, 13), bands=2)
+    assert autotune.measure(p, _triton_candidates(p, True), cpu) == {"triton/fft": 2.0}
+    assert autotune.measure(p, _triton_candidates(p), cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
     assert len(fake_timing) == 3
 
 
@@ -222,7 +231,7 @@ def test_plan_autotuned_picks_only_among_allowed_candidates(fake_timing, monkeyp
     picked the atomic DFT path from the shared cache entry."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200 (faked)")
-    monkeypatch.setattr(planning, "profile_of", lambda device=None: planning.PROFILES["H200"])
+    monkeypatch.setattr(planning, "profile_of", lambda device=None: cost_model.PROFILES["H200"])
     monkeypatch.setattr(planning, "_runs_here", lambda backend, dtype: backend in ("triton", "torch"))
     shape = (8, 4, 32, 31)
     assert planning.plan(shape, bands=4, autotune=True).path == "dft"
@@ -233,7 +242,7 @@ def test_plan_autotuned_picks_only_among_allowed_candidates(fake_timing, monkeyp
 
 
 def _cpu_problem():
-    problem = planning.Problem((2, 3, 16, 11), bands=2)
+    problem = cost_model.Workload((2, 3, 16, 11), bands=2)
     return problem, _triton_candidates(problem), torch.device("cpu")
 
 
@@ -247,12 +256,12 @@ def test_a_cache_file_of_the_wrong_type_warns_once_and_is_left_alone(fake_timing
     cache.write_text(content)
     problem, candidates, cpu = _cpu_problem()
     with pytest.warns(UserWarning, match="autotune cache .* autotuning goes on without it"):
-        assert planning._autotune(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
+        assert autotune.measure(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
     assert cache.read_text() == content  # not the loss's file to overwrite
-    other = planning.Problem((2, 3, 16, 12), bands=2)
+    other = cost_model.Workload((2, 3, 16, 12), bands=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once: the next problem says nothing
-        planning._autotune(other, _triton_candidates(other), cpu)
+        autotune.measure(other, _triton_candidates(other), cpu)
 
 
 @pytest.mark.parametrize(
@@ -263,10 +272,10 @@ def test_a_cache_file_of_the_wrong_type_warns_once_and_is_left_alone(fake_timing
 )  # fmt: skip
 def test_a_bad_cache_entry_is_measured_again_and_replaced(fake_timing, tmp_path, entry):
     problem, candidates, cpu = _cpu_problem()
-    key = planning._signature(problem, cpu, candidates)
+    key = autotune._signature(problem, cpu, candidates)
     cache = tmp_path / "autotune.json"
     cache.write_text(json.dumps({key: entry, "someone else's": [1]}))
-    assert planning._autotune(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
+    assert autotune.measure(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
     assert json.loads(cache.read_text()) == {key: {"triton/fft": 2.0, "triton/dft": 1.0}, "someone else's": [1]}
 
 
@@ -276,7 +285,7 @@ def test_a_bare_file_name_is_in_the_working_directory(fake_timing, tmp_path, mon
     problem, candidates, cpu = _cpu_problem()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        measured = planning._autotune(problem, candidates, cpu)
+        measured = autotune.measure(problem, candidates, cpu)
     assert list(json.loads((tmp_path / "cache.json").read_text()).values()) == [measured]
     assert [path.name for path in tmp_path.iterdir()] == ["cache.json"]  # no temporary file left
 
@@ -294,8 +303,8 @@ def test_a_cache_that_cannot_be_written_warns_and_carries_on(fake_timing, tmp_pa
     monkeypatch.setenv("SCC_KERNELS_CACHE", str(path))
     problem, candidates, cpu = _cpu_problem()
     with pytest.warns(UserWarning, match="autotune cache"):
-        assert planning._autotune(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
-    assert planning._autotune(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}  # the process cache
+        assert autotune.measure(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}
+    assert autotune.measure(problem, candidates, cpu) == {"triton/fft": 2.0, "triton/dft": 1.0}  # the process cache
     assert len(fake_timing) == 2
 
 
@@ -303,7 +312,7 @@ def test_a_cache_that_cannot_be_written_warns_and_carries_on(fake_timing, tmp_pa
 # plan's argument checks: scc_loss's, plus the shape and the dtype
 
 
-@pytest.mark.parametrize("gpu", sorted(planning.PROFILES))
+@pytest.mark.parametrize("gpu", sorted(cost_model.PROFILES))
 @pytest.mark.parametrize("shape", [(2, 3, 16, 16), (8, 4, 64, 64), (1, 2, 33), (2, 4, 24, 24, 24)])
 @pytest.mark.parametrize("spectrum, bands", [("amplitude", 4), ("complex", None), ("complex", 2)])
 def test_float64_plans_pick_a_backend_that_runs_float64(gpu, shape, spectrum, bands):
@@ -356,8 +365,8 @@ def test_plan_checks_the_dtype(dtype):
 def test_plan_accepts_numpy_sizes_and_a_torch_size():
     numpy = pytest.importorskip("numpy")
     sizes = planning.plan(tuple(numpy.array([2, 3, 16, 16])), gpu="H200")
-    assert sizes.problem.shape == (2, 3, 16, 16) and all(type(n) is int for n in sizes.problem.shape)
-    assert planning.plan(torch.Size([2, 3, 16, 16]), gpu="H200").problem == sizes.problem
+    assert sizes.workload.shape == (2, 3, 16, 16) and all(type(n) is int for n in sizes.workload.shape)
+    assert planning.plan(torch.Size([2, 3, 16, 16]), gpu="H200").workload == sizes.workload
 
 
 @pytest.mark.parametrize(
@@ -408,7 +417,7 @@ def test_a_single_channel_keeps_its_background_as_in_scc_loss():
     """scc_loss ignores include_background=False for C == 1; plan modelled zero slices."""
     kept = planning.plan((4, 1, 64, 64), gpu="H200")
     dropped = planning.plan((4, 1, 64, 64), include_background=False, gpu="H200")
-    assert dropped.candidates == kept.candidates and dropped.problem.slices == 4
+    assert dropped.candidates == kept.candidates and dropped.workload.slices == 4
 
 
 @pytest.mark.parametrize("seed", ["99999999999999999999999", str(2**64), str(-(2**63) - 1), "1.5", "x"])

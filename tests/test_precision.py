@@ -13,9 +13,11 @@ import itertools
 
 import pytest
 import torch
+from utils import op_static
 
 from scc_kernels import scc_loss, spectral_correlation
-from scc_kernels.backends import unavailable_reason
+from scc_kernels._options import make_options
+from scc_kernels.backends.registry import unavailable_reason
 from scc_kernels.verify import compare_with_reference, make_problem
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -268,13 +270,13 @@ def test_tiny_path_op_contract(backend, spectrum):
     if unavailable_reason(backend, DEVICE) is not None:
         pytest.skip(f"{backend} cannot run here")
     logits, target = _tiny_problem((5, 1), "labels", 0)
-    static = (backend, spectrum, 2, "softmax", None, True)
-    stats, *saved = torch.ops.scc_kernels.band_stats(logits, target, *static)
+    static = op_static(backend, logits, make_options(spectrum=spectrum, bands=2, softmax=True))
+    stats, *saved = torch.ops.scc_kernels.spectral_stats(logits, target, *static)
     assert stats.dtype == torch.float64
-    torch.library.opcheck(torch.ops.scc_kernels.band_stats.default, (logits.requires_grad_(True), target, *static))
+    torch.library.opcheck(torch.ops.scc_kernels.spectral_stats.default, (logits.requires_grad_(True), target, *static))
     grad_stats = torch.randn(stats.shape, generator=torch.Generator().manual_seed(4), dtype=stats.dtype).to(DEVICE)
     torch.library.opcheck(
-        torch.ops.scc_kernels.band_stats_backward.default,
+        torch.ops.scc_kernels.spectral_stats_backward.default,
         (grad_stats, stats, logits.detach(), target, saved, *static),
         test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
     )

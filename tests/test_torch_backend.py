@@ -97,10 +97,10 @@ def test_gradcheck(spatial, options):
 def test_transform_base_is_the_signal_of_smaller_energy():
     """_spectra.base_is_prediction: x unless it is the larger by largest magnitude, or holds more
     than 4x the energy Σ·² of y."""
-    from scc_kernels._options import Problem
     from scc_kernels.backends._spectra import base_is_prediction
+    from scc_kernels.backends.registry import Problem
 
-    softmax = Problem("amplitude", 1, "softmax", None, True)
+    softmax = Problem("amplitude", 1, "softmax", None, True, "fft")
     logits = torch.zeros(1, 3, 4, 5, dtype=torch.float64)
     logits[:, 1] = -30  # class 1 confidently left out: x ≈ 0 where y has 5 pixels
     labels = torch.zeros(1, 4, 5, dtype=torch.int64)
@@ -109,7 +109,7 @@ def test_transform_base_is_the_signal_of_smaller_energy():
     # class 0: Σx² = 20·(1/2)² = 5 <= 4·14 pixels; class 1: Σx² ≈ 0; class 2: 5 > 4·1
     assert base_is_prediction(logits, labels, softmax).tolist() == [[True, True, False]]
     huge = 1e15 * torch.randn(1, 3, 4, 5, dtype=torch.float64)
-    assert not base_is_prediction(huge, labels, Problem("amplitude", 1, "none", None, True)).any()
+    assert not base_is_prediction(huge, labels, Problem("amplitude", 1, "none", None, True, "fft")).any()
 
 
 @pytest.mark.parametrize("spectrum", ["amplitude", "complex"])

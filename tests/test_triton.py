@@ -10,8 +10,8 @@ import torch
 from utils import assert_matches_reference, converged_problem, device_for, random_problem, typed_problem
 
 import scc_kernels
-from scc_kernels._options import Problem
 from scc_kernels.backends import torch_backend, triton_backend, triton_dft
+from scc_kernels.backends.registry import Problem
 from scc_kernels.verify import GRAD_ATOL, GRAD_RTOL, LOSS_ATOL, LOSS_RTOL
 
 _DEVICE = device_for("triton")
@@ -68,7 +68,8 @@ def test_parseval_stats_and_backward_match_float64(device, case):
     logits, target = _make(batch, channels, spatial, target_kind, options, torch.float32, device)
     target64 = target if target_kind != "dense" else target.double()
     activation = "softmax" if options.get("softmax") else "sigmoid" if options.get("sigmoid") else "none"
-    problem = Problem("complex", 1, activation, options.get("ignore_index"), options.get("include_background", True))
+    background = options.get("include_background", True)
+    problem = Problem("complex", 1, activation, options.get("ignore_index"), background, "parseval")
 
     stats = triton_backend.band_stats(logits, target, problem)
     (expected,) = torch_backend.band_stats(logits.double(), target64, problem)

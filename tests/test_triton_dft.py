@@ -12,9 +12,11 @@ import pytest
 import torch
 from utils import assert_matches_reference, converged_problem, device_for, kernel_case_id, random_problem
 
-from scc_kernels._options import Problem
+from scc_kernels import planning
+from scc_kernels._options import make_options
 from scc_kernels.backends import dft_tiles, torch_backend, triton_backend, triton_dft
 from scc_kernels.backends._spectra import base_is_prediction
+from scc_kernels.backends.registry import Problem
 from scc_kernels.verify import blob_labels
 
 
@@ -26,7 +28,7 @@ def device():
 @pytest.fixture
 def dft_path(monkeypatch):
     """Through scc_loss, the DFT path on a GPU too (where the plan may choose the FFT for a shape)."""
-    monkeypatch.setattr(triton_backend, "transform_path", lambda *args: "dft")
+    monkeypatch.setattr(planning, "_triton_path", lambda input, opts: "dft")
 
 
 # Options combined rather than crossed:
@@ -52,7 +54,7 @@ def test_band_stats_and_backward_match_float64(case, device):
     label_map = not target_dtype.is_floating_point
     logits, target = random_problem(2, channels, spatial, label_map=label_map, ignore_index=ignore_index, device=device)
     target = target.to(target_dtype)
-    problem = Problem(spectrum, bands, activation, ignore_index, background)
+    problem = Problem(spectrum, bands, activation, ignore_index, background, "dft")
     grad = _assert_matches_float64(logits, target, problem)
     if not background and activation != "softmax":  # softmax's Jacobian couples the channels
         assert bool((grad[:, 0] == 0).all())
@@ -74,7 +76,7 @@ def test_band_stats_near_convergence_match_float64(spatial, spectrum, bands, dev
     labels = blob_labels(2, 3, spatial, generator=generator)
     one_hot = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1).double()
     x = one_hot + 1e-4 * torch.randn(one_hot.shape, generator=generator, dtype=torch.float64)
-    problem = Problem(spectrum, bands, "none", None, True)
+    problem = Problem(spectrum, bands, "none", None, True, "dft")
     # the gradient's phase X/|X| at bins where |X| is at rounding level is rounding too (torch alike)
     _assert_matches_float64(x.float().to(device), labels.to(device), problem, stats_tol=5e-5, grad_tol=1e-4)
 
@@ -169,17 +171,18 @@ def test_bands_of_few_bins(spectrum, regime, device):
 
 
 def test_too_large_runs_the_fft_path_without_a_warning(monkeypatch, device):
-    """A slice outside the DFT kernels' range runs triton_fft (triton_backend.transform_path)."""
+    """A slice outside the DFT kernels' range runs triton_fft (planning.resolve's path)."""
     monkeypatch.setattr(dft_tiles, "MAX_SIDE", {2: 8, 3: 8})
     logits, target = random_problem(2, 3, (9, 7), device=device, generator=torch.Generator().manual_seed(7))
-    problem = Problem("amplitude", 3, "softmax", None, True)
+    path = planning.resolve("triton", logits, make_options(bands=3, softmax=True)).path
+    problem = Problem("amplitude", 3, "softmax", None, True, path)
     grad_stats = torch.randn((2, 3, 3, 8), generator=torch.Generator().manual_seed(1)).to(device)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the package's (triton 3.6's interpreter has its own)
         out = triton_backend.band_stats(logits, target, problem)
         fake = triton_backend.band_stats_fake(logits, target, problem)
         grad = triton_backend.band_stats_backward(grad_stats, out[0], logits, target, out[1:], problem)
-    assert triton_backend.saved_path(out[1:]) == "fft"
+    assert path == "fft" and len(out[1:]) == 2  # the FFT path and its saved tensors
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in out]
     # Against the torch backend in float64: float32 rounding of gradients near 1 is ~1e-6 absolute.
     logits64, grad_stats64 = logits.double(), grad_stats.double()
@@ -192,10 +195,11 @@ def test_too_large_runs_the_fft_path_without_a_warning(monkeypatch, device):
 
 
 def test_one_spatial_dim_runs_the_fft_path(device):
-    logits, target = random_problem(1, 2, (11,), device=device)
-    problem = Problem("amplitude", 2, "sigmoid", None, True)
+    logits, target = random_problem(1, 2, (41,), device=device)  # 21 bins: above the tiny path's 16
+    path = planning.resolve("triton", logits, make_options(bands=2, sigmoid=True)).path
+    problem = Problem("amplitude", 2, "sigmoid", None, True, path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the package's (triton 3.6's interpreter has its own)
         out = triton_backend.band_stats(logits, target, problem)
-    assert triton_backend.saved_path(out[1:]) == "fft"
+    assert path == "fft" and len(out[1:]) == 2  # the FFT path and its saved tensors
     torch.testing.assert_close(out[0], torch_backend.band_stats(logits, target, problem)[0], rtol=1e-5, atol=1e-6)

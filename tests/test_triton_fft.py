@@ -2,22 +2,24 @@
 
 No GPU: the kernels run in Triton's interpreter on CPU tensors (conftest sets TRITON_INTERPRET).
 Shapes are odd-sized and span several pixel blocks and bin tiles (BLOCK = 1024) where it matters.
-Through scc_loss the path is forced with the `fft_path` fixture: transform_path picks it for 1D
-and 3D only, and for 2D when nothing else can run.
+Through scc_loss the path is forced with the `fft_path` fixture: in the interpreter
+planning.resolve picks it only where the DFT kernels do not reach (1D, large slices).
 """
 
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
-from utils import assert_matches_reference, converged_problem, device_for, kernel_case_id, random_problem
+from utils import assert_matches_reference, converged_problem, device_for, kernel_case_id, op_static, random_problem
 
-from scc_kernels import scc_loss
-from scc_kernels._options import Problem, make_options
-from scc_kernels.backends import torch_backend, triton_backend, triton_dft, triton_fft
+from scc_kernels import planning, scc_loss
+from scc_kernels._options import make_options
+from scc_kernels.backends import torch_backend, triton_fft
 from scc_kernels.backends._spectra import base_is_prediction
+from scc_kernels.backends.registry import Problem
 from scc_kernels.verify import huge_problem
 
 
@@ -28,7 +30,7 @@ def device():
 
 @pytest.fixture
 def fft_path(monkeypatch):
-    monkeypatch.setattr(triton_backend, "transform_path", lambda *args: "fft")
+    monkeypatch.setattr(planning, "_triton_path", lambda input, opts: "fft")
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -63,12 +65,12 @@ def test_band_stats_and_backward_match_float64(case, device):
     )
     target = target.to(target_dtype)
     target64 = target.double() if target.is_floating_point() else target  # the same (possibly rounded) values
-    problem = Problem(spectrum, bands, activation, ignore_index, background)
+    problem = Problem(spectrum, bands, activation, ignore_index, background, "fft")
 
     stats, *saved = triton_fft.band_stats(logits, target, problem)
     fake = triton_fft.band_stats_fake(logits, target, problem)
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in (stats, *saved)]
-    assert triton_backend.saved_path(saved) == "fft"
+    assert len(saved) == 2  # the FFT path's: half spectra and the base flags
     assert torch.equal(saved[1], base_is_prediction(logits, target, problem))
     expected, *expected_saved = torch_backend.band_stats(logits.double(), target64, problem)
     scale = expected.abs().flatten(0, -2).amax(0).clamp(min=1e-30)  # per statistic
@@ -204,43 +206,34 @@ def test_compiles_to_one_graph(device):
 def test_opcheck_band_stats(device):
     opts = make_options(spectrum="amplitude", bands=3, softmax=True, ignore_index=255)
     logits, labels = random_problem(2, 3, (7, 6), ignore_index=255, device=device, generator=_generator(3))
-    args = (
-        logits.requires_grad_(True),
-        labels,
-        "triton",
-        opts.spectrum,
-        opts.num_bands,
-        opts.activation,
-        opts.ignore_index,
-        opts.include_background,
-    )
-    _stats, *saved = torch.ops.scc_kernels.band_stats(*args)
-    assert triton_backend.saved_path(saved) == "fft"
-    torch.library.opcheck(torch.ops.scc_kernels.band_stats.default, args)
+    args = (logits.requires_grad_(True), labels, *op_static("triton", logits, opts))
+    _stats, *saved = torch.ops.scc_kernels.spectral_stats(*args)
+    assert args[3] == "fft" and len(saved) == 2  # the FFT path and its saved tensors
+    torch.library.opcheck(torch.ops.scc_kernels.spectral_stats.default, args)
 
 
 def test_transform_path_rule(monkeypatch):
-    problem = Problem("amplitude", 3, "softmax", None, True)
-    cpu = torch.device("cpu")
+    opts = make_options(bands=3, softmax=True)
 
     def path(spatial):
-        return triton_backend.transform_path((2, 3, *spatial), problem, torch.float32, cpu)
+        return planning._triton_path(torch.empty(2, 3, *spatial, device="meta"), opts)
 
     # the interpreter: the DFT wherever its kernels reach (2D up to 512, 3D up to 128)
     assert [path(s) for s in [(31,), (64, 64), (513, 8), (8, 8, 8), (129, 8, 8)]] == ["fft", "dft", "fft", "dft", "fft"]
-    monkeypatch.setattr(triton_dft, "_atomic_order_varies", lambda device: True)  # as on a GPU
+    monkeypatch.setattr(planning, "profile_name", lambda device: "H200")  # as on a GPU
     torch.use_deterministic_algorithms(True)
     try:
-        assert path((64, 64)) == "fft"  # no atomics on the FFT path
+        cpu = torch.device("cpu")
+        assert planning.triton_path((2, 3, 64, 64), "amplitude", 3, torch.float32, True, cpu) == "fft"  # no atomics
     finally:
         torch.use_deterministic_algorithms(False)
 
 
 def test_transform_path_on_a_gpu_follows_the_plan(monkeypatch):
-    from scc_kernels import planning
-
     calls = []
     monkeypatch.setattr(planning, "triton_path", lambda *args: calls.append(args) or "fft")
-    problem = Problem("amplitude", 3, "softmax", None, True)
-    assert triton_backend.transform_path((2, 3, 64, 64), problem, torch.float32, torch.device("cuda")) == "fft"
+    on_cuda = types.SimpleNamespace(
+        shape=(2, 3, 64, 64), is_cuda=True, dtype=torch.float32, device=torch.device("cuda")
+    )
+    assert planning._triton_path(on_cuda, make_options(bands=3, softmax=True)) == "fft"
     assert calls and calls[0][0] == (2, 3, 64, 64)

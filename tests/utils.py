@@ -2,6 +2,7 @@
 
 import torch
 
+from scc_kernels import planning
 from scc_kernels.verify import compare_with_reference, converged_problem, random_problem
 
 __all__ = [
@@ -56,3 +57,10 @@ def kernel_case_id(case):
         f"{'x'.join(map(str, spatial))}-C{channels}-{spectrum}-K{bands}-{activation}-"
         f"{str(target_dtype).removeprefix('torch.')}-ign{ignore_index}-bg{background}"
     )
+
+
+def op_static(backend, input, opts) -> tuple:
+    """The custom op's static arguments as scc_loss passes them: planning.resolve's backend and
+    path for `input`, then the options."""
+    route = planning.resolve(backend, input, opts)
+    return (*route, opts.spectrum, opts.num_bands, opts.activation, opts.ignore_index, opts.include_background)

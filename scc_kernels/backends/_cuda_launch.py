@@ -31,11 +31,12 @@ import math
 
 import torch
 
-from .._options import Problem, is_label_map
+from .._options import is_label_map
 from .._stats import COEFFICIENTS, PARSEVAL_SUMS, STATS, gradient_coefficients, merge, parseval_stats
 from ..bands import half_grid_tables
 from . import torch_backend
 from ._spectra import base_is_prediction, make_hermitian
+from .registry import Problem
 
 THREADS = 256  # scc::THREADS in csrc/kernels.cuh (tests/test_cuda_build.py checks they agree)
 BAND_ITEMS = 4  # scc::BAND_ITEMS
@@ -59,8 +60,6 @@ def kernel_names() -> list[str]:
 
 def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """The backend's band_stats with the kernels of `launcher`."""
-    if torch_backend.takes_tiny_path(input, problem):
-        return torch_backend.band_stats(input, target, problem)
     logits, target = _flat(input, target)
     if problem.parseval:
         batch, classes, n = logits.shape
@@ -73,7 +72,7 @@ def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Proble
 
 def forward_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """What `forward` returns, as empty tensors (the backends' band_stats_fake, for torch.compile)."""
-    if problem.parseval or torch_backend.takes_tiny_path(input, problem):
+    if problem.parseval:
         return torch_backend.band_stats_fake(input, target, problem)
     batch, channels, *spatial = input.shape
     channels -= problem.offset
@@ -84,8 +83,6 @@ def forward_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) ->
 
 def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
     """The backend's band_stats_backward with the kernels of `launcher`."""
-    if torch_backend.takes_tiny_path(input, problem):
-        return torch_backend.band_stats_backward(grad_stats, stats, input, target, saved, problem)
     logits, target = _flat(input, target)
     batch, _, n = logits.shape
     coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats).to(torch.float32).contiguous()

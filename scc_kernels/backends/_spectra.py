@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from .._options import Problem, compute_dtype, is_label_map
+from .._options import compute_dtype, is_label_map
 from ..bands import mirror
+from .registry import Problem
 
 
 def activate(input: torch.Tensor, problem: Problem) -> torch.Tensor:

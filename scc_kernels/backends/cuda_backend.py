@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from .._options import ACTIVATION_CODES, Problem
+from .._options import ACTIVATION_CODES
 from . import _cuda_build
 from ._cuda_build import build_status
 from ._cuda_launch import backward, forward, forward_fake
+from .registry import Problem
 
 
 def unavailable_reason(device: torch.device) -> str | None:
-    if device.type != "cuda":
-        return f"needs a CUDA device, got {device.type}"
     if not torch.cuda.is_available():
         return "torch sees no CUDA device"
     status = build_status()

@@ -17,14 +17,13 @@ import cupy  # ImportError: backend unavailable (backends.unavailable_reason add
 import numpy
 import torch
 
-from .._options import ACTIVATION_CODES, Problem
+from .._options import ACTIVATION_CODES
 from ._cuda_build import csrc_dir
 from ._cuda_launch import CPP_SCALAR_TYPES, CPP_TARGET_TYPES, THREADS, backward, forward, forward_fake, kernel_names
+from .registry import Problem
 
 
 def unavailable_reason(device: torch.device) -> str | None:
-    if device.type != "cuda":
-        return f"needs a CUDA device, got {device.type}"
     if not torch.cuda.is_available():
         return "torch sees no CUDA device"
     try:

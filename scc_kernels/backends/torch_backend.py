@@ -7,7 +7,7 @@
   band statistics in two passes over the bins, means and then centred moments, each a segment
   sum by band index (`index_add_`, O(bins) memory); irfftn in the backward. Both half spectra
   are saved; the activation is recomputed in the backward (cheaper than saving it).
-- tiny slices (`is_tiny`): the same amplitude/banded path, in float64 throughout.
+- "tiny" (slices of at most TINY_BINS bins, `is_tiny`): the same amplitude/banded path, in float64.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import math
 
 import torch
 
-from .._options import Problem, compute_dtype, is_label_map
+from .._options import compute_dtype, is_label_map
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import SPREAD, HalfGridTables, half_grid_tables
 from ._spectra import activate, base_is_prediction, make_hermitian
+from .registry import Problem
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -85,19 +86,14 @@ TINY_BINS = 16
 
 
 def is_tiny(spatial: tuple[int, ...]) -> bool:
-    """Whether a slice of this spatial shape takes the float64 path (TINY_BINS)."""
+    """Whether a slice of this spatial shape takes the "tiny" path, in float64 (TINY_BINS): planning.resolve
+    sends such problems here from every fast backend (their float32 kernels cannot match it)."""
     return math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1) <= TINY_BINS
 
 
-def takes_tiny_path(input: torch.Tensor, problem: Problem) -> bool:
-    """Whether this backend's float64 path computes the problem: the other fast backends hand such
-    problems to it (their float32 kernels cannot match it there)."""
-    return not problem.parseval and is_tiny(tuple(input.shape[2:]))
-
-
 def _tiny_float64(input: torch.Tensor, target: torch.Tensor, problem: Problem):
-    """(input, target) as the spectral path computes them: float64 for tiny slices."""
-    if not takes_tiny_path(input, problem):
+    """(input, target) as the spectral path computes them: float64 on the "tiny" path."""
+    if problem.path != "tiny":
         return input, target
     return input.double(), target.double() if target.is_floating_point() else target
 

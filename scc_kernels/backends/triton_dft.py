@@ -88,11 +88,11 @@ import triton
 import triton.language as tl
 
 from .._cache import TableCache
-from .._options import Problem
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction
 from .dft_tiles import plan_tiles
+from .registry import Problem
 from .triton_kernels import SIGMOID, SOFTMAX, _input_args, _label_map
 
 FINISH_BLOCK = 1024  # pixels per _finish_kernel program, at least: its pixel blocks are grid axis 1 (≤ 65535)
@@ -670,12 +670,6 @@ def _twiddles(n: int, device: torch.device) -> torch.Tensor:
     folded = torch.minimum(index, n - index).double() * (2 * math.pi / n)
     sign = torch.where(index > n - index, -1.0, 1.0).double()
     return (torch.stack([torch.cos(folded), sign * torch.sin(folded)]) / math.sqrt(n)).float().to(device)
-
-
-def _atomic_order_varies(device: torch.device) -> bool:
-    """The backward's float32 atomic adds land in a varying order on a GPU; the interpreter runs
-    one program at a time."""
-    return device.type == "cuda"
 
 
 def _device_guard(device: torch.device):

@@ -54,10 +54,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .._options import Problem
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction, make_hermitian
+from .registry import Problem
 from .triton_dft import _bin_gradient, _bin_values, _device_guard, _finish, _load_pair, _store_tile_stats
 from .triton_kernels import _block, _grid, _input_args
 

@@ -28,8 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._options import ACTIVATION_CODES, Problem, is_label_map
+from .._options import ACTIVATION_CODES, is_label_map
 from .._stats import PARSEVAL_SUMS, parseval_stats
+from .registry import Problem
 
 SOFTMAX = tl.constexpr(ACTIVATION_CODES["softmax"])  # the values of the kernels' ACTIVATION constexpr
 SIGMOID = tl.constexpr(ACTIVATION_CODES["sigmoid"])
