@@ -1,20 +1,21 @@
 """The launch glue around the csrc kernels, shared by the "cuda" and "cupy" backends.
 
 Both run the same device code (csrc/kernels.cuh) and differ only in how it is compiled and
-launched: `forward` and `backward` take a launcher, an object with the five kernel launches
-below (cuda_backend's goes through the torch extension, cupy_backend's through NVRTC). Here are
-the layouts, the launch sizes, the cuFFT calls and the kernel instances by their C++ names.
+launched: `forward` and `backward` take a launcher, an object with a `launch_<name>` method for
+each kernel `scc::<name>_kernel` below (cuda_backend's goes through the torch extension,
+cupy_backend's through NVRTC). Here are the layouts, the launch sizes, the cuFFT calls and the
+kernel instances by their C++ names.
 
-- complex spectrum, one band: SPEC's Parseval form in one pass. `parseval_forward` reads the
-  logits and the target once (softmax/sigmoid, one-hot and ignore_index in registers) and
+- complex spectrum, one band: SPEC's Parseval form in one pass. `parseval_forward_kernel` reads
+  the logits and the target once (softmax/sigmoid, one-hot and ignore_index in registers) and
   writes per-block partial PARSEVAL_SUMS that torch adds up (a fixed order: deterministic);
-  `activation_backward` recomputes the activation and writes the logits' gradient once.
+  `activation_backward_kernel` recomputes the activation and writes the logits' gradient once.
 - amplitude or banded spectra: cuFFT (torch.fft.rfftn / irfftn) with fused kernels around it:
-  `activate` (each slice's base, prediction or target, and the difference x − t as float32,
-  one pass; _spectra.py says why these two), `band_stats` (per block, the centred band STATS
-  from the two half spectra, the band table and the Hermitian weights; torch merges the blocks
-  with _stats.merge), `spectral_grad` (the gradient of the half spectrum from the per-band
-  coefficients, one pass) and `activation_backward`.
+  `activate_kernel` (each slice's base, prediction or target, and the difference x − t as
+  float32, one pass; _spectra.py says why these two), `band_stats_kernel` (per block, the
+  centred band STATS from the two half spectra, the band table and the Hermitian weights; torch
+  merges the blocks with _stats.merge), `spectral_grad_kernel` (the gradient of the half
+  spectrum from the per-band coefficients, one pass) and `activation_backward_kernel`.
 
 Why cuFFT and not a DFT in shared memory, as the Triton backend does for small sizes: the
 transform is the only step with real arithmetic. cuFFT does it in O(N log N) for every size,
