@@ -1,5 +1,6 @@
 // Device code of the SCC kernels: no host-only includes, so that NVRTC (CuPy) compiles this
 // file as it is, and nvcc compiles it through launchers.cu for the torch extension.
+// Each kernel is scc::<name>_kernel; its host launcher is scc::launch_<name> (launchers.cu).
 //
 // Layouts (all contiguous, row-major):
 //   logits        (B, C, N)  float / __half / __nv_bfloat16   N = number of spatial samples
@@ -23,7 +24,7 @@ namespace scc {
 // Block size of every kernel: launchers must use exactly this (shared arrays are sized by it).
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / 32;
-// Bins per thread and pass in band_stats, and bands held in shared memory per pass.
+// Bins per thread and pass in band_stats_kernel, and bands held in shared memory per pass.
 constexpr int BAND_ITEMS = 4;
 constexpr int BAND_CHUNK = 32;
 // Values per entry of the tables above (_stats.STATS, _stats.COEFFICIENTS, _stats.PARSEVAL_SUMS).
@@ -229,9 +230,9 @@ struct VecOf {
 
 template <typename T, typename L>
 __global__ void __launch_bounds__(THREADS)
-parseval_forward(const T* __restrict__ logits, const L* __restrict__ target, float* __restrict__ partials,
-                 int num_classes, long long n, int offset, int activation, int has_ignore,
-                 long long ignore_index) {
+parseval_forward_kernel(const T* __restrict__ logits, const L* __restrict__ target, float* __restrict__ partials,
+                        int num_classes, long long n, int offset, int activation, int has_ignore,
+                        long long ignore_index) {
     constexpr int VEC = VecOf<T>::value;
     const int b = blockIdx.x;
     const int channels = num_classes - offset;
@@ -280,9 +281,9 @@ parseval_forward(const T* __restrict__ logits, const L* __restrict__ target, flo
 // the prediction nears the target. grid (B, G).
 template <typename T, typename L>
 __global__ void __launch_bounds__(THREADS)
-activate(const T* __restrict__ logits, const L* __restrict__ target, const bool* __restrict__ base_is_x,
-         float* __restrict__ base, float* __restrict__ d, int num_classes, long long n, int offset,
-         int activation, int has_ignore, long long ignore_index) {
+activate_kernel(const T* __restrict__ logits, const L* __restrict__ target, const bool* __restrict__ base_is_x,
+                float* __restrict__ base, float* __restrict__ d, int num_classes, long long n, int offset,
+                int activation, int has_ignore, long long ignore_index) {
     constexpr int VEC = VecOf<T>::value;
     const int b = blockIdx.x;
     const int channels = num_classes - offset;
@@ -324,10 +325,10 @@ activate(const T* __restrict__ logits, const L* __restrict__ target, const bool*
 // grid (B, G); grad_input (B, C, N) in the logits' dtype, every element written.
 template <typename T, typename L>
 __global__ void __launch_bounds__(THREADS)
-activation_backward(const T* __restrict__ logits, const L* __restrict__ target,
-                    const float* __restrict__ coefficients, const float* __restrict__ grad_x,
-                    T* __restrict__ grad_input, int num_classes, long long n, int offset, int activation,
-                    int has_ignore, long long ignore_index, float root_n) {
+activation_backward_kernel(const T* __restrict__ logits, const L* __restrict__ target,
+                           const float* __restrict__ coefficients, const float* __restrict__ grad_x,
+                           T* __restrict__ grad_input, int num_classes, long long n, int offset, int activation,
+                           int has_ignore, long long ignore_index, float root_n) {
     constexpr int VEC = VecOf<T>::value;
     const int b = blockIdx.x;
     const int channels = num_classes - offset;
@@ -458,9 +459,9 @@ __device__ __forceinline__ int next_band(const int (&k)[BAND_ITEMS], int after) 
 // grid (B*C', G); partials (B*C', G, K, 8), every element written (count 0 for a band the block
 // has no bin of), combined by _stats.merge.
 __global__ void __launch_bounds__(THREADS)
-band_stats(const float2* __restrict__ S, const float2* __restrict__ D, const bool* __restrict__ base_is_x,
-           const int* __restrict__ band, const float* __restrict__ weight, float* __restrict__ partials,
-           long long m_bins, int num_bands, int amplitude) {
+band_stats_kernel(const float2* __restrict__ S, const float2* __restrict__ D, const bool* __restrict__ base_is_x,
+                  const int* __restrict__ band, const float* __restrict__ weight, float* __restrict__ partials,
+                  long long m_bins, int num_bands, int amplitude) {
     __shared__ float acc[BAND_CHUNK][WARPS][NUM_STATS];
     const long long s = blockIdx.x;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -539,11 +540,11 @@ band_stats(const float2* __restrict__ S, const float2* __restrict__ D, const boo
 //   grad_re = c_mean + c_uu*(Re u - mean_u) + c_uv*(Re v - mean_v) + c_dd*(Re d - mean_d)
 //   amplitude: G = grad_re * X/|X|   (0 where X = 0)
 //   complex:   G = grad_re + i*(c_uu*Im u + c_uv*Im v + c_dd*Im d)
-// with X, u, v, d as in band_stats. 1-D grid-stride over slices*M bins.
+// with X, u, v, d as in band_stats_kernel. 1-D grid-stride over slices*M bins.
 __global__ void __launch_bounds__(THREADS)
-spectral_grad(const float2* __restrict__ S, const float2* __restrict__ D, const bool* __restrict__ base_is_x,
-              const int* __restrict__ band, const float* __restrict__ coefficients, float2* __restrict__ G,
-              long long slices, long long m_bins, int num_bands, int amplitude) {
+spectral_grad_kernel(const float2* __restrict__ S, const float2* __restrict__ D, const bool* __restrict__ base_is_x,
+                     const int* __restrict__ band, const float* __restrict__ coefficients, float2* __restrict__ G,
+                     long long slices, long long m_bins, int num_bands, int amplitude) {
     const long long total = slices * m_bins;
     for (long long i = (long long)blockIdx.x * THREADS + threadIdx.x; i < total;
          i += (long long)gridDim.x * THREADS) {

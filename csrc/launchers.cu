@@ -1,5 +1,6 @@
-// Host launchers: raw pointers and a stream in, one kernel launch out. Only CUDA headers here,
-// so the torch extension (torch_binding.cpp) is the only file that sees torch.
+// Host launchers scc::launch_<kernel>: raw pointers and a stream in, one launch of
+// scc::<kernel>_kernel (kernels.cuh) out. Only CUDA headers here, so the torch extension
+// (torch_binding.cpp) is the only file that sees torch.
 #include "launchers.h"
 #include "kernels.cuh"
 
@@ -42,7 +43,7 @@ cudaError_t launch_parseval_forward(Scalar scalar, Target target_kind, const voi
     return with_types(scalar, target_kind, [&](auto t, auto l) {
         using T = typename decltype(t)::type;
         using L = typename decltype(l)::type;
-        parseval_forward<T, L><<<grid_of(a), THREADS, 0, stream>>>(
+        parseval_forward_kernel<T, L><<<grid_of(a), THREADS, 0, stream>>>(
             static_cast<const T*>(logits), static_cast<const L*>(target), partials, a.num_classes, a.n,
             a.offset, a.activation, a.has_ignore, a.ignore_index);
         return cudaGetLastError();
@@ -55,10 +56,10 @@ cudaError_t launch_activate(Scalar scalar, Target target_kind, const void* logit
     return with_types(scalar, target_kind, [&](auto t, auto l) {
         using T = typename decltype(t)::type;
         using L = typename decltype(l)::type;
-        activate<T, L><<<grid_of(a), THREADS, 0, stream>>>(static_cast<const T*>(logits),
-                                                           static_cast<const L*>(target), base_is_x, base, d,
-                                                           a.num_classes, a.n, a.offset, a.activation,
-                                                           a.has_ignore, a.ignore_index);
+        activate_kernel<T, L><<<grid_of(a), THREADS, 0, stream>>>(static_cast<const T*>(logits),
+                                                                  static_cast<const L*>(target), base_is_x, base, d,
+                                                                  a.num_classes, a.n, a.offset, a.activation,
+                                                                  a.has_ignore, a.ignore_index);
         return cudaGetLastError();
     });
 }
@@ -69,7 +70,7 @@ cudaError_t launch_activation_backward(Scalar scalar, Target target_kind, const 
     return with_types(scalar, target_kind, [&](auto t, auto l) {
         using T = typename decltype(t)::type;
         using L = typename decltype(l)::type;
-        activation_backward<T, L><<<grid_of(a), THREADS, 0, stream>>>(
+        activation_backward_kernel<T, L><<<grid_of(a), THREADS, 0, stream>>>(
             static_cast<const T*>(logits), static_cast<const L*>(target), coefficients, grad_x,
             static_cast<T*>(grad_input), a.num_classes, a.n, a.offset, a.activation, a.has_ignore,
             a.ignore_index, a.root_n);
@@ -80,16 +81,16 @@ cudaError_t launch_activation_backward(Scalar scalar, Target target_kind, const 
 cudaError_t launch_band_stats(const float2* S, const float2* D, const bool* base_is_x, const int* band,
                               const float* weight, float* partials, long long slices, long long m_bins,
                               int num_bands, bool amplitude, int blocks, cudaStream_t stream) {
-    band_stats<<<dim3(slices, blocks), THREADS, 0, stream>>>(S, D, base_is_x, band, weight, partials, m_bins,
-                                                             num_bands, amplitude);
+    band_stats_kernel<<<dim3(slices, blocks), THREADS, 0, stream>>>(S, D, base_is_x, band, weight, partials, m_bins,
+                                                                    num_bands, amplitude);
     return cudaGetLastError();
 }
 
 cudaError_t launch_spectral_grad(const float2* S, const float2* D, const bool* base_is_x, const int* band,
                                  const float* coefficients, float2* G, long long slices, long long m_bins,
                                  int num_bands, bool amplitude, int blocks, cudaStream_t stream) {
-    spectral_grad<<<blocks, THREADS, 0, stream>>>(S, D, base_is_x, band, coefficients, G, slices, m_bins,
-                                                  num_bands, amplitude);
+    spectral_grad_kernel<<<blocks, THREADS, 0, stream>>>(S, D, base_is_x, band, coefficients, G, slices, m_bins,
+                                                         num_bands, amplitude);
     return cudaGetLastError();
 }
 

@@ -1,6 +1,7 @@
-// The torch extension scc_kernels._C: checks the tensors, then calls the launchers of
-// launchers.cu on PyTorch's current stream. Shapes and launch sizes are chosen by the Python
-// glue (scc_kernels/backends/_cuda_launch.py), which also serves the CuPy launcher.
+// The torch extension scc_kernels._C: its launch_<kernel> functions check the tensors, then call
+// scc::launch_<kernel> of launchers.cu (which launches scc::<kernel>_kernel of kernels.cuh) on
+// PyTorch's current stream. Shapes and launch sizes are chosen by the Python glue
+// (scc_kernels/backends/_cuda_launch.py), which also serves the CuPy launcher.
 #include <torch/extension.h>
 
 #include <c10/cuda/CUDAGuard.h>
@@ -72,8 +73,8 @@ const float2* complex_ptr(const at::Tensor& t, const char* name) {
     return reinterpret_cast<const float2*>(t.data_ptr());
 }
 
-void parseval_forward(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& partials, int64_t offset,
-                      int64_t activation, std::optional<int64_t> ignore_index) {
+void launch_parseval_forward(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& partials,
+                             int64_t offset, int64_t activation, std::optional<int64_t> ignore_index) {
     const c10::cuda::CUDAGuard guard(logits.device());
     const auto args = activation_args(logits, offset, activation, ignore_index, partials.size(1));
     check(partials, "partials", at::kFloat);
@@ -86,9 +87,9 @@ void parseval_forward(const at::Tensor& logits, const at::Tensor& target, const 
 }
 
 // base_is_x (B, C') bool; base (x or the target, per slice) and d = x - target (B, C', N) float32
-void activate(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& base_is_x, const at::Tensor& base,
-              const at::Tensor& d, int64_t offset, int64_t activation, std::optional<int64_t> ignore_index,
-              int64_t blocks) {
+void launch_activate(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& base_is_x,
+                     const at::Tensor& base, const at::Tensor& d, int64_t offset, int64_t activation,
+                     std::optional<int64_t> ignore_index, int64_t blocks) {
     const c10::cuda::CUDAGuard guard(logits.device());
     const auto args = activation_args(logits, offset, activation, ignore_index, blocks);
     check(base_is_x, "base_is_x", at::kBool);
@@ -104,10 +105,10 @@ void activate(const at::Tensor& logits, const at::Tensor& target, const at::Tens
 }
 
 // Exactly one of coefficients (B, C', 7) and grad_x (B, C', N) is given.
-void activation_backward(const at::Tensor& logits, const at::Tensor& target,
-                         const std::optional<at::Tensor>& coefficients, const std::optional<at::Tensor>& grad_x,
-                         const at::Tensor& grad_input, int64_t offset, int64_t activation,
-                         std::optional<int64_t> ignore_index, int64_t blocks) {
+void launch_activation_backward(const at::Tensor& logits, const at::Tensor& target,
+                                const std::optional<at::Tensor>& coefficients, const std::optional<at::Tensor>& grad_x,
+                                const at::Tensor& grad_input, int64_t offset, int64_t activation,
+                                std::optional<int64_t> ignore_index, int64_t blocks) {
     const c10::cuda::CUDAGuard guard(logits.device());
     const auto args = activation_args(logits, offset, activation, ignore_index, blocks);
     TORCH_CHECK(coefficients.has_value() != grad_x.has_value(), "scc_kernels: give one of coefficients and grad_x");
@@ -138,8 +139,8 @@ void check_spectra(const at::Tensor& S, const at::Tensor& D, const at::Tensor& b
 
 // S, D (slices, M) complex64; base_is_x (slices,) bool; band (M,) int32; weight (M,) float32;
 // partials (slices, G, K, 8).
-void band_stats(const at::Tensor& S, const at::Tensor& D, const at::Tensor& base_is_x, const at::Tensor& band,
-                const at::Tensor& weight, const at::Tensor& partials, bool amplitude) {
+void launch_band_stats(const at::Tensor& S, const at::Tensor& D, const at::Tensor& base_is_x, const at::Tensor& band,
+                       const at::Tensor& weight, const at::Tensor& partials, bool amplitude) {
     const c10::cuda::CUDAGuard guard(S.device());
     check_spectra(S, D, base_is_x);
     const int64_t slices = S.size(0), m_bins = S.size(1);
@@ -157,9 +158,9 @@ void band_stats(const at::Tensor& S, const at::Tensor& D, const at::Tensor& base
 }
 
 // G (slices, M) complex64, the gradient of the prediction's half spectrum, from S, D, base_is_x
-// (as band_stats takes them), band (M,) and coefficients (slices, K, 7).
-void spectral_grad(const at::Tensor& S, const at::Tensor& D, const at::Tensor& base_is_x, const at::Tensor& band,
-                   const at::Tensor& coefficients, const at::Tensor& G, bool amplitude, int64_t blocks) {
+// (as launch_band_stats takes them), band (M,) and coefficients (slices, K, 7).
+void launch_spectral_grad(const at::Tensor& S, const at::Tensor& D, const at::Tensor& base_is_x, const at::Tensor& band,
+                          const at::Tensor& coefficients, const at::Tensor& G, bool amplitude, int64_t blocks) {
     const c10::cuda::CUDAGuard guard(S.device());
     check_spectra(S, D, base_is_x);
     TORCH_CHECK(G.sizes() == S.sizes(), "scc_kernels: G must be (slices, M)");
@@ -182,9 +183,9 @@ void spectral_grad(const at::Tensor& S, const at::Tensor& D, const at::Tensor& b
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "scc_kernels CUDA kernels (see csrc/kernels.cuh)";
-    m.def("parseval_forward", &parseval_forward);
-    m.def("activate", &activate);
-    m.def("activation_backward", &activation_backward);
-    m.def("band_stats", &band_stats);
-    m.def("spectral_grad", &spectral_grad);
+    m.def("launch_parseval_forward", &launch_parseval_forward);
+    m.def("launch_activate", &launch_activate);
+    m.def("launch_activation_backward", &launch_activation_backward);
+    m.def("launch_band_stats", &launch_band_stats);
+    m.def("launch_spectral_grad", &launch_spectral_grad);
 }

@@ -256,7 +256,7 @@ def _demangle(name: str) -> str:
     if tool is None:
         return name
     text = subprocess.run([tool, name], capture_output=True, text=True).stdout.strip() or name
-    # void scc::activate<float, long long>(const float*, ...) → activate<float, long long>
+    # void scc::activate_kernel<float, long long>(const float*, ...) → activate_kernel<float, long long>
     return re.sub(r"^(void )?scc::", "", text.split("(")[0])
 
 

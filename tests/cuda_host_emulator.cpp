@@ -135,51 +135,52 @@ void with_types(int scalar, int target_kind, Fn fn) {
 
 extern "C" {
 
-void parseval_forward(int scalar, int target_kind, const void* logits, const void* target, float* partials,
-                      int batch, int blocks, int classes, long long n, int offset, int activation, int has_ignore,
-                      long long ignore_index) {
+void launch_parseval_forward(int scalar, int target_kind, const void* logits, const void* target, float* partials,
+                             int batch, int blocks, int classes, long long n, int offset, int activation,
+                             int has_ignore, long long ignore_index) {
     with_types(scalar, target_kind, [&](auto t, auto l) {
         using T = typename decltype(t)::type;
         using L = typename decltype(l)::type;
-        emulator::launch(scc::parseval_forward<T, L>, dim3(batch, blocks), scc::THREADS, (const T*)logits,
+        emulator::launch(scc::parseval_forward_kernel<T, L>, dim3(batch, blocks), scc::THREADS, (const T*)logits,
                          (const L*)target, partials, classes, n, offset, activation, has_ignore, ignore_index);
     });
 }
 
-void activate(int scalar, int target_kind, const void* logits, const void* target, const bool* base_is_x,
-              float* base, float* d, int batch, int blocks, int classes, long long n, int offset, int activation,
-              int has_ignore, long long ignore_index) {
+void launch_activate(int scalar, int target_kind, const void* logits, const void* target, const bool* base_is_x,
+                     float* base, float* d, int batch, int blocks, int classes, long long n, int offset,
+                     int activation, int has_ignore, long long ignore_index) {
     with_types(scalar, target_kind, [&](auto t, auto l) {
         using T = typename decltype(t)::type;
         using L = typename decltype(l)::type;
-        emulator::launch(scc::activate<T, L>, dim3(batch, blocks), scc::THREADS, (const T*)logits, (const L*)target,
-                         base_is_x, base, d, classes, n, offset, activation, has_ignore, ignore_index);
+        emulator::launch(scc::activate_kernel<T, L>, dim3(batch, blocks), scc::THREADS, (const T*)logits,
+                         (const L*)target, base_is_x, base, d, classes, n, offset, activation, has_ignore,
+                         ignore_index);
     });
 }
 
-void activation_backward(int scalar, int target_kind, const void* logits, const void* target,
-                         const float* coefficients, const float* grad_x, void* grad_input, int batch, int blocks,
-                         int classes, long long n, int offset, int activation, int has_ignore,
-                         long long ignore_index, float root_n) {
+void launch_activation_backward(int scalar, int target_kind, const void* logits, const void* target,
+                                const float* coefficients, const float* grad_x, void* grad_input, int batch,
+                                int blocks, int classes, long long n, int offset, int activation, int has_ignore,
+                                long long ignore_index, float root_n) {
     with_types(scalar, target_kind, [&](auto t, auto l) {
         using T = typename decltype(t)::type;
         using L = typename decltype(l)::type;
-        emulator::launch(scc::activation_backward<T, L>, dim3(batch, blocks), scc::THREADS, (const T*)logits,
+        emulator::launch(scc::activation_backward_kernel<T, L>, dim3(batch, blocks), scc::THREADS, (const T*)logits,
                          (const L*)target, coefficients, grad_x, (T*)grad_input, classes, n, offset, activation,
                          has_ignore, ignore_index, root_n);
     });
 }
 
-void band_stats(const float2* S, const float2* D, const bool* base_is_x, const int* band, const float* weight,
-                float* partials, long long slices, int blocks, long long m_bins, int num_bands, int amplitude) {
-    emulator::launch(scc::band_stats, dim3(slices, blocks), scc::THREADS, S, D, base_is_x, band, weight, partials,
-                     m_bins, num_bands, amplitude);
+void launch_band_stats(const float2* S, const float2* D, const bool* base_is_x, const int* band, const float* weight,
+                       float* partials, long long slices, int blocks, long long m_bins, int num_bands, int amplitude) {
+    emulator::launch(scc::band_stats_kernel, dim3(slices, blocks), scc::THREADS, S, D, base_is_x, band, weight,
+                     partials, m_bins, num_bands, amplitude);
 }
 
-void spectral_grad(const float2* S, const float2* D, const bool* base_is_x, const int* band,
-                   const float* coefficients, float2* G, int blocks, long long slices, long long m_bins,
-                   int num_bands, int amplitude) {
-    emulator::launch(scc::spectral_grad, dim3(blocks), scc::THREADS, S, D, base_is_x, band, coefficients, G,
+void launch_spectral_grad(const float2* S, const float2* D, const bool* base_is_x, const int* band,
+                          const float* coefficients, float2* G, int blocks, long long slices, long long m_bins,
+                          int num_bands, int amplitude) {
+    emulator::launch(scc::spectral_grad_kernel, dim3(blocks), scc::THREADS, S, D, base_is_x, band, coefficients, G,
                      slices, m_bins, num_bands, amplitude);
 }
 

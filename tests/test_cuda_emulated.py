@@ -70,19 +70,21 @@ class _HostLauncher:
             args.append(ctypes.c_float(math.sqrt(n)))
         function(*args)
 
-    def parseval_forward(self, logits, target, partials, problem):
-        self._activation(self.lib.parseval_forward, logits, target, [partials], problem, partials.shape[1], False)
+    def launch_parseval_forward(self, logits, target, partials, problem):
+        self._activation(
+            self.lib.launch_parseval_forward, logits, target, [partials], problem, partials.shape[1], False
+        )
 
-    def activate(self, logits, target, base_is_x, base, d, problem, blocks):
-        self._activation(self.lib.activate, logits, target, [base_is_x, base, d], problem, blocks, False)
+    def launch_activate(self, logits, target, base_is_x, base, d, problem, blocks):
+        self._activation(self.lib.launch_activate, logits, target, [base_is_x, base, d], problem, blocks, False)
 
-    def activation_backward(self, logits, target, coefficients, grad_x, grad_input, problem, blocks):
+    def launch_activation_backward(self, logits, target, coefficients, grad_x, grad_input, problem, blocks):
         pointers = [coefficients, grad_x, grad_input]
-        self._activation(self.lib.activation_backward, logits, target, pointers, problem, blocks, True)
+        self._activation(self.lib.launch_activation_backward, logits, target, pointers, problem, blocks, True)
 
-    def band_stats(self, S, D, base_is_x, band, weight, partials, amplitude):
+    def launch_band_stats(self, S, D, base_is_x, band, weight, partials, amplitude):
         slices, bins = S.shape
-        self.lib.band_stats(
+        self.lib.launch_band_stats(
             *map(_pointer, (S, D, base_is_x, band, weight, partials)),
             ctypes.c_longlong(slices),
             ctypes.c_int(partials.shape[1]),
@@ -91,9 +93,9 @@ class _HostLauncher:
             ctypes.c_int(amplitude),
         )
 
-    def spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude, blocks):
+    def launch_spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude, blocks):
         slices, bins = S.shape
-        self.lib.spectral_grad(
+        self.lib.launch_spectral_grad(
             *map(_pointer, (S, D, base_is_x, band, coefficients, G)),
             ctypes.c_int(blocks),
             ctypes.c_longlong(slices),
@@ -198,9 +200,9 @@ def test_cupy_launches_match_the_kernel_signatures(spectrum, num_bands, monkeypa
     signatures = _kernel_signatures()
     launched = [name.split("<")[0].removeprefix("scc::") for name, *_ in fake.launches]
     expected = (
-        ["parseval_forward", "activation_backward"]
+        ["parseval_forward_kernel", "activation_backward_kernel"]
         if problem.parseval
-        else ["activate", "band_stats", "spectral_grad", "activation_backward"]
+        else ["activate_kernel", "band_stats_kernel", "spectral_grad_kernel", "activation_backward_kernel"]
     )
     assert launched == expected
     for name, grid, block, args in fake.launches:

@@ -1,20 +1,21 @@
 """The launch glue around the csrc kernels, shared by the "cuda" and "cupy" backends.
 
 Both run the same device code (csrc/kernels.cuh) and differ only in how it is compiled and
-launched: `forward` and `backward` take a launcher, an object with the five kernel launches
-below (cuda_backend's goes through the torch extension, cupy_backend's through NVRTC). Here are
-the layouts, the launch sizes, the cuFFT calls and the kernel instances by their C++ names.
+launched: `forward` and `backward` take a launcher, an object with a `launch_<name>` method for
+each kernel `scc::<name>_kernel` below (cuda_backend's goes through the torch extension,
+cupy_backend's through NVRTC). Here are the layouts, the launch sizes, the cuFFT calls and the
+kernel instances by their C++ names.
 
-- complex spectrum, one band: SPEC's Parseval form in one pass. `parseval_forward` reads the
-  logits and the target once (softmax/sigmoid, one-hot and ignore_index in registers) and
+- complex spectrum, one band: SPEC's Parseval form in one pass. `parseval_forward_kernel` reads
+  the logits and the target once (softmax/sigmoid, one-hot and ignore_index in registers) and
   writes per-block partial PARSEVAL_SUMS that torch adds up (a fixed order: deterministic);
-  `activation_backward` recomputes the activation and writes the logits' gradient once.
+  `activation_backward_kernel` recomputes the activation and writes the logits' gradient once.
 - amplitude or banded spectra: cuFFT (torch.fft.rfftn / irfftn) with fused kernels around it:
-  `activate` (each slice's base, prediction or target, and the difference x − t as float32,
-  one pass; _spectra.py says why these two), `band_stats` (per block, the centred band STATS
-  from the two half spectra, the band table and the Hermitian weights; torch merges the blocks
-  with _stats.merge), `spectral_grad` (the gradient of the half spectrum from the per-band
-  coefficients, one pass) and `activation_backward`.
+  `activate_kernel` (each slice's base, prediction or target, and the difference x − t as
+  float32, one pass; _spectra.py says why these two), `band_stats_kernel` (per block, the
+  centred band STATS from the two half spectra, the band table and the Hermitian weights; torch
+  merges the blocks with _stats.merge), `spectral_grad_kernel` (the gradient of the half
+  spectrum from the per-band coefficients, one pass) and `activation_backward_kernel`.
 
 Why cuFFT and not a DFT in shared memory, as the Triton backend does for small sizes: the
 transform is the only step with real arithmetic. cuFFT does it in O(N log N) for every size,
@@ -51,11 +52,11 @@ def kernel_names() -> list[str]:
     """Every kernel instance of csrc/kernels.cuh by its C++ name (CuPy's name_expressions)."""
     names = [
         f"scc::{kernel}<{scalar}, {target}>"
-        for kernel in ("parseval_forward", "activate", "activation_backward")
+        for kernel in ("parseval_forward_kernel", "activate_kernel", "activation_backward_kernel")
         for scalar in CPP_SCALAR_TYPES.values()
         for target in CPP_TARGET_TYPES.values()
     ]
-    return [*names, "scc::band_stats", "scc::spectral_grad"]
+    return [*names, "scc::band_stats_kernel", "scc::spectral_grad_kernel"]
 
 
 def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
@@ -65,7 +66,7 @@ def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Proble
         batch, classes, n = logits.shape
         blocks = _blocks(n, THREADS * _vec(logits), batch)
         partials = logits.new_zeros((batch, blocks, classes - problem.offset, len(PARSEVAL_SUMS)), dtype=torch.float32)
-        launcher.parseval_forward(logits, target, partials, problem)
+        launcher.launch_parseval_forward(logits, target, partials, problem)
         return [parseval_stats(partials.sum(1), n).unsqueeze(2)]
     return _spectral_stats(launcher, input, logits, target, problem)
 
@@ -89,12 +90,12 @@ def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem
     grad_input = torch.empty_like(logits)
     blocks = _blocks(n, THREADS * _vec(logits), batch)
     if problem.parseval:
-        launcher.activation_backward(
+        launcher.launch_activation_backward(
             logits, target, coefficients[:, :, 0].contiguous(), None, grad_input, problem, blocks
         )
     else:
         grad_x = _spectral_grad_x(launcher, coefficients, input, saved, problem)
-        launcher.activation_backward(logits, target, None, grad_x, grad_input, problem, blocks)
+        launcher.launch_activation_backward(logits, target, None, grad_x, grad_input, problem, blocks)
     return grad_input.view(input.shape)
 
 
@@ -107,7 +108,7 @@ def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[t
     base_is_x = base_is_prediction(logits, target, problem).contiguous()
     base = logits.new_empty((batch, channels, *spatial), dtype=torch.float32)
     d = torch.empty_like(base)
-    launcher.activate(
+    launcher.launch_activate(
         logits,
         target,
         base_is_x,
@@ -123,7 +124,7 @@ def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[t
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
     blocks = _blocks(bins, THREADS * BAND_ITEMS, slices)
     partials = logits.new_empty((slices, blocks, problem.num_bands, len(STATS)), dtype=torch.float32)
-    launcher.band_stats(
+    launcher.launch_band_stats(
         S.view(slices, bins),
         D.view(slices, bins),
         base_is_x,
@@ -144,7 +145,7 @@ def _spectral_grad_x(launcher, coefficients, input, saved, problem: Problem) -> 
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
     G = torch.empty_like(S)
-    launcher.spectral_grad(
+    launcher.launch_spectral_grad(
         S.view(slices, bins),
         D.view(slices, bins),
         saved[2].contiguous(),

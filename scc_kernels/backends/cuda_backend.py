@@ -42,20 +42,22 @@ class _Launcher:
     def __init__(self, extension):
         self.ext = extension
 
-    def parseval_forward(self, logits, target, partials, problem: Problem):
-        self.ext.parseval_forward(logits, target, partials, *_codes(problem))
+    def launch_parseval_forward(self, logits, target, partials, problem: Problem):
+        self.ext.launch_parseval_forward(logits, target, partials, *_codes(problem))
 
-    def activate(self, logits, target, base_is_x, base, d, problem: Problem, blocks: int):
-        self.ext.activate(logits, target, base_is_x, base, d, *_codes(problem), blocks)
+    def launch_activate(self, logits, target, base_is_x, base, d, problem: Problem, blocks: int):
+        self.ext.launch_activate(logits, target, base_is_x, base, d, *_codes(problem), blocks)
 
-    def activation_backward(self, logits, target, coefficients, grad_x, grad_input, problem: Problem, blocks: int):
-        self.ext.activation_backward(logits, target, coefficients, grad_x, grad_input, *_codes(problem), blocks)
+    def launch_activation_backward(
+        self, logits, target, coefficients, grad_x, grad_input, problem: Problem, blocks: int
+    ):
+        self.ext.launch_activation_backward(logits, target, coefficients, grad_x, grad_input, *_codes(problem), blocks)
 
-    def band_stats(self, S, D, base_is_x, band, weight, partials, amplitude: bool):
-        self.ext.band_stats(S, D, base_is_x, band, weight, partials, amplitude)
+    def launch_band_stats(self, S, D, base_is_x, band, weight, partials, amplitude: bool):
+        self.ext.launch_band_stats(S, D, base_is_x, band, weight, partials, amplitude)
 
-    def spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude: bool, blocks: int):
-        self.ext.spectral_grad(S, D, base_is_x, band, coefficients, G, amplitude, blocks)
+    def launch_spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude: bool, blocks: int):
+        self.ext.launch_spectral_grad(S, D, base_is_x, band, coefficients, G, amplitude, blocks)
 
 
 def _codes(problem: Problem) -> tuple[int, int, int | None]:

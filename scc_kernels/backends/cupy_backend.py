@@ -90,17 +90,19 @@ class _Launcher:
             args += (numpy.float32(n**0.5),)
         self._launch(name, (batch, blocks), args)
 
-    def parseval_forward(self, logits, target, partials, problem: Problem):
-        self._activation("parseval_forward", logits, target, (partials,), problem, partials.shape[1], False)
+    def launch_parseval_forward(self, logits, target, partials, problem: Problem):
+        self._activation("parseval_forward_kernel", logits, target, (partials,), problem, partials.shape[1], False)
 
-    def activate(self, logits, target, base_is_x, base, d, problem: Problem, blocks: int):
-        self._activation("activate", logits, target, (base_is_x, base, d), problem, blocks, False)
+    def launch_activate(self, logits, target, base_is_x, base, d, problem: Problem, blocks: int):
+        self._activation("activate_kernel", logits, target, (base_is_x, base, d), problem, blocks, False)
 
-    def activation_backward(self, logits, target, coefficients, grad_x, grad_input, problem: Problem, blocks: int):
+    def launch_activation_backward(
+        self, logits, target, coefficients, grad_x, grad_input, problem: Problem, blocks: int
+    ):
         pointers = (coefficients, grad_x, grad_input)
-        self._activation("activation_backward", logits, target, pointers, problem, blocks, True)
+        self._activation("activation_backward_kernel", logits, target, pointers, problem, blocks, True)
 
-    def band_stats(self, S, D, base_is_x, band, weight, partials, amplitude: bool):
+    def launch_band_stats(self, S, D, base_is_x, band, weight, partials, amplitude: bool):
         slices, bins = S.shape
         args = (
             *map(_ptr, (S, D, base_is_x, band, weight, partials)),
@@ -108,9 +110,9 @@ class _Launcher:
             numpy.int32(partials.shape[2]),
             numpy.int32(amplitude),
         )
-        self._launch("scc::band_stats", (slices, partials.shape[1]), args)
+        self._launch("scc::band_stats_kernel", (slices, partials.shape[1]), args)
 
-    def spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude: bool, blocks: int):
+    def launch_spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude: bool, blocks: int):
         slices, bins = S.shape
         args = (
             *map(_ptr, (S, D, base_is_x, band, coefficients, G)),
@@ -119,4 +121,4 @@ class _Launcher:
             numpy.int32(coefficients.shape[1]),
             numpy.int32(amplitude),
         )
-        self._launch("scc::spectral_grad", (blocks,), args)
+        self._launch("scc::spectral_grad_kernel", (blocks,), args)
