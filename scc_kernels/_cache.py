@@ -1,15 +1,7 @@
 """Memo for the tables the loss builds once per shape (band index, Hermitian weights, twiddles).
 
-`functools.lru_cache` bounds the number of entries, not their size: a few hundred distinct volume
-shapes kept gigabytes alive (on the GPU too). A `TableCache` evicts its least recently used
-entries once the bytes of the tensors it holds, on every device, pass its budget
-(`SCC_KERNELS_TABLE_CACHE_MB` per cache, default 256; the newest entry always stays, so a table
-larger than the budget is still built once per call, not per use). `clear_caches()` empties them.
-
-Tables are built outside autograd and outside any `torch.func` transform: a tensor built while a
-transform runs is wrapped for that transform, and kept in a cache it breaks the next transform
-(an internal assert in functorch). Under `torch.compile` the builder is traced instead (dynamo
-keeps what the graph needs).
+`TableCache` bounds its tensors' bytes (`SCC_KERNELS_TABLE_CACHE_MB` per cache, default 256) and
+builds outside autograd and torch.func; `clear_caches()` empties every cache (docs/internals.md).
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """`sync_batch` (SPEC §2): a class's r over the batch of every rank under torch.distributed.
 
-The fast backends gather each rank's merged band statistics (a few numbers per class and band)
-and merge them (_stats.merge: exact, whatever the per-rank batch sizes); the reference gathers
-the activated prediction and target themselves, the plain definition over the global batch.
-Both gathers are differentiable: each rank's gradient holds every rank's share of the loss it
-influences, so that DDP's average over W ranks equals the gradient of one process over the
-whole batch (as SyncBatchNorm does). A rank with an empty batch joins both gathers too (SPEC §5).
-
-The gathers are torch's functional collectives (differentiable, and traced by torch.compile),
-not the deprecated torch.distributed.nn.functional ones, which torch.compile cannot trace.
+Forward: the fast backends gather each rank's band statistics (`gather_stack`), the reference the
+activated prediction and target (`gather_batches`), with torch's functional collectives.
+Backward: both gathers are differentiable, so DDP's average equals one process's gradient over the
+global batch (docs/internals.md).
 """
 
 from __future__ import annotations

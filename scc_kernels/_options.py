@@ -1,10 +1,7 @@
 """Argument checking and normalisation shared by every backend: SPEC §5 lives here, once.
 
-`make_options` checks the keyword options (no tensors needed, so `SCCLoss` can check them at
-construction); `prepare` checks the tensors against them and returns the normalised problem
-every backend receives: a dense float target `(B, C, *S)`, or an integer label map `(B, *S)`.
-`check_labels` is the one data-dependent check; it runs inside the backends' op so that it
-never breaks a `torch.compile` graph.
+`make_options` checks the keyword options, `prepare` the tensors (returning the normalised problem
+every backend receives), `check_labels` the labels inside the backends' op (docs/internals.md).
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """Band statistics: the seam between the fast backends and the loss (SPEC §3 steps 6-7, §4).
 
-A fast backend reduces each slice (b, c') and band j to eight statistics over the band's bins of
-the full spectrum, in the order of `STATS` (the last axis):
-
-    count                          bins in the band (Hermitian weights included)
-    mean_u, mean_v, mean_d         means of u, v and d = u − v (of the real parts: a band is
-                                   symmetric under k → −k, so the mean of a complex spectrum is real)
-    m2_uu, m2_vv, m2_uv, m2_dd     centred second moments Σ|ũ|², Σ|ṽ|², Re Σ ũ·conj(ṽ), Σ|d̃|²
-
-Nothing here or in a backend subtracts raw sums (Σx² − (Σx)²/n loses every digit that the
-variance does not have): each part (a tile, a block, a slice) is centred on its own mean, and
-parts are combined by `merge`, Chan et al.'s parallel update, whose added terms are all
-non-negative. Backends compute d from the transform of x − y, so it keeps its digits when the
-prediction is close to the target, which is where `one_minus_r` takes 1 − r from m2_dd
-instead of subtracting a rounded r from 1.
-
-The backward maps the gradient of the statistics to per-bin coefficients
-(`gradient_coefficients`), the same for every backend.
+Forward: a backend reduces each slice (b, c') and band to the eight centred `STATS`; `merge`
+(Chan's update) combines parts, `one_minus_r` forms 1 − r (from m2_dd near r = 1), and
+`loss_from_stats` the loss per item. Backward: `gradient_coefficients` maps the gradient of the
+statistics to per-bin coefficients, the same for every backend. No raw sums are subtracted
+anywhere: docs/numerics.md says why and how.
 """
 
 from __future__ import annotations

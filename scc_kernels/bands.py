@@ -1,8 +1,8 @@
 """Radial frequency bands (SPEC §3 step 5) and the Hermitian weights of the rfft half grid.
 
-Every backend and the reference take their band index from here. The band of a bin is decided in
-exact integer arithmetic (SPEC v3 §3.5): in floating point, a bin exactly on a band boundary
-rounds to either band depending on the CPU's vector instructions.
+Every backend and the reference take their band index from here, decided in exact integer
+arithmetic so that a bin on a band boundary lands in the outer band on every machine
+(docs/numerics.md).
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
 """Side-by-side timings behind `python -m scc_kernels bench`: every backend next to the reference.
 
-Forward and forward+backward time: the median and the 20th and 80th percentiles of repeated runs
-after warm-up (`time_quantiles_ms`: on a GPU `triton.testing.do_bench` where triton runs compiled,
-else CUDA events; wall time on a CPU). The peak extra memory of one forward+backward (CUDA: the
-caching allocator's peak; CPU: the peak resident set of a fresh subprocess, above what it held
-with the inputs made), and optionally the median time as a fraction of a floor measured on the
-same device (`Floors`).
-
-The floor of a transform mode is the triton DFT path's (since 2026-11-29): its kernels' own FLOPs,
-`scc_kernels.cost_model.dft_tensor_flops` (dft_tiles.flop_count: padding and per-tile recomputation
-included, three TF32 products per product for float32), where it once was the FLOPs of one dense
-DFT-as-matmul of x, y and the gradient. The FFT paths do far fewer FLOPs, so their time may be
-below this floor (more than 100% of it).
+Forward and forward+backward time (median, 20th and 80th percentiles after warm-up), peak extra
+memory, and optionally the time as a fraction of a floor (`Floors`); method: docs/benchmarking.md.
 """
 
 from __future__ import annotations

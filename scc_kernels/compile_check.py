@@ -1,30 +1,10 @@
 """`python -m scc_kernels compile-check`: every kernel compiled for a GPU target, without a GPU.
 
-Triton: the kernel variants are not listed here. The triton host functions run on meta tensors
-(shapes and dtypes, no data) of the headline problems (`HEADLINE_SHAPES` × float32/bfloat16 ×
-softmax/sigmoid × int64 label map with ignore_index/float32 dense target × complex one band
-(Parseval), amplitude with 1 and 4 bands on both transform paths, DFT and FFT) with
-`JITFunction.run` replaced by a recorder: what they launch, with the arguments they compute
-(_launch_config, dft_tiles.plan_tiles, triton_fft.BLOCK...), is what gets compiled. Each distinct specialization is then
-compiled through Triton's own launch path (`JITFunction.warmup`, dtypes standing in for tensors,
-Triton's MockTensor: 16-byte aligned like every CUDA allocation) against a stand-in driver that
-names the target (sm_90, sm_80), in a pool of processes. The cache key is the one a real launch
-on that target with this Triton makes, so on the GPU machine this fills Triton's cache
-(~/.triton/cache, or TRITON_CACHE_DIR) for the headline problems' launches; other shapes whose
-integer arguments specialize differently (divisibility by 16, the value 1) still compile on
-first launch.
-
-Registers, spills (local memory, bytes of stack frame) come from `cuobjdump -res-usage` on the
-cubin (Triton loads it into a GPU to learn them otherwise); shared memory from the compiled
-metadata. The PTX is searched for approximate arithmetic (sqrt.approx, div.full/div.approx,
-ex2.approx) and for atomics with acq_rel ordering.
-
-csrc: `nvcc -Xptxas -v -arch=sm_XX -c csrc/launchers.cu`; registers, spills, stack and static
-shared memory per kernel instance from ptxas' report.
-
-Exit status 1 on any compile error or shared memory over the target's per-block limit.
-Run without TRITON_INTERPRET: the interpreter replaces the kernels (the workers start with it
-removed from their environment).
+Triton: the variants the host functions launch on the headline problems (recorded on meta
+tensors), compiled through Triton's own launch path for sm_90/sm_80; registers and spills from
+cuobjdump, shared memory from the metadata, approximate arithmetic and atomics from the PTX.
+csrc: ptxas' report. Exit status 1 on a compile error or too much shared memory. Run without
+TRITON_INTERPRET. How and why: docs/compile-check.md.
 """
 
 from __future__ import annotations
@@ -89,7 +69,7 @@ def _specialization(value):
 
 
 def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Variant]:
-    """Every distinct Triton launch of the triton host functions on `shapes` (see the module docstring)."""
+    """Every distinct Triton launch of the triton host functions on `shapes` (docs/compile-check.md)."""
     import torch
     from triton.runtime.jit import JITFunction
 

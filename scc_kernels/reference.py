@@ -1,7 +1,7 @@
 """The executable definition: SPEC §3, step by step, in torch.fft with autograd.
 
-Slow on purpose and kept plain: full complex spectra, a 0/1 mask per band, two-pass centred sums.
-Every other backend is tested against this one in float64.
+Forward: full complex spectra, a 0/1 mask per band, two-pass centred sums; slow on purpose.
+Backward: autograd, in every mode. Every other backend is tested against it in float64.
 """
 
 from __future__ import annotations

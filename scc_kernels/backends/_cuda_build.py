@@ -1,16 +1,8 @@
 """Where the CUDA sources are, and the torch extension `scc_kernels._C` built from them.
 
-The sources are one directory, csrc/ at the top of the repository; setuptools installs it as the
-package's scc_kernels/csrc (pyproject's package-dir). `csrc_dir` is the one place that knows
-both, for everything that compiles them: the JIT build here, CuPy's NVRTC and the tests
-(setup.py's prebuilt extension names them from the repository root, where it runs).
-
-The extension is the one built by `SCC_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation .`
-when present, else it is compiled on first use with torch.utils.cpp_extension.load (nvcc +
-ninja, about a minute, cached in torch's extensions folder), with CUDA_HOME taken from the nvcc
-found where torch's guess has no headers; a build that fails is not retried in the process. Kept
-apart from cuda_backend so that the backend reads as what it runs, and CuPy finds the sources
-without the torch build.
+`csrc_dir` finds csrc/ in a checkout or an install; the extension is the prebuilt one
+(`SCC_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation .`) or else compiled on first use,
+not retried in the process after a failure (docs/cuda.md).
 """
 
 from __future__ import annotations

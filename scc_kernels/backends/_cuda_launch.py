@@ -1,29 +1,10 @@
 """The launch glue around the csrc kernels, shared by the "cuda" and "cupy" backends.
 
-Both run the same device code (csrc/kernels.cuh) and differ only in how it is compiled and
-launched: `forward` and `backward` take a launcher, an object with a `launch_<name>` method for
-each kernel `scc::<name>_kernel` below (cuda_backend's goes through the torch extension,
-cupy_backend's through NVRTC). Here are the layouts, the launch sizes, the cuFFT calls and the
-kernel instances by their C++ names.
-
-- complex spectrum, one band: SPEC's Parseval form in one pass. `parseval_forward_kernel` reads
-  the logits and the target once (softmax/sigmoid, one-hot and ignore_index in registers) and
-  writes per-block partial PARSEVAL_SUMS that torch adds up (a fixed order: deterministic);
-  `activation_backward_kernel` recomputes the activation and writes the logits' gradient once.
-- amplitude or banded spectra: cuFFT (torch.fft.rfftn / irfftn) with fused kernels around it:
-  `activate_kernel` (each slice's base, prediction or target, and the difference x − t as
-  float32, one pass; _spectra.py says why these two), `band_stats_kernel` (per block, the
-  centred band STATS from the two half spectra, the band table and the Hermitian weights; torch
-  merges the blocks with _stats.merge), `spectral_grad_kernel` (the gradient of the half
-  spectrum from the per-band coefficients, one pass) and `activation_backward_kernel`.
-
-Why cuFFT and not a DFT in shared memory, as the Triton backend does for small sizes: the
-transform is the only step with real arithmetic. cuFFT does it in O(N log N) for every size,
-odd and prime ones included, batched over all B·C' slices, and at these sizes it is limited by
-memory traffic, not arithmetic. A DFT in shared memory is O(N·n) per axis and needs a whole
-slice on chip, which ends at about 128×128 complex64 (at most 227 KiB per block on H100/H200):
-512×512 or 128³ would need multi-pass DFTs through global memory, i.e. a slower FFT. Everything
-around the transform is elementwise or a reduction, so each of those steps is one fused pass.
+Forward: path "parseval": `parseval_forward_kernel` (one pass, per-block PARSEVAL_SUMS); path
+"fft": `activate_kernel` (base and x − t) → cuFFT rfftn → `band_stats_kernel` (per-block STATS,
+merged by torch). Backward: `spectral_grad_kernel` → cuFFT irfftn → `activation_backward_kernel`
+(Parseval: `activation_backward_kernel` only). A launcher has a `launch_<name>` method for each
+kernel `scc::<name>_kernel`. Layouts, launch sizes and why cuFFT: docs/cuda.md.
 """
 
 from __future__ import annotations

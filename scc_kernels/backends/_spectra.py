@@ -1,18 +1,11 @@
 """Which two signals the transform backends transform, and how they get u, v and d back.
 
-Every transform backend (torch, cuda/cupy, triton's DFT kernels) transforms, per slice, the
-difference x − y and one of x, y (the base), never x and y apart:
-
-    D = F(x − y),   S = F(base);   X, Y = (S, S − D) if the base is x, else (S + D, S).
-
-X and Y then share the rounding error of S, so d = u − v (what carries the information near
-r = 1) comes from D and is exact to its own size, and r moves only to second order with the
-shared error. The spectrum formed as a sum or difference is the one of the signal of larger
-energy, so it never carries the rounding of a larger one (`base_is_prediction`).
-
-Per bin, with the real views (..., 2) of X, Y and D: amplitude u = |X|, v = |Y| and
-d = (|X|² − |Y|²)/(|X| + |Y|), where |X|² − |Y|² = 2·Re(D·conj X) − |D|² keeps every term
-of the size of D (d = 0 where X = Y = 0); complex u = X, v = Y, d = D.
+Forward: per slice D = F(x − y) and S = F(base), never x and y apart; the base is the prediction x
+unless x has the larger largest magnitude or over 4× the target's energy, then the target y
+(`base_is_prediction`). X, Y = (S, S − D) or (S + D, S) share S's rounding, so d = u − v comes
+from D, exact to its own size; `make_hermitian` makes self-mirrored rfftn columns exact mirror pairs.
+Backward (in the backends): irfftn, the same Hermitian projection. Why, and the rule's history:
+docs/numerics.md.
 """
 
 from __future__ import annotations

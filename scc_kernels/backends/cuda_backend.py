@@ -1,10 +1,8 @@
 """The "cuda" backend: the csrc kernels through the torch extension `scc_kernels._C`.
 
-What the backend contract asks (availability, band_stats and its fake and backward), the
-extension's `build_status` (shown by `python -m scc_kernels info`, weighed by the plan) and the
-launcher that calls the extension. The rest lives where the CuPy backend shares it or where the
-extension is made: the launch glue (layouts, launch sizes, cuFFT, and why cuFFT) in
-_cuda_launch.py, the sources and the prebuilt or JIT-compiled extension in _cuda_build.py.
+The backend contract (availability, band_stats and its fake and backward), the extension's
+`build_status` and the launcher that calls the extension. Forward and backward: _cuda_launch.py;
+the sources and the build: _cuda_build.py; design: docs/cuda.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """The csrc CUDA kernels compiled at run time by CuPy (NVRTC): no build step and no nvcc needed.
 
-The same device code as the torch extension (csrc/kernels.cuh) and the same glue
-(_cuda_launch.forward / backward, cuFFT through torch.fft); only compiling and launching
-differ. The module is compiled once per process (CuPy caches the binary on disk), with the
-template kernels named by `name_expressions`. Kernels run on torch's current stream, and take
-the torch tensors' device pointers directly: zero-copy, and it covers bfloat16, which CuPy has
-no dtype for (so `cupy.asarray` could not wrap those tensors).
+Forward and backward: _cuda_launch.forward / backward, with a launcher that compiles
+csrc/kernels.cuh once per process and launches on torch's current stream with the tensors' device
+pointers (zero-copy, bfloat16 included). Design: docs/cuda.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """The generic fast path in plain torch ops, with a hand-written backward. CPU default; runs on CUDA.
 
-- complex spectrum, one band: SPEC's Parseval form, one pass over the data, no transform;
-  a label map is never expanded to one-hot (gather/scatter by label instead).
-- amplitude or banded spectra: rfftn of the difference x − y and of one of x, y (_spectra.py
-  says which, and why: it keeps d = u − v exact to its own size near convergence), then the
-  band statistics in two passes over the bins, means and then centred moments, each a segment
-  sum by band index (`index_add_`, O(bins) memory); irfftn in the backward. Both half spectra
-  are saved; the activation is recomputed in the backward (cheaper than saving it).
-- "tiny" (slices of at most TINY_BINS bins, `is_tiny`): the same amplitude/banded path, in float64.
+Forward: path "parseval": SPEC §3's Parseval sums in one pass, no transform; path "fft": rfftn of
+x − y and of the base (_spectra.py), then the band statistics as segment sums in two passes
+(means, then centred moments); path "tiny" (`is_tiny`): the fft path in float64 throughout.
+Backward: per-bin coefficients (_stats.gradient_coefficients), irfftn, and the activation's
+Jacobian (the activation recomputed). Design: docs/numerics.md.
 """
 
 from __future__ import annotations

@@ -3,12 +3,8 @@
     python -m scc_kernels nnunet-install            # once: lets nnU-Net find the trainers by name
     nnUNetv2_train DATASET 2d 0 -tr nnUNetTrainerSCC
 
-Deep supervision: nnU-Net wraps its per-scale loss in a `DeepSupervisionWrapper` with weights
-1, 1/2, 1/4, ... (the lowest-resolution output 0), normalised to sum 1. The SCC term is added
-inside that wrapper, so each scale's SCC gets exactly that scale's weight:
-L = Σ_i w_i·(L_DiceCE,i + λ·L_SCC,i).
-
-Change λ or the SCC options in a subclass: `class MyTrainer(nnUNetTrainerSCC): scc_weight = 0.2`.
+Each scale's SCC term gets that scale's deep-supervision weight; change λ or the SCC options in a
+subclass (`class MyTrainer(nnUNetTrainerSCC): scc_weight = 0.2`). README.md, "Use it with nnU-Net".
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """`python -m scc_kernels nnunet-install [--uninstall]`: let nnU-Net v2 find nnUNetTrainerSCC by name.
 
-nnU-Net resolves `-tr NAME` (training, and inference from a trained model) by importing the modules
-of its own nnunetv2/training/nnUNetTrainer folder and looking for a class of that name, so the
-install is a one-line module there that re-exports this package's trainers. Nothing here imports
-nnunetv2: locating its folder is enough.
+Writes a one-line module re-exporting this package's trainers into nnU-Net's own trainer folder,
+where nnU-Net looks up `-tr NAME`; nnunetv2 is never imported (docs/internals.md).
 """
 
 from __future__ import annotations
