@@ -125,7 +125,7 @@ def with_other_act(opts: SCCOptions, other_act) -> SCCOptions:
     return dataclasses.replace(opts, other_act=other_act)
 
 
-OPTIONS_DOC = """\
+OPTIONS_DOC = f"""\
 include_background: if False, channel 0 (the background) is left out after the activation;
     the output has C' = C - 1 channels. Ignored, with a warning, for a single channel.
 to_onehot_y: accept a floating label map (B, 1, *spatial) of integral class indices.
@@ -151,7 +151,7 @@ sync_batch: with `batch=True` under torch.distributed, merge the band statistics
 process_group: the torch.distributed group `sync_batch` merges over (default: the world).
 eps: smoothing added to the covariance and to each variance, eps >= 0 (SPEC §3 step 6).
 backend: "auto" (the fastest that runs here: on CUDA as `scc_kernels.plan` picks,
-    elsewhere torch), or one of "reference", "torch", "triton", "cuda", "cupy";
+    elsewhere torch), or one of {", ".join(map(repr, backend_registry.NAMES)).replace("'", '"')};
     `scc_kernels.available_backends()` says which run on this machine and why not."""
 
 RAISES_DOC = """\
