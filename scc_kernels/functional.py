@@ -43,13 +43,13 @@ def spectral_correlation(
     band_weights: Sequence[float] | torch.Tensor | None = None,
     sigmoid: bool = False,
     softmax: bool = False,
-    other_act: Callable | None = None,
+    other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
     to_onehot_y: bool = False,
     include_background: bool = True,
     ignore_index: int | None = None,
     batch: bool = False,
     sync_batch: bool = False,
-    process_group=None,
+    process_group: object | None = None,
     eps: float = 1e-5,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -98,13 +98,13 @@ def scc_loss(
     band_weights: Sequence[float] | torch.Tensor | None = None,
     sigmoid: bool = False,
     softmax: bool = False,
-    other_act: Callable | None = None,
+    other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
     to_onehot_y: bool = False,
     include_background: bool = True,
     ignore_index: int | None = None,
     batch: bool = False,
     sync_batch: bool = False,
-    process_group=None,
+    process_group: object | None = None,
     eps: float = 1e-5,
     reduction: str = "mean",
     backend: str = "auto",
@@ -206,7 +206,9 @@ def one_minus_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -> 
         return loss_from_stats(stats, opts).to(compute_dtype(input.dtype))  # tiny slices: float64 stats
 
 
-def _flat_target_bands(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
+def _flat_target_bands(
+    input: torch.Tensor, target: torch.Tensor, opts: SCCOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each target slice's amplitude spectrum is flat over a band, and its value there:
     ((B, C', K) bool, (B, C')), for _stats.with_flat_targets. A target y = c + b·δ_p (the same
     value at all samples but at most one: a class on one pixel, on all but one, or on none) has
@@ -242,7 +244,7 @@ def _mode_only_the_reference_supports(input: torch.Tensor) -> str | None:
         return None
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return "torch.func transforms (grad, vmap, jvp, jacrev, hessian, ...)"
-    if forward_ad.unpack_dual(input).tangent is not None:
+    if forward_ad.unpack_dual(input).tangent is not None:  # type: ignore[no-untyped-call]  # torch: no annotations
         return "forward-mode AD (torch.autograd.forward_ad)"
     return None
 
