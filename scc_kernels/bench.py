@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -30,7 +31,9 @@ from . import planning
 from .backends import FAST_BACKENDS, unavailable_reason
 from .functional import scc_loss
 
-MODES = {  # name → options; softmax logits and an integer label map, the usual training setup
+MODES: dict[
+    str, dict[str, Any]
+] = {  # name → options; softmax logits and an integer label map, the usual training setup
     "complex": dict(spectrum="complex", softmax=True),
     "amplitude": dict(spectrum="amplitude", softmax=True),
     "amplitude-4bands": dict(spectrum="amplitude", softmax=True, bands=4),
@@ -150,7 +153,8 @@ def _quantiles(times: list[float]) -> tuple[float, float, float]:
         low = math.floor(point)
         high = min(low + 1, len(ordered) - 1)
         result.append(ordered[low] + (point - low) * (ordered[high] - ordered[low]))
-    return tuple(result)
+    first, second, third = result  # the three QUANTILES
+    return first, second, third
 
 
 def _loss_steps(logits, labels, backend: str, options: dict):

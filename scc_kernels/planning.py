@@ -40,6 +40,7 @@ import math
 import operator
 import os
 import tempfile
+from typing import TypeGuard
 
 import torch
 
@@ -165,7 +166,7 @@ def _costs(p: Problem, profile: Profile) -> list[Candidate]:
         for backend, launch in (("triton", profile.triton_launch_us), ("cuda", profile.cuda_launch_us)):
             candidates.append(Candidate(backend, "parseval", _io_bytes(p), elementwise, 0, 3, launch))
         # torch ops: ~14 float32 passes over (B, C, *S) and ~4 over the labels
-        torch_bytes = 14 * 4 * p.shape[0] * p.shape[1] * pixels + 4 * 8 * p.shape[0] * pixels
+        torch_bytes: float = 14 * 4 * p.shape[0] * p.shape[1] * pixels + 4 * 8 * p.shape[0] * pixels
         candidates.append(Candidate("torch", "parseval", torch_bytes, elementwise, 0, 40, profile.torch_op_us))
     else:
         # fused kernels around cuFFT: prologue writes base and x − y (float32); 2 forward
@@ -327,7 +328,7 @@ def plan(
         measured = _autotune(problem, eligible)
         candidates = [dataclasses.replace(c, measured_ms=measured.get(_key(c))) for c in candidates]
         # only the eligible ones were timed: the pick is among them, whatever else is listed
-        best = min((c for c in candidates if _key(c) in map(_key, eligible)), key=lambda c: c.measured_ms)
+        best = min((c for c in candidates if _key(c) in map(_key, eligible)), key=lambda c: measured[_key(c)])
         reason = f"fastest measured ({best.measured_ms:.3f} ms; the model said {best.modeled_ms:.3f} ms)"
     else:
         best = eligible[0]
@@ -436,7 +437,7 @@ def _autotune(problem: Problem, candidates: list[Candidate], device: torch.devic
     return _measured[key]
 
 
-def _valid_entry(entry, candidates: list[Candidate]) -> bool:
+def _valid_entry(entry: object, candidates: list[Candidate]) -> TypeGuard[dict[str, float]]:
     """A time in ms for every candidate, and nothing else."""
     return (
         isinstance(entry, dict)
@@ -522,8 +523,8 @@ def triton_path(
     paths (autotuned if autotuning is on), deterministic mode excluding the DFT's atomics."""
     from .backends import forced_path
 
-    if forced_path() is not None:
-        return forced_path()
+    if (path := forced_path()) is not None:
+        return path
     # Sizes as ints: while tracing with fake tensors a size may be a SymInt, which the cache cannot
     # hash; int() guards the graph on it, so that a shape the plan sends down the other path (whose
     # forward saves other tensors) is traced anew rather than reusing this graph.
@@ -542,7 +543,8 @@ def triton_path(
 @functools.lru_cache(maxsize=256)
 def _triton_path(shape, spectrum, bands, dtype, include_background, device, deterministic, autotune) -> str:
     problem = Problem(shape, spectrum, bands, dtype, include_background)
-    profile = PROFILES.get(_profile_name(device)) or profile_of(device)
+    name = _profile_name(device)
+    profile = (PROFILES.get(name) if name is not None else None) or profile_of(device)
     triton = [c for c in _costs(problem, profile) if c.backend == "triton" and _allowed(c, deterministic)]
     if autotune:
         measured = _autotune(problem, triton, device)

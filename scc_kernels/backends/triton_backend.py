@@ -62,8 +62,8 @@ def transform_path(input_shape: tuple[int, ...], problem: Problem, dtype: torch.
     from ..planning import triton_path
     from . import forced_path
 
-    if forced_path() is not None:
-        return forced_path()
+    if (path := forced_path()) is not None:
+        return path
     dft = _module("dft")
     if not dft_tiles.supported(tuple(input_shape[2:])):
         return "fft"
