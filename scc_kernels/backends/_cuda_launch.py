@@ -28,6 +28,8 @@ around the transform is elementwise or a reduction, so each of those steps is on
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
@@ -46,6 +48,60 @@ CPP_TARGET_TYPES = {torch.uint8: "unsigned char", torch.int32: "int", torch.int6
 LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)  # label maps the kernels read as they are
 
 
+class Launcher(Protocol):
+    """The five kernel launches of `forward` and `backward` (cuda_backend's go through the torch
+    extension, cupy_backend's through NVRTC): each writes its results into tensors it is given."""
+
+    def parseval_forward(
+        self, logits: torch.Tensor, target: torch.Tensor, partials: torch.Tensor, problem: Problem
+    ) -> None: ...
+
+    def activate(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        base_is_x: torch.Tensor,
+        base: torch.Tensor,
+        d: torch.Tensor,
+        problem: Problem,
+        blocks: int,
+    ) -> None: ...
+
+    def activation_backward(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        coefficients: torch.Tensor | None,
+        grad_x: torch.Tensor | None,
+        grad_input: torch.Tensor,
+        problem: Problem,
+        blocks: int,
+    ) -> None: ...
+
+    def band_stats(
+        self,
+        S: torch.Tensor,
+        D: torch.Tensor,
+        base_is_x: torch.Tensor,
+        band: torch.Tensor,
+        weight: torch.Tensor,
+        partials: torch.Tensor,
+        amplitude: bool,
+    ) -> None: ...
+
+    def spectral_grad(
+        self,
+        S: torch.Tensor,
+        D: torch.Tensor,
+        base_is_x: torch.Tensor,
+        band: torch.Tensor,
+        coefficients: torch.Tensor,
+        G: torch.Tensor,
+        amplitude: bool,
+        blocks: int,
+    ) -> None: ...
+
+
 def kernel_names() -> list[str]:
     """Every kernel instance of csrc/kernels.cuh by its C++ name (CuPy's name_expressions)."""
     names = [
@@ -57,7 +113,7 @@ def kernel_names() -> list[str]:
     return [*names, "scc::band_stats", "scc::spectral_grad"]
 
 
-def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def forward(launcher: Launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """The backend's band_stats with the kernels of `launcher`."""
     if torch_backend.takes_tiny_path(input, problem):
         return torch_backend.band_stats(input, target, problem)
@@ -82,7 +138,15 @@ def forward_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) ->
     return [stats, half, torch.empty_like(half), input.new_empty((batch, channels), dtype=torch.bool)]
 
 
-def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+def backward(
+    launcher: Launcher,
+    grad_stats: torch.Tensor,
+    stats: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    saved: Sequence[torch.Tensor],
+    problem: Problem,
+) -> torch.Tensor:
     """The backend's band_stats_backward with the kernels of `launcher`."""
     if torch_backend.takes_tiny_path(input, problem):
         return torch_backend.band_stats_backward(grad_stats, stats, input, target, saved, problem)
@@ -101,7 +165,9 @@ def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem
     return grad_input.view(input.shape)
 
 
-def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[torch.Tensor]:
+def _spectral_stats(
+    launcher: Launcher, input: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, problem: Problem
+) -> list[torch.Tensor]:
     """[STATS (B, C', K, 8), S, D, base_is_x]: the real views of the half spectra of each slice's
     base and of x − t, and which base (as torch_backend saves them)."""
     batch, classes, n = logits.shape
@@ -139,7 +205,9 @@ def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[t
     return [stats, torch.view_as_real(S), torch.view_as_real(D), base_is_x]
 
 
-def _spectral_grad_x(launcher, coefficients, input, saved, problem: Problem) -> torch.Tensor:
+def _spectral_grad_x(
+    launcher: Launcher, coefficients: torch.Tensor, input: torch.Tensor, saved: Sequence[torch.Tensor], problem: Problem
+) -> torch.Tensor:
     """Gradient of the activated prediction's output channels, (B, C', N) float32."""
     S, D = (torch.view_as_complex(spectrum.contiguous()) for spectrum in saved[:2])
     batch, channels, *half = S.shape
@@ -157,7 +225,7 @@ def _spectral_grad_x(launcher, coefficients, input, saved, problem: Problem) -> 
         problem.spectrum == "amplitude",
         _blocks(slices * bins, THREADS, 1),
     )
-    grad_x = torch.fft.irfftn(G, s=spatial, dim=dims, norm="ortho")
+    grad_x: torch.Tensor = torch.fft.irfftn(G, s=spatial, dim=dims, norm="ortho")
     return grad_x.reshape(batch, channels, -1).contiguous()
 
 
