@@ -16,8 +16,8 @@ import time
 import torch
 
 import scc_kernels
+from scc_kernels.backends._cuda_build import build_status
 from scc_kernels.backends.registry import FAST_BACKENDS, unavailable_reason
-from scc_kernels.backends.registry import load as _load_backend
 from scc_kernels.cost_model import PROFILES
 from scc_kernels.integrations import nnunet_install
 from scc_kernels.planning import _checked_shape
@@ -53,16 +53,9 @@ def info(_args=None) -> int:
     for name, entry in scc_kernels.available_backends().items():
         status = "available" if entry["available"] else f"unavailable: {entry['reason']}"
         if name == "cuda":
-            status += f" [{_cuda_build_status()}]"
+            status += f" [{build_status()}]"
         print(f"  {name:<10} {status}")
     return 0
-
-
-def _cuda_build_status() -> str:
-    try:
-        return _load_backend("cuda").build_status()
-    except ImportError as error:
-        return f"unavailable: {error}"
 
 
 def verify(args) -> int:

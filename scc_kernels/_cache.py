@@ -11,6 +11,8 @@ import functools
 import os
 import threading
 import warnings
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar
 
 import torch
 
@@ -36,26 +38,32 @@ def _budget_from_environment() -> int:
     return int(megabytes * 2**20)
 
 
-def tensor_bytes(value) -> int:
+def tensor_bytes(value: torch.Tensor | Iterable[object]) -> int:
     """Bytes of the distinct storages of the tensors in `value` (a tensor or a tuple of them)."""
     tensors = [value] if isinstance(value, torch.Tensor) else [v for v in value if isinstance(v, torch.Tensor)]
     storages = {(t.device, t.untyped_storage().data_ptr()): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values())
 
 
-class TableCache:
+_Args = ParamSpec("_Args")
+_Table = TypeVar("_Table", bound="torch.Tensor | tuple[object, ...]")  # a tensor, or a tuple of them
+
+
+class TableCache(Generic[_Args, _Table]):
     """LRU memo of one table builder, bounded by the bytes of the tensors it holds (`budget`)."""
 
-    def __init__(self, build):
+    def __init__(self, build: Callable[_Args, _Table]):
         functools.update_wrapper(self, build)
         self.build = build  # the builder itself, uncached
         self.budget = _budget_from_environment()
-        self._entries: collections.OrderedDict = collections.OrderedDict()  # key -> (table, bytes)
+        self._entries: collections.OrderedDict[Hashable, tuple[_Table, int]] = (
+            collections.OrderedDict()
+        )  # key -> (table, bytes)
         self._bytes = 0
         self._lock = threading.Lock()
         _CACHES.append(self)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: _Args.args, **kwargs: _Args.kwargs) -> _Table:
         if torch.compiler.is_compiling():
             return self.build(*args, **kwargs)
         key = (args, tuple(sorted(kwargs.items()))) if kwargs else args
@@ -91,7 +99,7 @@ class TableCache:
             self._bytes = 0
 
 
-_CACHES: list[TableCache] = []
+_CACHES: list[TableCache[..., Any]] = []
 
 
 def clear_caches() -> None:

@@ -15,6 +15,8 @@ import sys
 import textwrap
 import warnings
 from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -34,7 +36,7 @@ class SCCOptions:
     bands: int | None = None
     band_weights: tuple[float, ...] | None = None
     activation: str = "none"  # "none", "softmax" or "sigmoid"
-    other_act: Callable | None = None
+    other_act: Callable[[torch.Tensor], torch.Tensor] | None = None
     to_onehot_y: bool = False
     include_background: bool = True
     ignore_index: int | None = None
@@ -58,13 +60,13 @@ def make_options(
     band_weights: Sequence[float] | torch.Tensor | None = None,
     sigmoid: bool = False,
     softmax: bool = False,
-    other_act: Callable | None = None,
+    other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
     to_onehot_y: bool = False,
     include_background: bool = True,
     ignore_index: int | None = None,
     batch: bool = False,
     sync_batch: bool = False,
-    process_group=None,
+    process_group: object | None = None,
     eps: float = 1e-5,
     reduction: str = "mean",
     backend: str = "auto",
@@ -112,14 +114,14 @@ def make_options(
     )
 
 
-def _check_activations(sigmoid: bool, softmax: bool, other_act) -> None:
+def _check_activations(sigmoid: bool, softmax: bool, other_act: object) -> None:
     if other_act is not None and not callable(other_act):
         raise TypeError(f"other_act must be callable, got {type(other_act).__name__}")
     if int(sigmoid) + int(softmax) + int(other_act is not None) > 1:
         raise ValueError("at most one of sigmoid=True, softmax=True and other_act may be given")
 
 
-def with_other_act(opts: SCCOptions, other_act) -> SCCOptions:
+def with_other_act(opts: SCCOptions, other_act: Callable[[torch.Tensor], torch.Tensor] | None) -> SCCOptions:
     """`opts` with another `other_act` (SCCLoss's attribute, reassigned), checked as `make_options` does."""
     _check_activations(opts.activation == "sigmoid", opts.activation == "softmax", other_act)
     return dataclasses.replace(opts, other_act=other_act)
@@ -164,20 +166,24 @@ RuntimeError: the chosen backend cannot run here (the message says why), or a do
     backward through a fast backend (use backend="reference")."""
 
 
-def documented(function):
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def documented(function: _Function) -> _Function:
     """Fill the `{options}` and `{raises}` lines of a public entry point's docstring, indented as
     the placeholder is: the options are documented once, here, for scc_loss, spectral_correlation
     and SCCLoss alike."""
     texts = {"{options}": OPTIONS_DOC, "{raises}": RAISES_DOC}
 
-    def fill(match: re.Match) -> str:
+    def fill(match: re.Match[str]) -> str:
         return textwrap.indent(texts[match.group(2)], match.group(1))
 
-    function.__doc__ = re.sub(r"^( *)(\{options\}|\{raises\})$", fill, function.__doc__, flags=re.MULTILINE)
+    if function.__doc__ is not None:  # None under python -OO, which strips docstrings
+        function.__doc__ = re.sub(r"^( *)(\{options\}|\{raises\})$", fill, function.__doc__, flags=re.MULTILINE)
     return function
 
 
-def _check_ignore_index(ignore_index) -> int:
+def _check_ignore_index(ignore_index: object) -> int:
     """An integer (a NumPy integer too) that fits int64 (SPEC §5), as a Python int."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise ValueError(f"ignore_index must be None or an int, got {ignore_index!r}")
@@ -190,13 +196,14 @@ def _check_ignore_index(ignore_index) -> int:
 _INT64 = torch.iinfo(torch.int64)
 
 
-def _is_process_group(group) -> bool:
+def _is_process_group(group: object) -> bool:
     return torch.distributed.is_available() and isinstance(group, torch.distributed.ProcessGroup)
 
 
-def _check_band_weights(weights, num_bands: int) -> tuple[float, ...]:
+def _check_band_weights(weights: Any, num_bands: int) -> tuple[float, ...]:
     """One weight per band, finite, >= 0, not all 0; returned divided by the largest, so that
-    no sum of them can overflow (the loss uses w_j / Σ w, unchanged by the scaling)."""
+    no sum of them can overflow (the loss uses w_j / Σ w, unchanged by the scaling).
+    `weights` is the user's value, of any type: the checks below are its type check."""
     if isinstance(weights, torch.Tensor) or hasattr(weights, "ndim"):  # a tensor or a NumPy array
         if weights.ndim != 1:
             raise TypeError(f"band_weights must be 1-D, got shape {tuple(weights.shape)}")
@@ -218,7 +225,9 @@ def _check_band_weights(weights, num_bands: int) -> tuple[float, ...]:
     return tuple(w / largest for w in values)
 
 
-def prepare(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
+def prepare(
+    input: torch.Tensor, target: torch.Tensor, opts: SCCOptions
+) -> tuple[torch.Tensor, torch.Tensor, SCCOptions]:
     """Check `input` and `target` against `opts` (SPEC §1 and §5).
 
     Returns `(input, target, opts)`: `target` is either a float tensor shaped like `input`
@@ -292,13 +301,13 @@ def matchable_ignore_index(dtype: torch.dtype, ignore_index: int | None) -> int 
     if ignore_index is None:
         return None
     if dtype.is_floating_point:  # an integer fits if it is finite and has at most `digits` significant bits
-        info = torch.finfo(dtype)
-        digits = 1 - round(math.log2(info.eps))
+        finfo = torch.finfo(dtype)
+        digits = 1 - round(math.log2(finfo.eps))
         magnitude = abs(ignore_index)
-        fits = magnitude <= info.max and magnitude % (1 << max(magnitude.bit_length() - digits, 0)) == 0
+        fits = magnitude <= finfo.max and magnitude % (1 << max(magnitude.bit_length() - digits, 0)) == 0
     else:
-        info = torch.iinfo(dtype)
-        fits = info.min <= ignore_index <= info.max
+        iinfo = torch.iinfo(dtype)
+        fits = iinfo.min <= ignore_index <= iinfo.max
     return ignore_index if fits else None
 
 
@@ -312,7 +321,7 @@ def binary_as_two_classes(input: torch.Tensor, opts: SCCOptions) -> tuple[torch.
 
 
 def _single_channel(opts: SCCOptions) -> SCCOptions:
-    changes = {}
+    changes: dict[str, Any] = {}  # SCCOptions fields of several types
     if opts.activation == "softmax":
         warn_caller("single channel prediction, `softmax=True` ignored.")
         changes["activation"] = "none"
@@ -328,11 +337,19 @@ def _single_channel(opts: SCCOptions) -> SCCOptions:
 _INTERNAL_DIRS = tuple(os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, torch.__file__))
 
 
-@torch.compiler.assume_constant_result  # in a torch.compile graph: run once, while tracing
+def assume_constant_result(function: _Function) -> _Function:
+    """torch.compiler.assume_constant_result with a type (torch's has no annotations): it marks
+    `function` for dynamo and returns it."""
+    marked = torch.compiler.assume_constant_result(function)  # type: ignore[no-untyped-call]  # torch: no annotations
+    return cast(_Function, marked)
+
+
+@assume_constant_result  # in a torch.compile graph: run once, while tracing
 def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     """warnings.warn pointing at the user's line: the first frame outside scc_kernels and torch
     (an nn.Module call, a custom op, autograd and dynamo add frames of their own)."""
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level + 1)
@@ -346,7 +363,7 @@ def is_label_map(input: torch.Tensor, target: torch.Tensor) -> bool:
 _warned: set[str] = set()
 
 
-@torch.compiler.assume_constant_result  # in a torch.compile graph: run once, while tracing
+@assume_constant_result  # in a torch.compile graph: run once, while tracing
 def warn_caller_once(message: str) -> None:
     """warn_caller, the first time this process sees `message`."""
     if message not in _warned:
@@ -401,11 +418,13 @@ def checked_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | N
 
 
 @checked_labels.register_fake
-def _(labels, num_classes, ignore_index):
+def _(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
     return labels.new_empty(labels.shape, dtype=torch.int64)
 
 
 @checked_labels.register_vmap
-def _(info, in_dims, labels, num_classes, ignore_index):
+def _(
+    info: object, in_dims: tuple[int | None, ...], labels: torch.Tensor, num_classes: int, ignore_index: int | None
+) -> tuple[torch.Tensor, int | None]:
     # every example's labels at once: one bad label anywhere is an error either way
     return checked_labels(labels, num_classes, ignore_index), in_dims[0]

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+from typing import TypeGuard
 
 import torch
 
@@ -82,7 +83,7 @@ def measure(workload: Workload, candidates: list[Candidate], device: torch.devic
     return _measured[key]
 
 
-def _valid_entry(entry, candidates: list[Candidate]) -> bool:
+def _valid_entry(entry: object, candidates: list[Candidate]) -> TypeGuard[dict[str, float]]:
     """A time in ms for every candidate, and nothing else."""
     return (
         isinstance(entry, dict)

@@ -39,7 +39,7 @@ def band_index(spatial: tuple[int, ...], num_bands: int, half: bool = False) -> 
             f"exact band tables need D·Π n_d²/4 < 2**63 (about 2**31 bins a slice) and bands < 32768 "
             f"(int64 arithmetic); got spatial {tuple(spatial)}, bands {K}"
         )
-    squares = 0
+    squares = torch.zeros((), dtype=torch.int64)  # + each axis's term (int64): the (broadcast) sum
     for axis, n in enumerate(spatial):
         k = frequency_indices(n, half and axis == dims - 1)
         term = k * k * (scale // (n * n))  # k²·P/n², at most P/4

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from typing import Any
 
 import torch
 
@@ -20,7 +21,9 @@ from .cost_model import Workload, dft_tensor_flops
 from .functional import scc_loss
 from .timing import time_ms, time_quantiles_ms
 
-MODES = {  # name → options; softmax logits and an integer label map, the usual training setup
+MODES: dict[
+    str, dict[str, Any]
+] = {  # name → options; softmax logits and an integer label map, the usual training setup
     "complex": dict(spectrum="complex", softmax=True),
     "amplitude": dict(spectrum="amplitude", softmax=True),
     "amplitude-4bands": dict(spectrum="amplitude", softmax=True, bands=4),

@@ -24,6 +24,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 HEADLINE_SHAPES = ((16, 4, 512, 512), (16, 4, 256, 256), (2, 4, 128, 128, 128))
 # (compute capability, shared memory per block, per SM, registers per SM, warps per SM)
@@ -178,7 +179,7 @@ def compile_variant(variant: Variant, arch: str) -> dict:
     from triton.runtime import driver
 
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")  # triton 3.9's notice, once per process
-    row = dict(kernel=variant.kernel, variant=variant.describe(), options=dict(variant.options))
+    row: dict[str, Any] = dict(kernel=variant.kernel, variant=variant.describe(), options=dict(variant.options))
     try:
         kernel = getattr(importlib.import_module(variant.module), variant.kernel)
         driver.set_active(_TargetDriver(TARGETS[arch][0]))
@@ -330,7 +331,7 @@ def run(archs=("sm_90",), shapes=HEADLINE_SHAPES, jobs: int | None = None, csrc:
 
 
 def _summary(arch: str, rows: list[dict]) -> None:
-    worst = collections.defaultdict(lambda: (0, 0))
+    worst: collections.defaultdict[str, tuple[int, int]] = collections.defaultdict(lambda: (0, 0))
     for row in rows:
         if row.get("registers") is not None:
             regs, stack = worst[row["kernel"]]

@@ -144,7 +144,7 @@ def candidates(p: Workload, profile: Profile) -> list[Candidate]:
         for backend, launch in (("triton", profile.triton_launch_us), ("cuda", profile.cuda_launch_us)):
             found.append(Candidate(backend, "parseval", _io_bytes(p), elementwise, 0, 3, launch))
         # torch ops: ~14 float32 passes over (B, C, *S) and ~4 over the labels
-        torch_bytes = 14 * 4 * p.shape[0] * p.shape[1] * pixels + 4 * 8 * p.shape[0] * pixels
+        torch_bytes: float = 14 * 4 * p.shape[0] * p.shape[1] * pixels + 4 * 8 * p.shape[0] * pixels
         found.append(Candidate("torch", "parseval", torch_bytes, elementwise, 0, 40, profile.torch_op_us))
     else:
         # fused kernels around cuFFT: prologue writes base and x − y (float32); 2 forward

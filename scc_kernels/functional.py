@@ -41,13 +41,13 @@ def spectral_correlation(
     band_weights: Sequence[float] | torch.Tensor | None = None,
     sigmoid: bool = False,
     softmax: bool = False,
-    other_act: Callable | None = None,
+    other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
     to_onehot_y: bool = False,
     include_background: bool = True,
     ignore_index: int | None = None,
     batch: bool = False,
     sync_batch: bool = False,
-    process_group=None,
+    process_group: object | None = None,
     eps: float = 1e-5,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -96,13 +96,13 @@ def scc_loss(
     band_weights: Sequence[float] | torch.Tensor | None = None,
     sigmoid: bool = False,
     softmax: bool = False,
-    other_act: Callable | None = None,
+    other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
     to_onehot_y: bool = False,
     include_background: bool = True,
     ignore_index: int | None = None,
     batch: bool = False,
     sync_batch: bool = False,
-    process_group=None,
+    process_group: object | None = None,
     eps: float = 1e-5,
     reduction: str = "mean",
     backend: str = "auto",
@@ -188,7 +188,9 @@ def per_item_loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -
         return loss_from_stats(stats, opts).to(compute_dtype(input.dtype))  # tiny slices: float64 stats
 
 
-def _flat_target_bands(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions):
+def _flat_target_bands(
+    input: torch.Tensor, target: torch.Tensor, opts: SCCOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each target slice's amplitude spectrum is flat over a band, and its value there:
     ((B, C', K) bool, (B, C')), for _stats.with_flat_targets. A target y = c + b·δ_p (the same
     value at all samples but at most one: a class on one pixel, on all but one, or on none) has

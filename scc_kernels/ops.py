@@ -14,6 +14,8 @@ autograd mode; planning.resolve routes the others there).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ._options import check_labels, is_label_map
@@ -22,7 +24,7 @@ from .backends.registry import BY_NAME, Problem, load
 
 def spectral_stats(input: torch.Tensor, target: torch.Tensor, backend: str, problem: Problem) -> list[torch.Tensor]:
     """[stats (B, C', K, 8) in _stats.STATS order, *what the backend saves], through the op."""
-    return torch.ops.scc_kernels.spectral_stats(
+    stats: list[torch.Tensor] = torch.ops.scc_kernels.spectral_stats(
         input,
         target,
         backend,
@@ -33,15 +35,24 @@ def spectral_stats(input: torch.Tensor, target: torch.Tensor, backend: str, prob
         problem.ignore_index,
         problem.include_background,
     )
+    return stats
 
 
-def _problem(backend, path, spectrum, num_bands, activation, ignore_index, include_background) -> Problem:
+def _problem(
+    backend: str,
+    path: str,
+    spectrum: str,
+    num_bands: int,
+    activation: str,
+    ignore_index: int | None,
+    include_background: bool,
+) -> Problem:
     if path not in BY_NAME[backend].paths:
         raise ValueError(f"backend {backend!r} has no path {path!r} (its paths: {BY_NAME[backend].paths})")
     return Problem(spectrum, num_bands, activation, ignore_index, include_background, path)
 
 
-def _label_map(input: torch.Tensor, target: torch.Tensor, ignore_index, check: bool) -> torch.Tensor:
+def _label_map(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None, check: bool) -> torch.Tensor:
     if not is_label_map(input, target):
         return target
     if check:
@@ -67,7 +78,17 @@ def _spectral_stats(
 
 
 @_spectral_stats.register_fake
-def _(input, target, backend, path, spectrum, num_bands, activation, ignore_index, include_background):
+def _(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    backend: str,
+    path: str,
+    spectrum: str,
+    num_bands: int,
+    activation: str,
+    ignore_index: int | None,
+    include_background: bool,
+) -> list[torch.Tensor]:
     problem = _problem(backend, path, spectrum, num_bands, activation, ignore_index, include_background)
     return load(backend).band_stats_fake(input, target, problem)
 
@@ -93,18 +114,25 @@ def _spectral_stats_backward(
 
 
 @_spectral_stats_backward.register_fake
-def _(grad_stats, stats, input, target, saved, *args):
+def _(
+    grad_stats: torch.Tensor,
+    stats: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    saved: list[torch.Tensor],
+    *static: object,
+) -> torch.Tensor:
     return torch.empty_like(input)
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: list[torch.Tensor]) -> None:
     input, target, *static = inputs
     ctx.static = static
     ctx.save_for_backward(input, target, *output)
     ctx.set_materialize_grads(False)  # the saved spectra get no gradient: no zero tensors for them
 
 
-def _backward(ctx, grads):
+def _backward(ctx: Any, grads: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
     input, target, stats, *saved = ctx.saved_tensors
     grad_input = None
     if ctx.needs_input_grad[0] and grads[0] is not None:
@@ -115,11 +143,11 @@ def _backward(ctx, grads):
 _spectral_stats.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _setup_backward_context(ctx, inputs, output):
+def _setup_backward_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
     ctx.backend = inputs[5]
 
 
-def _no_double_backward(ctx, grad):
+def _no_double_backward(ctx: Any, grad: torch.Tensor) -> None:
     raise RuntimeError(
         f"scc_kernels: backend {ctx.backend!r} has no double backward (a derivative of the gradient, "
         "after create_graph=True); backend='reference' supports every autograd mode"

@@ -17,17 +17,19 @@ import functools
 import math
 import operator
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch.autograd import forward_ad
 
 from . import cost_model
-from ._options import SCCOptions, make_options, warn_caller_once
+from ._options import SCCOptions, assume_constant_result, make_options, warn_caller_once
 from .autotune import candidate_key
 from .autotune import measure as autotune_measure
 from .backends import dft_tiles, torch_backend
-from .backends.registry import NAMES, load, supports_dtype, unavailable_reason
+from .backends._cuda_build import build_status
+from .backends.registry import NAMES, supports_dtype, unavailable_reason
 from .cost_model import PROFILES, Candidate, Plan, Workload, dominant_term, profile_name, profile_of
 
 
@@ -72,7 +74,7 @@ def resolve(name: str, input: torch.Tensor, opts: SCCOptions) -> Route:
     return Route(backend, "fft")
 
 
-@torch.compiler.assume_constant_result  # decided once when torch.compile traces, not per step
+@assume_constant_result  # decided once when torch.compile traces, not per step
 def _checked_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
     """`name`, or for "auto" $SCC_KERNELS_BACKEND if set; a named backend checked to run here."""
     if name == "auto":
@@ -91,8 +93,10 @@ def _checked_backend(name: str, device: torch.device, dtype: torch.dtype) -> str
     return name
 
 
-@torch.compiler.assume_constant_result
-def _planned(shape: tuple[int, ...], spectrum: str, bands: int, dtype: torch.dtype, include_background: bool):
+@assume_constant_result
+def _planned(
+    shape: tuple[int, ...], spectrum: str, bands: int, dtype: torch.dtype, include_background: bool
+) -> tuple[str, str]:
     """(backend, path): `plan`'s pick for this problem on the current CUDA device."""
     chosen = cached_plan(
         shape,
@@ -121,7 +125,7 @@ def _triton_path(input: torch.Tensor, opts: SCCOptions) -> str:
     return triton_path(shape, opts.spectrum, opts.num_bands, input.dtype, opts.include_background, input.device)
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def triton_path(
     shape: tuple[int, ...],
     spectrum: str,
@@ -144,7 +148,16 @@ def triton_path(
 
 
 @functools.lru_cache(maxsize=256)
-def _triton_path_of(shape, spectrum, bands, dtype, include_background, device, deterministic, autotune) -> str:
+def _triton_path_of(
+    shape: tuple[int, ...],
+    spectrum: str,
+    bands: int,
+    dtype: torch.dtype,
+    include_background: bool,
+    device: torch.device,
+    deterministic: bool,
+    autotune: bool,
+) -> str:
     workload = Workload(shape, spectrum, bands, dtype, include_background)
     profile = PROFILES.get(profile_name(device) or "") or profile_of(device)
     triton = [
@@ -167,7 +180,7 @@ def _mode_only_the_reference_supports(input: torch.Tensor) -> str | None:
         return None
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return "torch.func transforms (grad, vmap, jvp, jacrev, hessian, ...)"
-    if forward_ad.unpack_dual(input).tangent is not None:
+    if forward_ad.unpack_dual(input).tangent is not None:  # type: ignore[no-untyped-call]  # torch: no annotations
         return "forward-mode AD (torch.autograd.forward_ad)"
     return None
 
@@ -178,7 +191,7 @@ def allowed(c: Candidate, deterministic: bool) -> bool:
 
 
 def plan(
-    input_shape,
+    input_shape: Sequence[int],
     *,
     spectrum: str = "amplitude",
     bands: int | None = None,
@@ -221,7 +234,7 @@ def plan(
         candidates = [dataclasses.replace(c, measured_ms=measured.get(candidate_key(c))) for c in candidates]
         # only the eligible ones were timed: the pick is among them, whatever else is listed
         timed = set(map(candidate_key, eligible))
-        best = min((c for c in candidates if candidate_key(c) in timed), key=lambda c: c.measured_ms)
+        best = min((c for c in candidates if candidate_key(c) in timed), key=lambda c: measured[candidate_key(c)])
         reason = f"fastest measured ({best.measured_ms:.3f} ms; the model said {best.modeled_ms:.3f} ms)"
     else:
         best = eligible[0]
@@ -235,7 +248,7 @@ def plan(
 cached_plan = functools.lru_cache(maxsize=256)(plan)  # backend="auto" asks once per problem
 
 
-def _checked_shape(input_shape) -> tuple[int, ...]:
+def _checked_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     """`input_shape` as (B, C, *spatial) of ints >= 1 with 1 to 3 spatial sizes (scc_loss's layouts)."""
     try:
         shape = tuple(operator.index(size) for size in input_shape)
@@ -248,7 +261,7 @@ def _checked_shape(input_shape) -> tuple[int, ...]:
     return shape
 
 
-def _checked_dtype(dtype) -> torch.dtype:
+def _checked_dtype(dtype: object) -> torch.dtype:
     """A floating torch.dtype, as scc_loss's input must be (SPEC §5: TypeError otherwise)."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, ...), got {dtype!r}")
@@ -260,4 +273,4 @@ def _runs_here(backend: str, dtype: torch.dtype) -> bool:
     a minute-long JIT compile that nobody asked for; backend="cuda" still may)."""
     if not supports_dtype(backend, dtype) or unavailable_reason(backend, "cuda") is not None:
         return False
-    return backend != "cuda" or load("cuda").build_status() == "prebuilt"
+    return backend != "cuda" or build_status() == "prebuilt"

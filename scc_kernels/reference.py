@@ -48,7 +48,8 @@ def band_weighted_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions)
     if opts.batch and opts.sync_batch:  # r over every rank's batch: gather the slices themselves
         x, y = gather_batches(x, opts.process_group), gather_batches(y, opts.process_group)
         if x.numel() == 0:  # every rank's batch is empty: no bins, r = 1 (SPEC §3 step 6); fftn refuses it
-            return torch.ones(x.shape[1], dtype=dtype, device=x.device) + 0 * x.sum()
+            r: torch.Tensor = torch.ones(x.shape[1], dtype=dtype, device=x.device) + 0 * x.sum()
+            return r
 
     # 4. full complex spectra, made exactly Hermitian: an FFT's rounding (which depends on the
     # CPU's instruction set) leaves mirror bins' amplitudes an ulp apart, and a band of mirror
@@ -75,7 +76,9 @@ def _hermitian(Z: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return (Z + mirror(Z, dims).conj()) / 2
 
 
-def _correlation(u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dims, eps: float) -> torch.Tensor:
+def _correlation(
+    u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...], eps: float
+) -> torch.Tensor:
     """r over the bins where `mask` is 1, summed over `dims`; 1 for an empty band, or where nothing
     varies and eps = 0."""
     count = torch.broadcast_to(mask, u.shape).sum(dims, keepdim=True).clamp(min=1)

@@ -86,4 +86,5 @@ def _quantiles(times: list[float]) -> tuple[float, float, float]:
         low = math.floor(point)
         high = min(low + 1, len(ordered) - 1)
         result.append(ordered[low] + (point - low) * (ordered[high] - ordered[low]))
-    return tuple(result)
+    q20, median, q80 = result
+    return q20, median, q80

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 
@@ -155,7 +156,7 @@ class Check:
 
 # (regime, batch, channels, spatial, options): odd sizes, 1D to 3D, every option family; then
 # near-converged predictions (losses 1e-3 to 1e-6), bands of a few bins, huge magnitudes
-CASES = [
+CASES: list[tuple[str, int, int, tuple[int, ...], dict[str, Any]]] = [  # regime, B, C, spatial, options
     ("random", 2, 3, (47,), dict(spectrum="complex", softmax=True)),
     ("random", 2, 4, (33, 31), dict(spectrum="complex", softmax=True, ignore_index=255, include_background=False)),
     ("random", 2, 3, (9, 10, 11), dict(spectrum="complex", sigmoid=True, batch=True)),

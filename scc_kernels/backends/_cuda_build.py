@@ -14,7 +14,9 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -72,7 +74,7 @@ def cuda_home() -> Path | None:
     return next((home for home in _candidate_homes() if _is_toolkit(home)), None)
 
 
-def _candidate_homes():
+def _candidate_homes() -> Iterator[Path]:
     from torch.utils import cpp_extension
 
     if cpp_extension.CUDA_HOME:
@@ -98,7 +100,7 @@ def _toolkit_named_by(nvcc: str) -> list[Path]:
 
 
 @functools.cache
-def extension():
+def extension() -> ModuleType:
     """The extension module: prebuilt, or compiled once per machine (a failed build once per process)."""
     if importlib.util.find_spec("scc_kernels._C") is not None:
         try:
@@ -110,7 +112,7 @@ def extension():
     return _jit_build()
 
 
-def _jit_build():
+def _jit_build() -> ModuleType:
     global _build_failure
     from torch.utils import cpp_extension
 
@@ -119,12 +121,13 @@ def _jit_build():
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"] = str(home)
     warn_caller("scc_kernels: compiling the CUDA extension for this machine (first use only, about a minute)")
     try:
-        return cpp_extension.load(
+        module: ModuleType = cpp_extension.load(
             name="scc_kernels_cuda",
             sources=[str(csrc_dir() / name) for name in EXTENSION_SOURCES],
             extra_cflags=["-O3"],
             extra_cuda_cflags=["-O3"],  # no --use_fast_math: SPEC §4's accuracy comes first
         )
+        return module
     except Exception as error:  # a compiler's or a loader's error: remembered, reported by build_status
         lines = str(error).strip().splitlines() or [repr(error)]
         detail = "; ".join([line.strip() for line in lines if "error" in line.lower()][:3] or lines[-1:])

@@ -10,6 +10,8 @@ kernel `scc::<name>_kernel`. Layouts, launch sizes and why cuFFT: docs/cuda.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
@@ -29,6 +31,60 @@ CPP_TARGET_TYPES = {torch.uint8: "unsigned char", torch.int32: "int", torch.int6
 LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)  # label maps the kernels read as they are
 
 
+class Launcher(Protocol):
+    """The five kernel launches of `forward` and `backward` (cuda_backend's go through the torch
+    extension, cupy_backend's through NVRTC): each writes its results into tensors it is given."""
+
+    def launch_parseval_forward(
+        self, logits: torch.Tensor, target: torch.Tensor, partials: torch.Tensor, problem: Problem
+    ) -> None: ...
+
+    def launch_activate(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        base_is_x: torch.Tensor,
+        base: torch.Tensor,
+        d: torch.Tensor,
+        problem: Problem,
+        blocks: int,
+    ) -> None: ...
+
+    def launch_activation_backward(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        coefficients: torch.Tensor | None,
+        grad_x: torch.Tensor | None,
+        grad_input: torch.Tensor,
+        problem: Problem,
+        blocks: int,
+    ) -> None: ...
+
+    def launch_band_stats(
+        self,
+        S: torch.Tensor,
+        D: torch.Tensor,
+        base_is_x: torch.Tensor,
+        band: torch.Tensor,
+        weight: torch.Tensor,
+        partials: torch.Tensor,
+        amplitude: bool,
+    ) -> None: ...
+
+    def launch_spectral_grad(
+        self,
+        S: torch.Tensor,
+        D: torch.Tensor,
+        base_is_x: torch.Tensor,
+        band: torch.Tensor,
+        coefficients: torch.Tensor,
+        G: torch.Tensor,
+        amplitude: bool,
+        blocks: int,
+    ) -> None: ...
+
+
 def kernel_names() -> list[str]:
     """Every kernel instance of csrc/kernels.cuh by its C++ name (CuPy's name_expressions)."""
     names = [
@@ -40,7 +96,7 @@ def kernel_names() -> list[str]:
     return [*names, "scc::band_stats_kernel", "scc::spectral_grad_kernel"]
 
 
-def forward(launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+def forward(launcher: Launcher, input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """The backend's band_stats with the kernels of `launcher`."""
     logits, target = _flat(input, target)
     if problem.parseval:
@@ -63,7 +119,15 @@ def forward_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem) ->
     return [stats, half, torch.empty_like(half), input.new_empty((batch, channels), dtype=torch.bool)]
 
 
-def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+def backward(
+    launcher: Launcher,
+    grad_stats: torch.Tensor,
+    stats: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    saved: Sequence[torch.Tensor],
+    problem: Problem,
+) -> torch.Tensor:
     """The backend's band_stats_backward with the kernels of `launcher`."""
     logits, target = _flat(input, target)
     batch, _, n = logits.shape
@@ -80,7 +144,9 @@ def backward(launcher, grad_stats, stats, input, target, saved, problem: Problem
     return grad_input.view(input.shape)
 
 
-def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[torch.Tensor]:
+def _spectral_stats(
+    launcher: Launcher, input: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, problem: Problem
+) -> list[torch.Tensor]:
     """[STATS (B, C', K, 8), S, D, base_is_x]: the real views of the half spectra of each slice's
     base and of x − t, and which base (as torch_backend saves them)."""
     batch, classes, n = logits.shape
@@ -118,7 +184,9 @@ def _spectral_stats(launcher, input, logits, target, problem: Problem) -> list[t
     return [stats, torch.view_as_real(S), torch.view_as_real(D), base_is_x]
 
 
-def _spectral_grad_x(launcher, coefficients, input, saved, problem: Problem) -> torch.Tensor:
+def _spectral_grad_x(
+    launcher: Launcher, coefficients: torch.Tensor, input: torch.Tensor, saved: Sequence[torch.Tensor], problem: Problem
+) -> torch.Tensor:
     """Gradient of the activated prediction's output channels, (B, C', N) float32."""
     S, D = (torch.view_as_complex(spectrum.contiguous()) for spectrum in saved[:2])
     batch, channels, *half = S.shape
@@ -136,7 +204,7 @@ def _spectral_grad_x(launcher, coefficients, input, saved, problem: Problem) -> 
         problem.spectrum == "amplitude",
         _blocks(slices * bins, THREADS, 1),
     )
-    grad_x = torch.fft.irfftn(G, s=spatial, dim=dims, norm="ortho")
+    grad_x: torch.Tensor = torch.fft.irfftn(G, s=spatial, dim=dims, norm="ortho")
     return grad_x.reshape(batch, channels, -1).contiguous()
 
 

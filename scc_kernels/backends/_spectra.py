@@ -72,7 +72,8 @@ def base_is_prediction(
 
 def _energy(z: torch.Tensor) -> torch.Tensor:
     """Σ z² per (b, c), accumulated in float64: no overflow for any float32 input."""
-    return torch.linalg.vector_norm(z.flatten(2), dim=-1, dtype=torch.float64).square()
+    norm: torch.Tensor = torch.linalg.vector_norm(z.flatten(2), dim=-1, dtype=torch.float64)
+    return norm.square()
 
 
 def make_hermitian(Z: torch.Tensor, last: int) -> torch.Tensor:

@@ -7,7 +7,11 @@ the sources and the build: _cuda_build.py; design: docs/cuda.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from types import ModuleType
+
 import torch
+from torch import Tensor
 
 from .._options import ACTIVATION_CODES
 from . import _cuda_build
@@ -30,31 +34,60 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
 band_stats_fake = forward_fake
 
 
-def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+def band_stats_backward(
+    grad_stats: torch.Tensor,
+    stats: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    saved: Sequence[torch.Tensor],
+    problem: Problem,
+) -> torch.Tensor:
     return backward(_Launcher(_cuda_build.extension()), grad_stats, stats, input, target, saved, problem)
 
 
 class _Launcher:
-    """Kernel launches through the extension (tensors in; it checks them and picks the stream)."""
+    """Kernel launches through the extension (tensors in; it checks them and picks the stream):
+    a _cuda_launch.Launcher."""
 
-    def __init__(self, extension):
+    def __init__(self, extension: ModuleType):
         self.ext = extension
 
-    def launch_parseval_forward(self, logits, target, partials, problem: Problem):
+    def launch_parseval_forward(self, logits: Tensor, target: Tensor, partials: Tensor, problem: Problem) -> None:
         self.ext.launch_parseval_forward(logits, target, partials, *_codes(problem))
 
-    def launch_activate(self, logits, target, base_is_x, base, d, problem: Problem, blocks: int):
+    def launch_activate(
+        self, logits: Tensor, target: Tensor, base_is_x: Tensor, base: Tensor, d: Tensor, problem: Problem, blocks: int
+    ) -> None:
         self.ext.launch_activate(logits, target, base_is_x, base, d, *_codes(problem), blocks)
 
     def launch_activation_backward(
-        self, logits, target, coefficients, grad_x, grad_input, problem: Problem, blocks: int
-    ):
+        self,
+        logits: Tensor,
+        target: Tensor,
+        coefficients: Tensor | None,
+        grad_x: Tensor | None,
+        grad_input: Tensor,
+        problem: Problem,
+        blocks: int,
+    ) -> None:
         self.ext.launch_activation_backward(logits, target, coefficients, grad_x, grad_input, *_codes(problem), blocks)
 
-    def launch_band_stats(self, S, D, base_is_x, band, weight, partials, amplitude: bool):
+    def launch_band_stats(
+        self, S: Tensor, D: Tensor, base_is_x: Tensor, band: Tensor, weight: Tensor, partials: Tensor, amplitude: bool
+    ) -> None:
         self.ext.launch_band_stats(S, D, base_is_x, band, weight, partials, amplitude)
 
-    def launch_spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude: bool, blocks: int):
+    def launch_spectral_grad(
+        self,
+        S: Tensor,
+        D: Tensor,
+        base_is_x: Tensor,
+        band: Tensor,
+        coefficients: Tensor,
+        G: Tensor,
+        amplitude: bool,
+        blocks: int,
+    ) -> None:
         self.ext.launch_spectral_grad(S, D, base_is_x, band, coefficients, G, amplitude, blocks)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 
 import cupy  # ImportError: backend unavailable (backends.unavailable_reason adds the install hint)
 import numpy
 import torch
+from torch import Tensor
 
 from .._options import ACTIVATION_CODES
 from ._cuda_build import csrc_dir
@@ -37,7 +39,14 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
 band_stats_fake = forward_fake
 
 
-def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+def band_stats_backward(
+    grad_stats: torch.Tensor,
+    stats: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    saved: Sequence[torch.Tensor],
+    problem: Problem,
+) -> torch.Tensor:
     return backward(_Launcher(input.device), grad_stats, stats, input, target, saved, problem)
 
 
@@ -58,21 +67,31 @@ def _ptr(tensor: torch.Tensor | None) -> numpy.uint64:
 
 
 class _Launcher:
-    """The kernel launches of _cuda_launch's glue, through CuPy on torch's current stream."""
+    """The kernel launches of _cuda_launch's glue, through CuPy on torch's current stream: a
+    _cuda_launch.Launcher."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
 
-    def _launch(self, name: str, grid: tuple[int, ...], args: tuple):
+    def _launch(self, name: str, grid: tuple[int, ...], args: tuple[object, ...]) -> None:
         with cupy.cuda.Device(self.device.index):
             _module().get_function(name)(grid, (THREADS,), args, stream=self.stream)
 
-    def _activation(self, kernel, logits, target, pointers, problem: Problem, blocks: int, root_n: bool):
+    def _activation(
+        self,
+        kernel: str,
+        logits: Tensor,
+        target: Tensor,
+        pointers: tuple[Tensor | None, ...],
+        problem: Problem,
+        blocks: int,
+        root_n: bool,
+    ) -> None:
         batch, classes, n = logits.shape
         name = f"scc::{kernel}<{CPP_SCALAR_TYPES[logits.dtype]}, {CPP_TARGET_TYPES[target.dtype]}>"
         ignore = problem.ignore_index
-        args = (
+        args: tuple[object, ...] = (
             _ptr(logits),
             _ptr(target),
             *(_ptr(p) for p in pointers),
@@ -87,19 +106,30 @@ class _Launcher:
             args += (numpy.float32(n**0.5),)
         self._launch(name, (batch, blocks), args)
 
-    def launch_parseval_forward(self, logits, target, partials, problem: Problem):
+    def launch_parseval_forward(self, logits: Tensor, target: Tensor, partials: Tensor, problem: Problem) -> None:
         self._activation("parseval_forward_kernel", logits, target, (partials,), problem, partials.shape[1], False)
 
-    def launch_activate(self, logits, target, base_is_x, base, d, problem: Problem, blocks: int):
+    def launch_activate(
+        self, logits: Tensor, target: Tensor, base_is_x: Tensor, base: Tensor, d: Tensor, problem: Problem, blocks: int
+    ) -> None:
         self._activation("activate_kernel", logits, target, (base_is_x, base, d), problem, blocks, False)
 
     def launch_activation_backward(
-        self, logits, target, coefficients, grad_x, grad_input, problem: Problem, blocks: int
-    ):
+        self,
+        logits: Tensor,
+        target: Tensor,
+        coefficients: Tensor | None,
+        grad_x: Tensor | None,
+        grad_input: Tensor,
+        problem: Problem,
+        blocks: int,
+    ) -> None:
         pointers = (coefficients, grad_x, grad_input)
         self._activation("activation_backward_kernel", logits, target, pointers, problem, blocks, True)
 
-    def launch_band_stats(self, S, D, base_is_x, band, weight, partials, amplitude: bool):
+    def launch_band_stats(
+        self, S: Tensor, D: Tensor, base_is_x: Tensor, band: Tensor, weight: Tensor, partials: Tensor, amplitude: bool
+    ) -> None:
         slices, bins = S.shape
         args = (
             *map(_ptr, (S, D, base_is_x, band, weight, partials)),
@@ -109,7 +139,17 @@ class _Launcher:
         )
         self._launch("scc::band_stats_kernel", (slices, partials.shape[1]), args)
 
-    def launch_spectral_grad(self, S, D, base_is_x, band, coefficients, G, amplitude: bool, blocks: int):
+    def launch_spectral_grad(
+        self,
+        S: Tensor,
+        D: Tensor,
+        base_is_x: Tensor,
+        band: Tensor,
+        coefficients: Tensor,
+        G: Tensor,
+        amplitude: bool,
+        blocks: int,
+    ) -> None:
         slices, bins = S.shape
         args = (
             *map(_ptr, (S, D, base_is_x, band, coefficients, G)),

@@ -10,6 +10,7 @@ Jacobian (the activation recomputed). Design: docs/numerics.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -36,7 +37,7 @@ def _activation_backward(grad_p: torch.Tensor, p: torch.Tensor, problem: Problem
     return grad_p
 
 
-def _labels(target: torch.Tensor, problem: Problem):
+def _labels(target: torch.Tensor, problem: Problem) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(label map with ignored positions sent to class 0, valid mask as 0/1 or None)."""
     labels = target.long()
     if problem.ignore_index is None:
@@ -45,7 +46,12 @@ def _labels(target: torch.Tensor, problem: Problem):
     return torch.where(valid, labels, 0), valid
 
 
-def _dense_target(input: torch.Tensor, target: torch.Tensor, problem: Problem, dtype) -> torch.Tensor:
+def _valid(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """`_labels`' valid mask alone: where a label map is not `ignore_index`."""
+    return target.long() != ignore_index
+
+
+def _dense_target(input: torch.Tensor, target: torch.Tensor, problem: Problem, dtype: torch.dtype) -> torch.Tensor:
     """Output channels of the target as floats, (B, C', *S); a label map becomes class masks."""
     if not is_label_map(input, target):
         return target[:, problem.offset :].to(dtype)
@@ -88,7 +94,7 @@ def is_tiny(spatial: tuple[int, ...]) -> bool:
     return math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1) <= TINY_BINS
 
 
-def _tiny_float64(input: torch.Tensor, target: torch.Tensor, problem: Problem):
+def _tiny_float64(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     """(input, target) as the spectral path computes them: float64 on the "tiny" path."""
     if problem.path != "tiny":
         return input, target
@@ -112,7 +118,14 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     return [stats, *_new_saved(input.new_empty(()), problem.spectrum, batch, channels, bins, dtype)]
 
 
-def band_stats_backward(grad_stats, stats, input, target, saved, problem: Problem) -> torch.Tensor:
+def band_stats_backward(
+    grad_stats: torch.Tensor,
+    stats: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    saved: Sequence[torch.Tensor],
+    problem: Problem,
+) -> torch.Tensor:
     coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats)
     work, target = _tiny_float64(input, target, problem)
     p = activate(work, problem)
@@ -123,11 +136,11 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
     return _finish_backward(grad_x, p, target, problem).to(input.dtype)
 
 
-def _finish_backward(grad_x, p, target, problem: Problem) -> torch.Tensor:
+def _finish_backward(grad_x: torch.Tensor, p: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
     """Gradient w.r.t. the probabilities (a fresh tensor, changed in place) → w.r.t. the input:
     ignored positions, activation."""
     if is_label_map(p, target) and problem.ignore_index is not None:
-        grad_x.mul_(_labels(target, problem)[1].unsqueeze(1))
+        grad_x.mul_(_valid(target, problem.ignore_index).unsqueeze(1))
     return _activation_backward(grad_x, p, problem)
 
 
@@ -135,7 +148,7 @@ def _finish_backward(grad_x, p, target, problem: Problem) -> torch.Tensor:
 # complex spectrum, one band: sums over the samples but the origin (_stats.parseval_stats)
 
 
-def _parseval_stats(input, target, problem: Problem) -> torch.Tensor:
+def _parseval_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
     """PARSEVAL_SUMS per (b, c) → STATS (B, C', 1, 8). x − y is formed exactly, sample by sample
     (never a difference of sums), in place of x once x's own sums are taken."""
     p = activate(input, problem)
@@ -165,7 +178,9 @@ def _parseval_stats(input, target, problem: Problem) -> torch.Tensor:
     return parseval_stats(sums[:, problem.offset :], x.shape[-1]).unsqueeze(2)  # (B, C', 1, 8)
 
 
-def _parseval_backward(coefficients, p, target, problem: Problem) -> torch.Tensor:
+def _parseval_backward(
+    coefficients: torch.Tensor, p: torch.Tensor, target: torch.Tensor, problem: Problem
+) -> torch.Tensor:
     """coefficients (B, C', 7) → gradient w.r.t. p: c_uu·x + c_uv·y + c_dd·(x − y), formed as
     (c_uu + c_dd)·x + (c_uv − c_dd)·y (x − y is rounded as much as x itself here, and no copy of
     x is needed), and at the origin √N·c_mean (the origin enters through the means only)."""
@@ -202,20 +217,20 @@ PLANES = {"amplitude": 3, "complex": 6}
 CHUNK_BINS = 2**17
 
 
-def _chunks(batch: int, per_item: int, device: torch.device):
+def _chunks(batch: int, per_item: int, device: torch.device) -> list[slice]:
     """Slices of the batch, each of about CHUNK_BINS values on a CPU (one batch element at least)."""
     size = batch if device.type != "cpu" else max(1, CHUNK_BINS // max(per_item, 1))
     return [slice(start, min(start + size, batch)) for start in range(0, batch, max(size, 1))]
 
 
-def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
+def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     """[STATS (B, C', K, 8), planes (P, B, C', M)] from the transforms of the base and of x − y
     (_spectra.py), a chunk of the batch at a time."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     p = activate(input, problem)
     x = p[:, problem.offset :]
     if is_label_map(input, target) and problem.ignore_index is not None:
-        x = x * _labels(target, problem)[1].unsqueeze(1)
+        x = x * _valid(target, problem.ignore_index).unsqueeze(1)
     base_is_x = base_is_prediction(input, target, problem, x)
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
     batch, channels = x.shape[:2]
@@ -233,7 +248,9 @@ def _spectral_stats(input, target, problem: Problem) -> list[torch.Tensor]:
     return [stats, *saved]
 
 
-def _new_saved(like: torch.Tensor, spectrum: str, batch: int, channels: int, bins: int, dtype):
+def _new_saved(
+    like: torch.Tensor, spectrum: str, batch: int, channels: int, bins: int, dtype: torch.dtype
+) -> list[torch.Tensor]:
     """The tensors the backward reads (PLANES), uninitialised: [planes] for the complex
     spectrum, [X interleaved, planes] for the amplitude."""
     planes = like.new_empty((PLANES[spectrum], batch, channels, bins), dtype=dtype)
@@ -242,7 +259,14 @@ def _new_saved(like: torch.Tensor, spectrum: str, batch: int, channels: int, bin
     return [like.new_empty((batch, channels, bins, 2), dtype=dtype), planes]
 
 
-def _bin_values(S, D, base_is_x, saved: list[torch.Tensor], chunk: slice):
+# u, v and d of every bin, each as (real part, imaginary part or None): `_bin_values`' result
+_Part = tuple[torch.Tensor, torch.Tensor | None]
+_BinValues = tuple[_Part, _Part, _Part]
+
+
+def _bin_values(
+    S: torch.Tensor, D: torch.Tensor, base_is_x: torch.Tensor, saved: list[torch.Tensor], chunk: slice
+) -> _BinValues:
     """u, v and d of every bin, as (real part, imaginary part or None) each (rows, M), from the
     complex half spectra S, D (n, C', *half) of a chunk of the batch (_spectra.py), written
     into its rows of the saved tensors (`_new_saved`), what the backward reads.
@@ -298,7 +322,7 @@ def _per_bin(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> to
     return values.gather(-1, tables.band.expand(values.shape[0], -1))
 
 
-def _centred_stats(values, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
+def _centred_stats(values: _BinValues, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
     """STATS (B·C', K, 8) of the flat bin values of `_bin_values`: band means first, then the
     moments about them (two passes), each Hermitian-weighted."""
     (ur, ui), (vr, vi), (dr, di) = values
@@ -313,7 +337,7 @@ def _centred_stats(values, tables: HalfGridTables, num_bands: int) -> torch.Tens
         _band_dot(w_du, dv, tables, num_bands),
         _band_dot(w_dd, dd, tables, num_bands),
     ]
-    if ui is not None:  # complex spectrum: the imaginary parts, whose means are 0
+    if ui is not None and vi is not None and di is not None:  # complex spectrum: the imaginary parts, means 0
         w_ui, w_vi = ui * weight, vi * weight
         imaginary = [
             _band_dot(w_ui, ui, tables, num_bands),
@@ -326,7 +350,9 @@ def _centred_stats(values, tables: HalfGridTables, num_bands: int) -> torch.Tens
     return torch.stack([count, *means, *m2], dim=-1)
 
 
-def _spectral_backward(coefficients, input, saved, problem: Problem) -> torch.Tensor:
+def _spectral_backward(
+    coefficients: torch.Tensor, input: torch.Tensor, saved: Sequence[torch.Tensor], problem: Problem
+) -> torch.Tensor:
     """Gradient w.r.t. p (B, C, *S) from COEFFICIENTS (B, C', K, 7) and the saved tensors
     (`_new_saved`): per bin, then irfftn, a chunk of the batch at a time (the background channel,
     if dropped, is 0)."""
@@ -337,7 +363,7 @@ def _spectral_backward(coefficients, input, saved, problem: Problem) -> torch.Te
     grad[:, : problem.offset] = 0
     channels, bins = planes.shape[2:]
 
-    def at_bins(per_band):  # (rows, K) → (rows, M), or (rows, 1) for one band
+    def at_bins(per_band: torch.Tensor) -> torch.Tensor:  # (rows, K) → (rows, M), or (rows, 1) for one band
         return _per_bin(per_band, tables, problem.num_bands)
 
     for chunk in _chunks(input.shape[0], channels * bins, input.device):

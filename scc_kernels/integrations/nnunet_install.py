@@ -36,8 +36,16 @@ def unusable_reason() -> str | None:
     return None
 
 
+def _usable_folder() -> pathlib.Path:
+    """trainer_folder(), which the command line has checked (`unusable_reason`) before it installs."""
+    folder = trainer_folder()
+    if folder is None:
+        raise RuntimeError(unusable_reason())
+    return folder
+
+
 def install() -> int:
-    module = trainer_folder() / f"{MODULE_NAME}.py"
+    module = _usable_folder() / f"{MODULE_NAME}.py"
     action = "updated" if module.exists() else "wrote"
     module.write_text(MODULE_TEXT)
     print(f"{action} {module}: nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerSCC now finds the trainer")
@@ -45,7 +53,7 @@ def install() -> int:
 
 
 def uninstall() -> int:
-    folder = trainer_folder()
+    folder = _usable_folder()
     module = folder / f"{MODULE_NAME}.py"
     if not module.exists():
         print(f"nothing to remove: {module} is not there")
