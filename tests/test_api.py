@@ -125,7 +125,7 @@ def test_ignore_index_with_dense_target():
 
 @pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
 @pytest.mark.parametrize("spectrum,bands", [("complex", None), ("amplitude", None), ("complex", 3)])
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), pytest.param(float("inf"), marks=pytest.mark.slow)])
 def test_nan_or_inf_input_gives_nan(backend, spectrum, bands, bad):
     logits, labels = LOGITS.to(device_for(backend), copy=True), LABELS.to(device_for(backend))
     logits[0, 1, 2, 2] = bad
@@ -314,6 +314,7 @@ def test_environment_variable_overrides_auto(monkeypatch):
 # --- torch.compile and mixed precision ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spectrum", ["complex", "amplitude"])
 def test_torch_compile_fullgraph(spectrum):
     logits, labels = random_problem(2, 3, (9, 8), ignore_index=255)

@@ -16,6 +16,7 @@ from scc_kernels import __main__ as cli
 from scc_kernels.verify import rounding_floor
 
 BACKENDS = ["reference", "torch", "triton"]
+SLOW_TRITON = ["reference", "torch", pytest.param("triton", marks=pytest.mark.slow)]  # 2-10 s a row interpreted
 PATHS = [dict(spectrum="complex"), dict(spectrum="amplitude", bands=2), dict(spectrum="complex", bands=3)]
 LABEL_DTYPES = [
     torch.uint8,
@@ -51,8 +52,12 @@ def _loss(x, target, **options):
 # --- 1. labels and ignore_index compared as integers (SPEC §5) ------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", LABEL_DTYPES, ids=str)
+@pytest.mark.parametrize("backend", SLOW_TRITON)
+@pytest.mark.parametrize(
+    "dtype",
+    [d if d in (torch.uint8, torch.uint64) else pytest.param(d, marks=pytest.mark.slow) for d in LABEL_DTYPES],
+    ids=str,
+)
 def test_ignore_index_compared_as_integers_in_every_label_dtype(dtype, backend):
     logits, labels = random_problem(2, 3, (5, 6))
     ignored = torch.rand(labels.shape) < 0.2
@@ -191,6 +196,7 @@ def test_reassigned_other_act_is_used():
         both(logits, labels)
 
 
+@pytest.mark.slow
 def test_other_act_module_reassigned_before_compile():
     logits, labels = random_problem(2, 3, (5, 6))
     loss = SCCLoss(other_act=torch.nn.Tanh(), backend="torch")
@@ -221,9 +227,15 @@ def _nan_problem(where, bad):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("path", [*PATHS, dict(spectrum="amplitude")], ids=str)
+@pytest.mark.parametrize(
+    "path",
+    [*PATHS[:2], *(pytest.param(p, marks=pytest.mark.slow) for p in (PATHS[2], dict(spectrum="amplitude")))],
+    ids=str,
+)
 @pytest.mark.parametrize("where", ["dense target", "input", "ignored input"])
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(
+    "bad", [math.nan, pytest.param(math.inf, marks=pytest.mark.slow), pytest.param(-math.inf, marks=pytest.mark.slow)]
+)
 def test_nan_or_inf_gives_nan_loss_and_gradient(backend, path, where, bad):
     """No activation: NaN, or Inf (SPEC v3 §5), in a dense target or anywhere in the input (an
     ignored position too) makes its slice's loss NaN and its gradient NaN at every position."""
@@ -240,7 +252,7 @@ def test_nan_or_inf_gives_nan_loss_and_gradient(backend, path, where, bad):
     assert grad[~poisoned].isfinite().all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", SLOW_TRITON)
 @pytest.mark.parametrize("path", PATHS, ids=str)
 def test_infinite_logits(backend, path):
     """SPEC v3 §5: −Inf under softmax and ±Inf under sigmoid saturate to finite probabilities (the
@@ -292,7 +304,7 @@ def test_rounding_floor_is_the_rounding_of_the_exact_gradient():
 BELOW_FLOAT16 = ("converged 8", 1, 2, (20, 18, 22), dict(spectrum="complex", softmax=True, batch=True))
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", [pytest.param("torch", marks=pytest.mark.slow), "triton"])  # torch: every case
 def test_verify_float16_passes(backend, capsys, monkeypatch):
     assert BELOW_FLOAT16 in verify.CASES
     if backend == "triton":  # the interpreter takes ~90 s for every case: the one that needs the floor
@@ -326,6 +338,7 @@ def test_vmap_over_label_maps(backend):
         torch.func.vmap(loss)(logits, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fullgraph", [True, False])
 def test_bad_label_is_a_value_error_compiled_too(backend, fullgraph):
@@ -376,7 +389,7 @@ def _layouts():
     ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", SLOW_TRITON)
 def test_odd_layouts_and_dtypes_give_the_same_loss(backend):
     for name, x, target, canonical, options in _layouts():
         results = []

@@ -25,6 +25,8 @@ SETTINGS = [  # (options, label map target?): Parseval and transform paths, both
     (dict(spectrum="amplitude", bands=3, softmax=True, ignore_index=255), True),
     (dict(spectrum="complex", bands=2, sigmoid=True), False),
 ]
+# the opchecks' rows: the Parseval setting in the fast tier, the transform paths (1-3 s each interpreted) slow
+OPCHECK_SETTINGS = [SETTINGS[0], *(pytest.param(*setting, marks=pytest.mark.slow) for setting in SETTINGS[1:])]
 
 
 def _random(batch, channels, spatial, seed, **options):
@@ -48,6 +50,7 @@ def _value_and_grad(fn, logits, target):
 # --- 1. torch.compile with changing shapes ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamic", [None, True], ids=["automatic-dynamic", "dynamic"])
 @pytest.mark.parametrize("backend", ["reference", *FAST])
 def test_compile_with_changing_shapes_matches_eager(backend, dynamic):
@@ -71,8 +74,8 @@ def test_compile_with_changing_shapes_matches_eager(backend, dynamic):
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("options, label_map", SETTINGS)
-@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("options, label_map", OPCHECK_SETTINGS)
+@pytest.mark.parametrize("requires_grad", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_opcheck_band_stats(backend, options, label_map, requires_grad):
     opts = scc_kernels._options.make_options(**options)
     logits, target = _inputs((2, 3, 7, 6), label_map, 3, options)
@@ -82,7 +85,7 @@ def test_opcheck_band_stats(backend, options, label_map, requires_grad):
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("options, label_map", SETTINGS)
+@pytest.mark.parametrize("options, label_map", OPCHECK_SETTINGS)
 def test_opcheck_band_stats_backward(backend, options, label_map):
     opts = scc_kernels._options.make_options(**options)
     logits, target = _inputs((2, 3, 7, 6), label_map, 4, options)
@@ -164,6 +167,7 @@ def test_double_backward_raises_a_clear_error(backend):
         torch.autograd.grad(grad.square().sum(), x)
 
 
+@pytest.mark.slow  # a second-order gradcheck: ~50 s on 2 cores
 def test_reference_double_backward_matches_finite_differences():
     logits, labels, _ = _float64_problem()
     x = logits.requires_grad_(True)
@@ -245,6 +249,7 @@ def test_single_channel_warnings_point_at_the_caller():
     assert function_record[0].filename == module_record[0].filename == __file__
 
 
+@pytest.mark.slow
 def test_warnings_inside_a_compiled_graph():
     """A warning is issued once, while dynamo traces, without breaking a fullgraph compile."""
     torch._dynamo.reset()
@@ -292,6 +297,7 @@ def test_deterministic_mode_avoids_the_atomic_backward(monkeypatch):
 # --- 6. import and CLI ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_importing_the_cli_module_does_not_restart_the_process():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run(

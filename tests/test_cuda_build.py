@@ -57,6 +57,7 @@ def test_setup_py_builds_the_extension_from_the_jit_sources():
     assert all((ROOT / "csrc" / name).is_file() for name in EXTENSION_SOURCES)
 
 
+@pytest.mark.slow  # pip builds a wheel
 def test_wheel_ships_the_sources_in_the_package(tmp_path):
     """A wheel built from this tree (a copy: the build writes build/ and egg-info next to it) holds
     csrc/ as scc_kernels/csrc, and csrc_dir finds that copy once the wheel is installed."""
@@ -94,6 +95,7 @@ def test_wheel_ships_the_sources_in_the_package(tmp_path):
 
 
 @needs_nvcc
+@pytest.mark.slow
 def test_cuda_sources_compile_for_sm80_and_sm90(compilations):
     sources = sorted(p.name for p in CSRC.glob("*.cu"))
     assert sources == ["launchers.cu"]
@@ -102,6 +104,7 @@ def test_cuda_sources_compile_for_sm80_and_sm90(compilations):
 
 
 @needs_nvcc
+@pytest.mark.slow
 def test_device_header_compiles_alone_with_every_cupy_kernel(compilations):
     assert_compiles(compilations, "header")
 
@@ -116,6 +119,7 @@ def _nvrtc_library() -> str | None:
     return ctypes.util.find_library("nvrtc")
 
 
+@pytest.mark.slow
 def test_device_header_compiles_with_nvrtc():
     """What CuPy does, without a GPU: NVRTC compiles the header to PTX with every kernel name."""
     library, include = _nvrtc_library(), cuda_include()
@@ -147,6 +151,7 @@ def test_device_header_includes_only_what_nvrtc_has():
     assert set(re.findall(r"#include\s*(\S+)", source)) == {"<cuda_fp16.h>", "<cuda_bf16.h>"}
 
 
+@pytest.mark.slow
 def test_binding_compiles_against_torch_headers(compilations):
     assert_compiles(compilations, "binding")
 
@@ -163,6 +168,7 @@ def test_python_constants_match_the_header():
 # import and availability, without a GPU
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_import_loads_neither_the_extension_nor_cupy():
     code = (
         "import sys, scc_kernels\n"

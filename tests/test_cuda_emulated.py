@@ -105,6 +105,7 @@ class _HostLauncher:
         )
 
 
+@pytest.mark.slow  # builds the emulator (with every csrc compile of the session fixture) and runs it
 class TestEmulated(KernelCases):
     @pytest.fixture
     def backend(self, host_kernels, monkeypatch):
@@ -115,6 +116,7 @@ class TestEmulated(KernelCases):
         return "cuda", "cpu"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spectrum, bands", [("complex", None), ("amplitude", 3), ("complex", 2)])
 def test_saved_tensors_match_the_fake(host_kernels, spectrum, bands):
     """What the op returns is what its fake implementation promises torch.compile."""

@@ -121,6 +121,7 @@ def _empty_rank_main(rank, port, options):
         assert empty.item() == 0, where
 
 
+@pytest.mark.slow  # spawns the ranks
 @pytest.mark.parametrize(
     "options",
     [dict(spectrum="amplitude", bands=2), dict(spectrum="complex")],
@@ -151,6 +152,7 @@ def _compiled_main(rank, port, backend, dtype):
     torch.testing.assert_close(compiled_grad, eager_grad, msg=where, **TOLERANCE[dtype])
 
 
+@pytest.mark.slow  # spawns the ranks
 @pytest.mark.parametrize("backend, dtype", ALL_BACKENDS[:2], ids=["reference", "torch"])  # triton: the torch op's graph
 def test_sync_batch_under_torch_compile(backend, dtype):
     """SPEC §5: torch.compile with sync_batch and a process group works (graph breaks allowed)."""
@@ -163,6 +165,7 @@ TRITON_ON_CPU = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow  # spawns the ranks
 @pytest.mark.parametrize(
     "backend, dtype",
     [

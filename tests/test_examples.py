@@ -16,6 +16,7 @@ for module in ("monai", "matplotlib", "tqdm"):
     pytest.importorskip(module, reason=f"{module} is in the test extra; examples/train_phantom.py needs it")
 
 
+@pytest.mark.slow
 def test_train_phantom_quick(tmp_path):
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = ["info", "build", "compile", "smoke", "plan", "bench", "tests"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run takes 7 minutes: run gpu_check.sh itself")
 def test_gpu_check_on_cpu_writes_a_complete_summary(tmp_path):
     pytest.importorskip("triton", reason="the triton extra is not installed")

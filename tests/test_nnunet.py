@@ -101,6 +101,7 @@ def test_regions_are_refused():
         trainer_for_loss(nnUNetTrainerSCC, regions, regions_class_order=[1, 2])._build_loss()
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_importing_scc_kernels_does_not_import_nnunetv2():
     code = "import sys, scc_kernels, scc_kernels.__main__; print('nnunetv2' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
@@ -156,6 +157,7 @@ def installed_trainer():
         assert not module.exists()
 
 
+@pytest.mark.slow  # a real nnUNetv2_train run
 def test_nnunetv2_train_runs_the_scc_trainer(tmp_path, installed_trainer):
     write_tiny_dataset(tmp_path / "raw")
     env = {

@@ -55,6 +55,7 @@ def _cases():
                 options,
                 small,
                 id=f"{regime.replace(' ', '')}-{'x'.join(map(str, spatial))}-{spectrum}-K{bands}",
+                marks=() if regime == "converged 8" else pytest.mark.slow,  # the fast tier: one regime
             )
 
 
@@ -82,6 +83,7 @@ def test_triton_backend_meets_spec(regime, spatial, options, small):
     assert errors.ok, f"seed {SEED}: {errors}"
 
 
+@pytest.mark.slow
 def test_torch_backend_beats_the_float32_reference_near_convergence():
     """Near convergence the plain definition in float32 loses most digits of the loss (raw
     cancellation, 1 − a rounded r): with up to 4 bands the stable statistics are at least 10×
@@ -159,7 +161,7 @@ def test_self_mirrored_columns_are_exactly_hermitian(spatial):
         assert torch.equal(plane, plane.flip(other).roll((1,) * len(other), other).conj())
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.slow)])
 def test_band_of_mirror_pairs_at_a_huge_magnitude(backend):
     """64 bands on 9×10×11: some hold just a mirror pair of the zero column. Their amplitudes
     differ by an ulp of 1e15 in a plain float32 FFT: above eps, r fell from 1 to ~0 (loss 2% off)."""
@@ -181,7 +183,7 @@ def _one_pixel_class_problem(spatial, seed=SEED):
     return logits.to(DEVICE), labels.to(DEVICE)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("spatial", [(12, 10, 9), (16, 16)])
 def test_one_pixel_class_meets_spec(backend, spatial):
     """A class on one voxel under a prediction spread over the image: the transform base is the
@@ -196,8 +198,19 @@ def test_one_pixel_class_meets_spec(backend, spatial):
         assert errors.ok, f"seed {SEED}: {errors} ({options})"
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("spatial", [(17, 1), (18, 1), (22, 1), (32,), (6, 5), (63,), (5, 5, 5)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "spatial",
+    [
+        pytest.param((17, 1), marks=pytest.mark.slow),
+        (18, 1),
+        pytest.param((22, 1), marks=pytest.mark.slow),
+        (32,),
+        pytest.param((6, 5), marks=pytest.mark.slow),
+        pytest.param((63,), marks=pytest.mark.slow),
+        pytest.param((5, 5, 5), marks=pytest.mark.slow),
+    ],
+)
 def test_one_pixel_class_above_the_tiny_path_meets_spec(backend, spatial):
     """A class on one pixel has a flat |Y|: its centred target moments are exactly 0 (_stats.with_flat_targets).
     Computed in float32 they were rounding noise that eps amplified: the torch backend missed SPEC §4's
@@ -216,16 +229,16 @@ def test_one_pixel_class_above_the_tiny_path_meets_spec(backend, spatial):
 # spectrum such as a one-pixel class). Float32 statistics missed the gradient tolerance there by
 # up to 5x (torch) and 1.7x (triton), the float32 reference passing: both now take the float64
 # path for slices of at most torch_backend.TINY_BINS half-grid bins.
-TINY_CASES = [
-    ((3,), None),
-    ((4,), None),
-    ((5,), None),
+TINY_CASES = [  # the fast tier: 5 samples in 3 bands
+    pytest.param((3,), None, marks=pytest.mark.slow),
+    pytest.param((4,), None, marks=pytest.mark.slow),
+    pytest.param((5,), None, marks=pytest.mark.slow),
     ((5,), 3),
-    ((5, 1), 2),
-    ((9, 1), 5),
-    ((1, 7), None),
-    ((1, 7), 3),
-    ((3, 1, 2), 2),
+    pytest.param((5, 1), 2, marks=pytest.mark.slow),
+    pytest.param((9, 1), 5, marks=pytest.mark.slow),
+    pytest.param((1, 7), None, marks=pytest.mark.slow),
+    pytest.param((1, 7), 3, marks=pytest.mark.slow),
+    pytest.param((3, 1, 2), 2, marks=pytest.mark.slow),
 ]
 
 
@@ -246,7 +259,10 @@ def _tiny_problem(spatial, target_kind, seed):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("target_kind", ["labels", "one pixel", "soft"])
+@pytest.mark.parametrize(
+    "target_kind",
+    [pytest.param("labels", marks=pytest.mark.slow), "one pixel", pytest.param("soft", marks=pytest.mark.slow)],
+)
 @pytest.mark.parametrize(
     "spatial, bands", TINY_CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"K{v}"
 )
@@ -263,7 +279,7 @@ def test_tiny_signals_meet_spec(backend, target_kind, spatial, bands):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("spectrum", ["amplitude", "complex"])
+@pytest.mark.parametrize("spectrum", [pytest.param("amplitude", marks=pytest.mark.slow), "complex"])
 def test_tiny_path_op_contract(backend, spectrum):
     """The float64 tiny path through the custom ops: its fake (float64 statistics) matches what
     it computes, under opcheck, forward and backward."""

@@ -77,6 +77,7 @@ backend_options = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(deadline=None)  # as many examples as the profile says (conftest: ci, explore)
 @given(
     spatial=spatial_shapes,

@@ -6,7 +6,13 @@ from utils import assert_matches_reference, random_problem
 
 from scc_kernels import scc_loss
 
-SHAPES = [(2, 3, (47,)), (2, 3, (9, 10)), (3, 2, (7, 6)), (2, 4, (5, 6, 7)), (2, 2, (4, 5, 3, 6))]  # 1D to 4D
+SHAPES = [  # 1D to 4D; the fast tier (-m "not slow") runs 2D and 3D
+    pytest.param(2, 3, (47,), marks=pytest.mark.slow),
+    (2, 3, (9, 10)),
+    pytest.param(3, 2, (7, 6), marks=pytest.mark.slow),
+    (2, 4, (5, 6, 7)),
+    pytest.param(2, 2, (4, 5, 3, 6), marks=pytest.mark.slow),
+]
 OPTIONS = [
     dict(spectrum="complex", softmax=True),
     dict(spectrum="complex", softmax=True, ignore_index=255, include_background=False),
@@ -82,6 +88,7 @@ GRADCHECK_CASES = [
 ]
 
 
+@pytest.mark.slow  # 5-30 s a case on 2 cores; test_gradcheck_dense_soft_target[complex] is the fast tier's gradcheck
 @pytest.mark.parametrize("spatial", [(5, 6), (3, 4, 5)])
 @pytest.mark.parametrize("options", GRADCHECK_CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_gradcheck(spatial, options):
@@ -112,7 +119,7 @@ def test_transform_base_is_the_signal_of_smaller_energy():
     assert not base_is_prediction(huge, labels, Problem("amplitude", 1, "none", None, True, "fft")).any()
 
 
-@pytest.mark.parametrize("spectrum", ["amplitude", "complex"])
+@pytest.mark.parametrize("spectrum", [pytest.param("amplitude", marks=pytest.mark.slow), "complex"])
 def test_gradcheck_dense_soft_target(spectrum):
     logits, target = random_problem(2, 2, (4, 5), label_map=False, dtype=torch.float64)
     logits.requires_grad_(True)

@@ -133,6 +133,7 @@ def test_reductions_and_backward(device, reduction):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spectrum, bands", [("complex", None), ("amplitude", 3)], ids=["parseval", "dft"])
 def test_compiles_to_one_graph(device, spectrum, bands):
     """band_stats_fake must describe what the kernels return, or torch.compile breaks."""
@@ -152,7 +153,7 @@ def test_compiles_to_one_graph(device, spectrum, bands):
 
 @pytest.mark.parametrize(
     "spectrum, bands",
-    [("complex", None), ("amplitude", None), ("complex", 3)],
+    [("complex", None), ("amplitude", None), pytest.param("complex", 3, marks=pytest.mark.slow)],
     ids=["parseval", "dft-amplitude", "dft-complex-K3"],
 )
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid", "none"])

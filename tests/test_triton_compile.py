@@ -13,6 +13,7 @@ import sys
 import pytest
 
 pytest.importorskip("triton", reason="the triton extra is not installed")
+pytestmark = pytest.mark.slow  # compiles with Triton's GPU compiler and ptxas
 
 TRITON_KERNELS = {
     "_parseval_forward_kernel",

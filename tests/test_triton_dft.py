@@ -37,13 +37,19 @@ def dft_path(monkeypatch):
 DIRECT_CASES = [
     ((7, 9), 3, "amplitude", 1, "softmax", torch.int64, -100, True),
     ((12, 10), 3, "complex", 3, "sigmoid", torch.float32, None, True),
-    ((9, 8), 4, "amplitude", 3, "none", torch.float64, None, False),
-    ((20, 35), 2, "amplitude", 3, "softmax", torch.uint8, 255, False),  # 2 row, 2 column, 2 kw blocks
+    pytest.param(((9, 8), 4, "amplitude", 3, "none", torch.float64, None, False), marks=pytest.mark.slow),
+    pytest.param(
+        ((20, 35), 2, "amplitude", 3, "softmax", torch.uint8, 255, False),  # 2 row, 2 column, 2 kw blocks
+        marks=pytest.mark.slow,
+    ),
     ((1, 9), 1, "amplitude", 1, "sigmoid", torch.int32, None, True),
-    ((5, 6, 7), 3, "amplitude", 3, "softmax", torch.int64, 0, False),
-    ((6, 5, 4), 3, "complex", 3, "none", torch.int16, None, True),
-    ((6, 9, 34), 2, "amplitude", 1, "sigmoid", torch.bfloat16, None, True),  # 2 kd, 2 kw tiles; 2 column blocks
-    ((3, 7, 5), 2, "complex", 3, "softmax", torch.uint8, 1, True),
+    pytest.param(((5, 6, 7), 3, "amplitude", 3, "softmax", torch.int64, 0, False), marks=pytest.mark.slow),
+    pytest.param(((6, 5, 4), 3, "complex", 3, "none", torch.int16, None, True), marks=pytest.mark.slow),
+    pytest.param(
+        ((6, 9, 34), 2, "amplitude", 1, "sigmoid", torch.bfloat16, None, True),  # 2 kd, 2 kw tiles; 2 column blocks
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(((3, 7, 5), 2, "complex", 3, "softmax", torch.uint8, 1, True), marks=pytest.mark.slow),
 ]
 
 
@@ -64,7 +70,7 @@ def test_band_stats_and_backward_match_float64(case, device):
 
 @pytest.mark.parametrize(
     "spatial, spectrum, bands",
-    [((20, 23), "amplitude", 4), ((7, 6, 9), "complex", 3)],
+    [((20, 23), "amplitude", 4), pytest.param((7, 6, 9), "complex", 3, marks=pytest.mark.slow)],
     ids=["20x23-amplitude-K4", "7x6x9-complex-K3"],
 )
 def test_band_stats_near_convergence_match_float64(spatial, spectrum, bands, device):
@@ -112,12 +118,19 @@ END_TO_END_CASES = [
     ((7, 9), dict(spectrum="amplitude", softmax=True), True),
     ((10, 11), dict(spectrum="amplitude", bands=4, sigmoid=True, batch=True), False),
     ((9, 6), dict(spectrum="complex", bands=3, softmax=True, ignore_index=1, include_background=False), True),
-    ((5, 6, 7), dict(spectrum="amplitude", bands=4, softmax=True, batch=True, ignore_index=0), True),
-    ((4, 5, 6), dict(spectrum="complex", bands=3, sigmoid=True), False),
+    pytest.param(
+        (5, 6, 7),
+        dict(spectrum="amplitude", bands=4, softmax=True, batch=True, ignore_index=0),
+        True,
+        marks=pytest.mark.slow,
+    ),
+    pytest.param((4, 5, 6), dict(spectrum="complex", bands=3, sigmoid=True), False, marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.slow)], ids=["float32", "bfloat16"]
+)
 @pytest.mark.parametrize(
     "spatial,options,label_map",
     END_TO_END_CASES,
@@ -134,14 +147,14 @@ def test_end_to_end_matches_reference(spatial, options, label_map, dtype, device
 # Near-converged softmax predictions (SPEC v2 §4): losses ~1e-3 at confidence 4, ~1e-5 at 8
 # (bands raise them), where d = u − v must come from the transform of x − y. Combined, not crossed.
 CONVERGED_CASES = [
-    (4, (20, 23), "amplitude", None),
-    (8, (20, 23), "amplitude", None),
+    pytest.param(4, (20, 23), "amplitude", None, marks=pytest.mark.slow),
+    pytest.param(8, (20, 23), "amplitude", None, marks=pytest.mark.slow),
     (8, (20, 23), "amplitude", 4),
-    (4, (20, 23), "complex", 4),
+    pytest.param(4, (20, 23), "complex", 4, marks=pytest.mark.slow),
     (8, (20, 23), "complex", 4),
-    (4, (7, 6, 9), "amplitude", 4),
-    (8, (7, 6, 9), "amplitude", None),
-    (8, (7, 6, 9), "complex", 4),
+    pytest.param(4, (7, 6, 9), "amplitude", 4, marks=pytest.mark.slow),
+    pytest.param(8, (7, 6, 9), "amplitude", None, marks=pytest.mark.slow),
+    pytest.param(8, (7, 6, 9), "complex", 4, marks=pytest.mark.slow),
 ]
 
 

@@ -47,8 +47,14 @@ DIRECT_CASES = [
     ((13,), 2, "complex", 2, "sigmoid", torch.float32, None, False),
     ((40, 61), 3, "amplitude", 1, "softmax", torch.uint8, 255, False),  # 2 tiles
     ((12, 9), 4, "complex", 3, "none", torch.float64, None, True),
-    ((9, 10, 24), 2, "amplitude", 24, "sigmoid", torch.int32, None, True),  # 2 tiles
-    ((5, 6, 7), 3, "complex", 64, "softmax", torch.int64, 2**33 + 1, True),  # ignore_index beyond int32
+    pytest.param(
+        ((9, 10, 24), 2, "amplitude", 24, "sigmoid", torch.int32, None, True),  # 2 tiles
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        ((5, 6, 7), 3, "complex", 64, "softmax", torch.int64, 2**33 + 1, True),  # ignore_index beyond int32
+        marks=pytest.mark.slow,
+    ),
     ((7, 5, 4), 3, "amplitude", 3, "none", torch.bfloat16, None, False),
 ]
 
@@ -103,13 +109,17 @@ END_TO_END_CASES = [
     ("random", (33, 31), dict(spectrum="complex", softmax=True, bands=3, ignore_index=255, include_background=False)),
     ("random", (24, 17), dict(spectrum="amplitude", sigmoid=True, bands=4, batch=True)),
     ("random", (9, 10, 11), dict(spectrum="amplitude", softmax=True, bands=2, ignore_index=0, batch=True)),
-    ("random", (19, 17), dict(spectrum="amplitude", softmax=True, bands=24)),
-    ("random", (6, 7, 5), dict(spectrum="complex", softmax=True, bands=64)),
-    ("converged", (63, 65), dict(spectrum="amplitude", softmax=True)),
-    ("converged", (45, 47), dict(spectrum="complex", softmax=True, bands=4, ignore_index=255)),
-    ("converged", (20, 18, 22), dict(spectrum="amplitude", softmax=True, bands=3)),
+    pytest.param("random", (19, 17), dict(spectrum="amplitude", softmax=True, bands=24), marks=pytest.mark.slow),
+    pytest.param("random", (6, 7, 5), dict(spectrum="complex", softmax=True, bands=64), marks=pytest.mark.slow),
+    pytest.param("converged", (63, 65), dict(spectrum="amplitude", softmax=True), marks=pytest.mark.slow),
+    pytest.param(
+        "converged", (45, 47), dict(spectrum="complex", softmax=True, bands=4, ignore_index=255), marks=pytest.mark.slow
+    ),
+    pytest.param("converged", (20, 18, 22), dict(spectrum="amplitude", softmax=True, bands=3), marks=pytest.mark.slow),
     ("converged", (11, 9), dict(spectrum="complex", softmax=True, bands=12)),
-    ("converged", (301,), dict(spectrum="amplitude", softmax=True, bands=64, batch=True)),
+    pytest.param(
+        "converged", (301,), dict(spectrum="amplitude", softmax=True, bands=64, batch=True), marks=pytest.mark.slow
+    ),
     ("huge 1e15", (17, 19), dict(spectrum="amplitude")),
     ("huge 1e30", (17, 19), dict(spectrum="complex", bands=3)),
     ("huge 1e18", (6, 5, 7), dict(spectrum="amplitude", bands=2)),
@@ -187,6 +197,7 @@ def test_nan_at_an_ignored_pixel_propagates(spectrum, device):
 
 
 @pytest.mark.usefixtures("fft_path")
+@pytest.mark.slow
 def test_compiles_to_one_graph(device):
     """band_stats_fake must describe what the kernels return, or torch.compile breaks."""
     logits, labels = random_problem(2, 3, (9, 7), ignore_index=255, device=device, generator=_generator(9))
@@ -203,6 +214,7 @@ def test_compiles_to_one_graph(device):
 
 
 @pytest.mark.usefixtures("fft_path")
+@pytest.mark.slow
 def test_opcheck_band_stats(device):
     opts = make_options(spectrum="amplitude", bands=3, softmax=True, ignore_index=255)
     logits, labels = random_problem(2, 3, (7, 6), ignore_index=255, device=device, generator=_generator(3))
