@@ -274,5 +274,5 @@ def test_a_failed_build_is_reported_and_not_retried(tmp_path, monkeypatch):
     assert cuda_backend.build_status().startswith("unavailable: the JIT build of scc_kernels._C failed")
     assert "cuda_runtime.h" in cuda_backend.unavailable_reason(torch.device("cuda"))
     with pytest.raises(RuntimeError, match=r"JIT build of scc_kernels\._C failed"):  # what backend="cuda" raises
-        scc_kernels.backends.resolve("cuda", torch.device("cuda"), torch.float32, None)
+        scc_kernels.planning._checked_backend("cuda", torch.device("cuda"), torch.float32)
     assert len(builds) == 1

@@ -11,7 +11,7 @@ import functools
 import os
 from collections.abc import Sequence
 
-import cupy  # ImportError: backend unavailable (backends.unavailable_reason adds the install hint)
+import cupy  # ImportError: backend unavailable (registry.unavailable_reason adds the install hint)
 import numpy
 import torch
 from torch import Tensor

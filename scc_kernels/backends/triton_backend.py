@@ -14,7 +14,7 @@ import importlib
 import os
 
 import torch
-import triton  # noqa: F401  (a missing triton makes backends.load raise ImportError, with a hint)
+import triton  # noqa: F401  (a missing triton makes registry.load raise ImportError, with a hint)
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
