@@ -17,7 +17,7 @@ import torch
 
 import scc_kernels
 from scc_kernels.backends._cuda_build import build_status
-from scc_kernels.backends.registry import FAST_BACKENDS, unavailable_reason
+from scc_kernels.backends.registry import FAST_BACKENDS, NAMES, unavailable_reason
 from scc_kernels.cost_model import PROFILES
 from scc_kernels.integrations import nnunet_install
 from scc_kernels.planning import _checked_shape
@@ -201,16 +201,15 @@ def _check_output(parser: argparse.ArgumentParser, option: str, path: str | None
 def _parser() -> argparse.ArgumentParser:
     from scc_kernels.bench import MODES
 
-    backends = ["reference", *FAST_BACKENDS]
     parser = argparse.ArgumentParser(prog="python -m scc_kernels", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="versions, devices, each backend and why it is unavailable")
     p_verify = sub.add_parser("verify", help="every available backend against the float64 reference")
-    p_verify.add_argument("--backend", action="append", choices=backends, help="only this backend (repeatable)")
+    p_verify.add_argument("--backend", action="append", choices=NAMES, help="only this backend (repeatable)")
     p_verify.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"])
     p_verify.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs (default 0)")
     p_bench = sub.add_parser("bench", help="forward and forward+backward times next to the reference")
-    p_bench.add_argument("--backend", action="append", choices=backends[1:], help="only this backend (repeatable)")
+    p_bench.add_argument("--backend", action="append", choices=FAST_BACKENDS, help="only this backend (repeatable)")
     p_bench.add_argument("--quick", action="store_true", help="smaller default shapes")
     p_bench.add_argument("--shapes", nargs="+", type=_shape, help="e.g. 8x4x256x256 2x4x64x64x64")
     p_bench.add_argument(

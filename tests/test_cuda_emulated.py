@@ -10,6 +10,7 @@ for CuPy: its launches' arguments match the kernels' C++ signatures.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib.util
 import math
 import re
@@ -24,7 +25,7 @@ from cuda_utils import CSRC, assert_compiles
 from utils import random_problem, typed_problem
 
 from scc_kernels._options import ACTIVATION_CODES
-from scc_kernels.backends import _cuda_build, _cuda_launch, cuda_backend
+from scc_kernels.backends import _cuda_build, _cuda_launch, cuda_backend, registry
 from scc_kernels.backends.registry import Problem
 
 SCALAR_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # scc::Scalar
@@ -110,6 +111,8 @@ class TestEmulated(KernelCases):
     @pytest.fixture
     def backend(self, host_kernels, monkeypatch):
         """The "cuda" backend on CPU tensors, its extension's launches replaced by the emulator's."""
+        on_cpu_too = dataclasses.replace(registry.BY_NAME["cuda"], devices=("cuda", "cpu"))
+        monkeypatch.setitem(registry.BY_NAME, "cuda", on_cpu_too)  # the record: CPU tensors too
         monkeypatch.setattr(cuda_backend, "unavailable_reason", lambda device: None)
         monkeypatch.setattr(_cuda_build, "extension", lambda: None)
         monkeypatch.setattr(cuda_backend, "_Launcher", lambda extension: host_kernels)
