@@ -94,7 +94,7 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
     from triton.runtime.jit import JITFunction
 
     from ._options import Problem
-    from .backends import dft_tiles, triton_dft, triton_fft, triton_kernels
+    from .backends import dft_tiles, triton_dft, triton_fft, triton_parseval
 
     launches: dict[tuple, Variant] = {}
 
@@ -134,9 +134,9 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
                         include_background=False,
                     )
                     if problem.parseval:
-                        stats = triton_kernels.parseval_band_stats(input, target, problem)
+                        stats = triton_parseval.parseval_band_stats(input, target, problem)
                         coefficients = torch.zeros((batch, channels - 1, 7), device=device)
-                        triton_kernels.parseval_backward(coefficients, input, target, problem)
+                        triton_parseval.parseval_backward(coefficients, input, target, problem)
                         continue
                     for path in (triton_dft, triton_fft):
                         if path is triton_dft and not dft_tiles.supported(tuple(spatial)):

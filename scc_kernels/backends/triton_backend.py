@@ -27,7 +27,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from .._options import Problem
 from .._stats import STATS, gradient_coefficients
 from . import dft_tiles, torch_backend
-from .triton_kernels import parseval_backward, parseval_band_stats
+from .triton_parseval import parseval_backward, parseval_band_stats
 
 # Triton reads TRITON_INTERPRET when a function is decorated: its own (tl.max, ...) when triton is
 # first imported (torch.library does that), ours when this module is. Both must be interpreted.

@@ -58,8 +58,17 @@ from .._options import Problem
 from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction, make_hermitian
-from .triton_dft import _bin_gradient, _bin_values, _device_guard, _finish, _load_pair, _store_tile_stats
-from .triton_kernels import _block, _grid, _input_args
+from .triton_utils import (
+    bin_gradient,
+    bin_values,
+    block_index,
+    device_guard,
+    finish_gradient,
+    grid,
+    input_args,
+    load_pair,
+    store_tile_stats,
+)
 
 BLOCK = 1024  # samples or bins per program (4 warps: 8 per thread)
 
@@ -93,7 +102,7 @@ def _signals_kernel(
     row = b * channels + channel  # the slice (b, c') in (B, C')
     pix = pid // channels % num_blocks * BLOCK + tl.arange(0, BLOCK)
     mask = pix < N
-    x, y = _load_pair(
+    x, y = load_pair(
         x_ptr, t_ptr, b, channel + offset, C, N, pix, mask, ignore_index, ACTIVATION, LABEL_MAP, HAS_IGNORE
     )
     base_is_x = tl.load(base_ptr + row) != 0
@@ -114,12 +123,12 @@ def _load_bins(s_ptr, d_ptr, base_ptr, row, M, bins, valid):
 
 @triton.jit
 def _tile(s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's slice `row` and tile of BLOCK bins: their band and X, Y, u, v, d (_bin_values)."""
-    row, tile = _block(num_tiles)
+    """This program's slice `row` and tile of BLOCK bins: their band and X, Y, u, v, d (bin_values)."""
+    row, tile = block_index(num_tiles)
     bins = tile * BLOCK + tl.arange(0, BLOCK)
     valid = bins < M
     sr, si, dr, di, base_is_x = _load_bins(s_ptr, d_ptr, base_ptr, row, M, bins, valid)
-    xr, xi, yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
+    xr, xi, yr, yi, u_re, v_re, d_re = bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
     band = tl.load(band_ptr + bins, mask=valid, other=0)
     return row, tile, bins, valid, band, xr, xi, yr, yi, u_re, v_re, d_re, di
 
@@ -143,7 +152,7 @@ def _stats_kernel(
         s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE, BLOCK
     )
     weight = tl.load(herm_ptr + bins, mask=valid, other=0.0)
-    _store_tile_stats(
+    store_tile_stats(
         out_ptr + (row * num_tiles + tile) * K * 8, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K, AMPLITUDE
     )
 
@@ -167,7 +176,7 @@ def _grad_kernel(
     row, _tile_index, bins, valid, band, xr, xi, _yr, yi, u_re, v_re, d_re, di = _tile(
         s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE, BLOCK
     )
-    gr, gi = _bin_gradient(coefficients_ptr + row * K * 7, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE)
+    gr, gi = bin_gradient(coefficients_ptr + row * K * 7, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE)
     at = (row * M + bins)[:, None] * 2 + tl.arange(0, 2)[None, :]
     tl.store(grad_ptr + at, tl.join(gr, gi), mask=valid[:, None])
 
@@ -176,7 +185,7 @@ def _launch_per_bin(kernel, spectra, base_is_x, band, problem: Problem, **pointe
     """`_stats_kernel` or `_grad_kernel` (`pointers`: its own two) over every slice, BLOCK bins a program."""
     slices, bins = base_is_x.numel(), band.numel()
     num_tiles = triton.cdiv(bins, BLOCK)
-    kernel[_grid(slices, num_tiles)](
+    kernel[grid(slices, num_tiles)](
         s_ptr=spectra[0],
         d_ptr=spectra[1],
         base_ptr=base_is_x,
@@ -205,8 +214,8 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
     base_is_x = base_is_prediction(input, target, problem).contiguous()
     signals = torch.empty((2, batch, channels, *spatial), device=input.device, dtype=torch.float32)
     num_blocks = triton.cdiv(samples, BLOCK)
-    with _device_guard(input.device):
-        _signals_kernel[_grid(slices, num_blocks)](
+    with device_guard(input.device):
+        _signals_kernel[grid(slices, num_blocks)](
             input,
             target,
             base_is_x,
@@ -218,7 +227,7 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
             num_blocks,
             BLOCK=BLOCK,
             num_warps=4,
-            **_input_args(input, target, problem),
+            **input_args(input, target, problem),
         )
         spectra = torch.fft.rfftn(signals, dim=tuple(range(3, signals.dim())), norm="ortho")
         del signals
@@ -256,7 +265,7 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
     grad = torch.empty(input.shape, device=input.device, dtype=torch.float32)
     grad[:, : problem.offset] = 0
     out = grad if input.dtype == torch.float32 else torch.empty_like(input)
-    with _device_guard(input.device):
+    with device_guard(input.device):
         _launch_per_bin(
             _grad_kernel,
             spectra,
@@ -270,5 +279,5 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
             grad_half, s=spatial, dim=tuple(range(2, input.dim())), norm="ortho", out=grad[:, problem.offset :]
         )
         del grad_half
-        _finish(input, target, grad, out, problem)
+        finish_gradient(input, target, grad, out, problem)
     return out
