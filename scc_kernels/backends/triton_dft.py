@@ -1,81 +1,14 @@
-"""Triton kernels for the amplitude and banded spectra: the DFT as matmuls, fused end to end.
+"""Triton kernels for the amplitude and banded spectra: the DFT as matmuls (`tl.dot` on cos/sin
+tables), fused end to end, for 2D slices up to 512² and 3D up to 128³ (dft_tiles.py).
 
-The triton backend sends every problem except SPEC's Parseval case here. A slice (b, c') of
-shape (H, W) or (D, H, W) is transformed with precomputed cos/sin matrices (`tl.dot`,
-real and imaginary planes apart), keeping only the Hermitian half `Wh = W//2 + 1` of the
-last axis. No spectrum ever reaches global memory: each program owns one tile of output
-frequencies of one slice and recomputes the partial transforms it needs.
+Forward: `_forward_kernel`, one program per (slice, frequency tile): activation, one-hot and ignore
+mask in registers, the tile's half spectra of the base (x or y) and of x − y, then the 8 STATS of
+each band the tile touches → (slices, tiles, K, 8), merged by _stats.merge. Saves only base_is_x.
+Backward: `_backward_kernel` recomputes the tile's spectra, forms each bin's gradient from its
+band's COEFFICIENTS and atomic-adds the tile's share of the inverse DFT into a float32 buffer;
+triton_utils.finish_gradient applies the ignore mask and the activation's Jacobian.
 
-What is transformed (as in torch_backend, see _spectra.py): per slice, the difference x − y and
-a base, x or y (a per-slice flag chosen on the host by `base_is_prediction`, saved for the
-backward). X, Y = (S, S − D) if the base is x, else (S + D, S), so d = u − v comes from D and
-keeps its digits near convergence: complex u, v, d = X, Y, D; amplitude u = |X|, v = |Y|,
-d = (2·Re(D·conj X) − |D|²)/(u + v).
-
-Forward (`_forward_kernel`, grid = slices × frequency tiles [BKD, BKH, BKW]):
-    for every plane d:                      (2D: the one plane)
-        for every block of BH rows:
-            T = s[d, rows, :] @ (cos + i·sin)_W[:, kw tile]         stage 1, real × complex
-            Z += (cos + i·sin)_H[kh tile, rows] @ T                  stage 2, complex
-        S[kd tile] += (cos + i·sin)_D[kd tile, d] · Z                3D only, elementwise
-for the base s, and the same for x − y in the same loop. This yields conj(S) and conj(D);
-conjugating every spectrum changes no statistic. The activation (softmax over C, sigmoid),
-the one-hot of a label map and the ignore mask are computed in registers as tiles are loaded.
-Each program then writes, for every band its tile touches, the 8 STATS of its bins (_stats.py:
-count, means of u, v, d, centred second moments; Hermitian weights folded in), centred on the
-tile's own means in two passes over its registers. The buffer is (slices, tiles, K, 8)
-float32, zero-initialised (a band a tile does not touch is an empty part), 20 KiB per slice and
-band at 128³ (640 tiles); `_stats.merge` combines the tiles (Chan's update, nothing cancels).
-
-Backward (`_backward_kernel`, same grid): recompute conj(S), conj(D) on the tile. Gather each
-bin's COEFFICIENTS (from _stats.gradient_coefficients, (slices, K, 7)) by its band (the int32
-band table) and form conj(G) with torch_backend's per-bin formulas. Fold in the Hermitian
-weight, then apply the tile's share of the inverse transform to every pixel of the slice:
-D axis (elementwise), H axis, W axis (both `tl.dot`). The share is added with `tl.atomic_add`
-into a float32 gradient buffer. A final elementwise kernel (`_finish_kernel`) zeroes ignored
-pixels and applies the activation's Jacobian (the background channel is never written, so it
-stays 0). It writes the gradient once, in the input's dtype.
-
-Memory: the forward allocates only the partial statistics (and merge's temporaries of their
-size). The backward allocates only the float32 buffer (B, C, *S). For float32 inputs that
-buffer is the returned gradient itself (finished in place). For float16/bfloat16 it is twice
-the input's size. The other design, one program per pixel tile recomputing every frequency,
-would avoid it at (pixel tiles)× the forward's FLOPs. The atomics make the gradient's last
-bits depend on the order. The cached cos/sin tables hold 2·n² float32 per distinct axis
-length n (2 MiB for n = 512).
-
-FLOPs per slice (one MAC = 2 FLOPs), padding included. Hp, Dp, Wp are rows, planes and half
-columns rounded up to their tile. RH = Hp/BKH and RD = Dp/BKD (1 in 2D) count the tiles
-along those axes. The forward transforms two real signals, the base and x − y:
-    stage 1: 2 (signals) · 2 (cos, sin) · 2 · N · Wp · RH · RD    (recomputed per kd, kh tile)
-    stage 2: 2 · 4 · 2 · D · H · Hp · Wp · RD                    (complex dots)
-    stage 3: 2 · 4 · 2 · D · Dp · Hp · Wp                        (3D only, CUDA cores)
-The backward recomputes the forward, then inverts G's half alone, about 1.5× the forward.
-It also makes N · (tiles per slice) float32 atomic adds. `dft_tiles.flop_count(spatial)` gives both: the
-one FLOP count of this path (scc_kernels.planning's cost model and `bench --floors` use it).
-float32 runs every dot as "tf32x3" (3 tf32 MMAs each), so its floor is 3× the count at tf32 rate.
-Every (kd, kh) tile redoes the slice's whole stage 1, so 3D costs grow as N²/(BKD·BKH): at 128³
-~40× the same matmuls done once (with a stored intermediate), ~1000× a real FFT's FLOPs.
-Tiles (BH = 16, BW = 32) were picked from ptxas output for sm_90/sm_80, compiled without a GPU:
-the smallest local-memory stack (spills) among the candidates tried, not timed; larger BKD·BKH
-tiles spilled hundreds of bytes. On 4 warps tf32x3 still used all 255 registers and spilled up to
-~500 B (`python -m scc_kernels compile-check`); 8 warps and one pipeline stage (no prefetched
-tables in flight) hold the 2D variants of the headline problems without spills and leave the 3D
-float32 ones 8-16 B of stack, at the same 8 warps per SM (not yet timed on a GPU; the tables:
-benchmarks/results/2026-12-06-compile-check-sm90.md). The tile's band and weight tables are
-loaded after the transform (`_tile_bins`): held through it, they spilled.
-
-Precision: `input_precision` is a constexpr per dtype. float32 inputs run "tf32x3": plain tf32,
-emulated on the CPU, missed SPEC §4's float32 bounds (1e-4 loss, 1e-3 grad). float16/bfloat16
-inputs run "tf32" (loaded as is, computed in float32): it meets their 1e-2 bound, with ~6× margin
-on random labels but only ~1.4× near convergence. bf16 dot operands (7 mantissa bits, ~8× tf32's
-error) would not keep that margin. The interpreter (CPU tests) ignores `input_precision` and
-runs float32 IEEE dots. The figures behind these choices (FLOP counts, ptxas stacks, emulated
-tf32 / tf32x3 errors, the interpreter's errors), how and where each was made, and the commands
-that reproduce them: benchmarks/results/2026-11-29-triton-dft-tf32x3.md.
-
-Sizes: 2D up to 512×512 and 3D up to 128×128×128 (`dft_tiles.MAX_SIDE`). triton_backend.transform_path
-sends larger slices, and 1D, to triton_fft.py (the same kernels around torch.fft).
+Design and figures: docs/triton-dft.md
 """
 
 from __future__ import annotations
@@ -489,7 +422,7 @@ def _atomic_order_varies(device: torch.device) -> bool:
 
 
 def _precision(dtype: torch.dtype) -> str:
-    return "tf32x3" if dtype == torch.float32 else "tf32"  # see the module docstring
+    return "tf32x3" if dtype == torch.float32 else "tf32"  # docs/triton-dft.md, Precision
 
 
 def _kernel_args(input, target, base_is_x, problem: Problem) -> tuple[tuple[int, int], dict]:

@@ -1,49 +1,14 @@
-"""Triton kernels around torch.fft (cuFFT on a GPU) for the amplitude and banded spectra.
+"""Triton kernels around torch.fft (cuFFT on a GPU) for the amplitude and banded spectra, any size
+and rank.
 
-triton_backend.transform_path sends a problem here or to triton_dft.py. The DFT-as-matmul
-kernels there keep the spectra on chip but cost ~1000× an FFT's FLOPs at 128³ and are checked
-up to 512² and 128³ only; this path does the transform in O(N log N) for every size and rank
-(odd and prime sides included, batched over all slices) and fuses everything around it, the
-same shape as the cuda backend (cuda_backend.py):
+Forward: `_signals_kernel` (activation, one-hot, ignore mask → the base and x − y per slice,
+float32) → torch.fft.rfftn → `_stats_kernel` (per tile of bins, the 8 STATS of each band it
+touches; _stats.merge combines the tiles). Saves the half spectra and base_is_x.
+Backward: `_grad_kernel` (per bin, the gradient of the half spectrum from its band's COEFFICIENTS)
+→ torch.fft.irfftn → triton_utils.finish_gradient (ignore mask, activation Jacobian, the input's
+dtype). No atomics: deterministic.
 
-    _signals_kernel     logits, target → signals (2, B, C', *S) float32: [0] the base, x or y per
-                        slice (`base_is_prediction`, _spectra.py), [1] x − y. Activation (softmax
-                        over C, sigmoid), one-hot of a label map and ignore mask in registers
-                        (triton_dft._load_pair), the background channel left out.
-    torch.fft.rfftn     both signals of every slice in one call, ortho; then `make_hermitian`.
-    _stats_kernel       per tile of BLOCK half-spectrum bins of one slice: X, Y, u, v, d
-                        (triton_dft._bin_values) and, for every band the tile touches, its 8 STATS
-                        (_stats.py) with the Hermitian weights folded in, centred on the tile's own
-                        means in two passes over the registers; torch merges the tiles (_stats.merge:
-                        Chan's update, nothing cancels).
-backward:
-    _grad_kernel        per bin, the gradient G of the half spectrum of x from its band's
-                        COEFFICIENTS (gathered by the int32 band table) and X, Y, u, v, d recomputed
-                        from the saved spectra: torch_backend._spectral_backward's per-bin formulas,
-                        unweighted, because irfftn treats the half spectrum as the full Hermitian
-                        one (the mirror bins' share is its own).
-    torch.fft.irfftn    into a float32 (B, C, *S) buffer whose background channel is 0.
-    triton_dft._finish_kernel   ignore mask, activation Jacobian, the input's dtype (`triton_dft._finish`).
-
-This module's kernels run on a 1-D grid (only grid axis 0 may exceed 65535) with int64
-offsets; _finish_kernel's grid is (B, pixel blocks), its block grown with N so that axis stays
-within 65535. No kernel uses atomics, and torch's FFTs are deterministic: the result does not
-depend on the order programs run in, so this path also serves
-`torch.use_deterministic_algorithms(True)` on a GPU.
-
-Memory, per slice (b, c') of N samples and M = N/W·(W//2 + 1) half-spectrum bins:
-- forward: the signals, 8·N bytes, freed after the transform; the spectra, 16·M bytes, saved
-  for the backward with `base_is_x` (recomputing them would redo the forward's prologue and
-  transform, about the forward's whole cost); the tiles' STATS, 32·K bytes per BLOCK bins
-  (zero-initialised: a band that a tile does not touch is an empty part), and merge's
-  temporaries of their size.
-- backward: G, 8·M bytes (and cuFFT's copy of it: c2r overwrites its input); the float32
-  (B, C, *S) gradient buffer (irfftn's `out=`, which may go through a temporary of its size),
-  which for float32 inputs is the returned gradient (finished in place); for float16/bfloat16
-  the returned gradient besides.
-
-Precision: float32 throughout, whatever the input's dtype; the FFTs' rounding is float32's
-O(ε·log N) (the float32 torch backend does the same transforms).
+Design and figures: docs/triton-fft.md
 """
 
 from __future__ import annotations

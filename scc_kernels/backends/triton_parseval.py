@@ -1,23 +1,12 @@
-"""The one-pass complex SCC (SPEC "A useful identity") as two fused Triton kernels.
+"""The one-pass complex SCC (SPEC "A useful identity"): complex spectrum, one band, no transform,
+as two fused Triton kernels.
 
-Complex spectrum, one band: the band statistics need no transform (_stats.parseval_stats).
-The forward sums PARSEVAL_SUMS per slice: the origin samples x[0], y[0], and Σ x², Σ y², Σ x·y,
-Σ (x − y)² over every sample but the origin, (x − y)² formed per sample so that it keeps its
-digits when the prediction is close to the target. The backward writes, per sample,
-c_uu·x + c_uv·y + c_dd·(x − y) (and √N·c_mean at the origin, which enters through the means
-only) from the per-slice COEFFICIENTS of _stats.gradient_coefficients. So the forward reads the
-logits and the target once and the backward reads them once more and writes the gradient once.
-The activation and the one-hot of a label map live in registers only. Each program handles all
-C channels (a class count: small) of BLOCK_N pixels of one batch item, on a 1-D grid of
-B·cdiv(N, BLOCK_N) programs (only the first grid axis may exceed 65535; `grid`), pixel
-offsets in int64 (a slice may hold 2**31 samples or more); the per-block partial sums go to a
-small float32 buffer that torch adds up (deterministic, no atomics; every sum but Σ x·y adds
-non-negative terms, and the origin is in block 0 only).
+Forward: `_parseval_forward_kernel` reads the logits and the target once and writes each pixel
+block's PARSEVAL_SUMS per channel; torch adds the blocks (_stats.parseval_stats).
+Backward: `_parseval_backward_kernel` reads them once more and writes the gradient once,
+c_uu·x + c_uv·y + c_dd·(x − y) per sample from the per-slice COEFFICIENTS.
 
-This module also holds what every Triton path (triton_dft.py, triton_fft.py) shares: the one
-vocabulary of how a kernel reads its input (`input_args`: ignore_index and the constexprs
-ACTIVATION, LABEL_MAP, HAS_IGNORE; ACTIVATION takes _options.ACTIVATION_CODES, named SOFTMAX and
-SIGMOID here), the label-map load `label_map`, and the 1-D grid (`grid`, `block_index`).
+Design: docs/triton-parseval.md
 """
 
 from __future__ import annotations

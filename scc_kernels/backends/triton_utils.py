@@ -260,12 +260,12 @@ def input_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> d
     """The arguments that say how every Triton kernel reads the input: ignore_index and the
     constexprs ACTIVATION, LABEL_MAP, HAS_IGNORE (the one vocabulary of triton_parseval, triton_dft
     and triton_fft)."""
-    label_map = is_label_map(input, target)
+    is_map = is_label_map(input, target)
     return dict(
         ignore_index=0 if problem.ignore_index is None else problem.ignore_index,  # unused unless HAS_IGNORE
         ACTIVATION=ACTIVATION_CODES[problem.activation],
-        LABEL_MAP=label_map,
-        HAS_IGNORE=label_map and problem.ignore_index is not None,
+        LABEL_MAP=is_map,
+        HAS_IGNORE=is_map and problem.ignore_index is not None,
     )
 
 
