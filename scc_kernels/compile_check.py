@@ -74,7 +74,7 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
     import torch
     from triton.runtime.jit import JITFunction
 
-    from .backends import dft_tiles, triton_dft, triton_fft, triton_kernels
+    from .backends import dft_tiles, triton_dft, triton_fft, triton_parseval
     from .backends.registry import Problem
 
     launches: dict[tuple, Variant] = {}
@@ -110,9 +110,9 @@ def record_launches(shapes=HEADLINE_SHAPES, device="meta") -> dict[tuple, Varian
                     ignore_index = IGNORE_INDEX if label_map else None
                     if spectrum == "complex" and bands == 1:
                         problem = Problem(spectrum, bands, activation, ignore_index, False, "parseval")
-                        stats = triton_kernels.parseval_band_stats(input, target, problem)
+                        stats = triton_parseval.parseval_band_stats(input, target, problem)
                         coefficients = torch.zeros((batch, channels - 1, 7), device=device)
-                        triton_kernels.parseval_backward(coefficients, input, target, problem)
+                        triton_parseval.parseval_backward(coefficients, input, target, problem)
                         continue
                     for path in (triton_dft, triton_fft):
                         if path is triton_dft and not dft_tiles.supported(tuple(spatial)):

@@ -16,7 +16,7 @@ from utils import op_static, random_problem
 import scc_kernels
 import scc_kernels.__main__ as cli
 from scc_kernels import SCCLoss, scc_loss
-from scc_kernels.backends import triton_kernels
+from scc_kernels.backends import triton_utils
 
 FAST = ["torch", "triton"]  # fast backends that run on every test machine (triton: interpreted without a GPU)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -264,9 +264,9 @@ def test_warnings_inside_a_compiled_graph():
 
 
 def test_one_pass_grid_takes_any_batch():
-    assert triton_kernels._grid(100_000, 3) == (300_000,)  # one axis: no 65535 limit on the batch
+    assert triton_utils.grid(100_000, 3) == (300_000,)  # one axis: no 65535 limit on the batch
     with pytest.raises(ValueError, match="grid limit"):
-        triton_kernels._grid(2**20, 2**11)
+        triton_utils.grid(2**20, 2**11)
 
 
 def test_deterministic_mode_avoids_the_atomic_backward(monkeypatch):

@@ -1,6 +1,6 @@
 """Triton backend: the fused kernels behind the backend contract (registry.BackendModule), by path.
 
-- "parseval": the one-pass kernels of triton_kernels.py (nothing saved);
+- "parseval": the one-pass kernels of triton_parseval.py (nothing saved);
 - "dft": the DFT-as-matmul kernels of triton_dft.py (saves each slice's choice of transformed
   signals; the backward recomputes the spectra);
 - "fft": the kernels around torch.fft of triton_fft.py (any size and rank; saves the half spectra).
@@ -20,7 +20,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from .._stats import STATS, gradient_coefficients
 from .registry import Problem
-from .triton_kernels import parseval_backward, parseval_band_stats
+from .triton_parseval import parseval_backward, parseval_band_stats
 
 # Triton reads TRITON_INTERPRET when a function is decorated: its own (tl.max, ...) when triton is
 # first imported (torch.library does that), ours when this module is. Both must be interpreted.

@@ -1,86 +1,18 @@
-"""Triton kernels for the amplitude and banded spectra: the DFT as matmuls, fused end to end.
+"""Triton kernels for the amplitude and banded spectra: the DFT as matmuls (`tl.dot` on cos/sin
+tables), fused end to end, for 2D slices up to 512² and 3D up to 128³ (dft_tiles.py).
 
-The triton backend sends every problem except SPEC's Parseval case here. A slice (b, c') of
-shape (H, W) or (D, H, W) is transformed with precomputed cos/sin matrices (`tl.dot`,
-real and imaginary planes apart), keeping only the Hermitian half `Wh = W//2 + 1` of the
-last axis. No spectrum ever reaches global memory: each program owns one tile of output
-frequencies of one slice and recomputes the partial transforms it needs.
+Forward: `_forward_kernel`, one program per (slice, frequency tile): activation, one-hot and ignore
+mask in registers, the tile's half spectra of the base (x or y) and of x − y, then the 8 STATS of
+each band the tile touches → (slices, tiles, K, 8), merged by _stats.merge. Saves only base_is_x.
+Backward: `_backward_kernel` recomputes the tile's spectra, forms each bin's gradient from its
+band's COEFFICIENTS and atomic-adds the tile's share of the inverse DFT into a float32 buffer;
+triton_utils.finish_gradient applies the ignore mask and the activation's Jacobian.
 
-What is transformed (as in torch_backend, see _spectra.py): per slice, the difference x − y and
-a base, x or y (a per-slice flag chosen on the host by `base_is_prediction`, saved for the
-backward). X, Y = (S, S − D) if the base is x, else (S + D, S), so d = u − v comes from D and
-keeps its digits near convergence: complex u, v, d = X, Y, D; amplitude u = |X|, v = |Y|,
-d = (2·Re(D·conj X) − |D|²)/(u + v).
-
-Forward (`_forward_kernel`, grid = slices × frequency tiles [BKD, BKH, BKW]):
-    for every plane d:                      (2D: the one plane)
-        for every block of BH rows:
-            T = s[d, rows, :] @ (cos + i·sin)_W[:, kw tile]         stage 1, real × complex
-            Z += (cos + i·sin)_H[kh tile, rows] @ T                  stage 2, complex
-        S[kd tile] += (cos + i·sin)_D[kd tile, d] · Z                3D only, elementwise
-for the base s, and the same for x − y in the same loop. This yields conj(S) and conj(D);
-conjugating every spectrum changes no statistic. The activation (softmax over C, sigmoid),
-the one-hot of a label map and the ignore mask are computed in registers as tiles are loaded.
-Each program then writes, for every band its tile touches, the 8 STATS of its bins (_stats.py:
-count, means of u, v, d, centred second moments; Hermitian weights folded in), centred on the
-tile's own means in two passes over its registers. The buffer is (slices, tiles, K, 8)
-float32, zero-initialised (a band a tile does not touch is an empty part), 20 KiB per slice and
-band at 128³ (640 tiles); `_stats.merge` combines the tiles (Chan's update, nothing cancels).
-
-Backward (`_backward_kernel`, same grid): recompute conj(S), conj(D) on the tile. Gather each
-bin's COEFFICIENTS (from _stats.gradient_coefficients, (slices, K, 7)) by its band (the int32
-band table) and form conj(G) with torch_backend's per-bin formulas. Fold in the Hermitian
-weight, then apply the tile's share of the inverse transform to every pixel of the slice:
-D axis (elementwise), H axis, W axis (both `tl.dot`). The share is added with `tl.atomic_add`
-into a float32 gradient buffer. A final elementwise kernel (`_finish_kernel`) zeroes ignored
-pixels and applies the activation's Jacobian (the background channel is never written, so it
-stays 0). It writes the gradient once, in the input's dtype.
-
-Memory: the forward allocates only the partial statistics (and merge's temporaries of their
-size). The backward allocates only the float32 buffer (B, C, *S). For float32 inputs that
-buffer is the returned gradient itself (finished in place). For float16/bfloat16 it is twice
-the input's size. The other design, one program per pixel tile recomputing every frequency,
-would avoid it at (pixel tiles)× the forward's FLOPs. The atomics make the gradient's last
-bits depend on the order. The cached cos/sin tables hold 2·n² float32 per distinct axis
-length n (2 MiB for n = 512).
-
-FLOPs per slice (one MAC = 2 FLOPs), padding included. Hp, Dp, Wp are rows, planes and half
-columns rounded up to their tile. RH = Hp/BKH and RD = Dp/BKD (1 in 2D) count the tiles
-along those axes. The forward transforms two real signals, the base and x − y:
-    stage 1: 2 (signals) · 2 (cos, sin) · 2 · N · Wp · RH · RD    (recomputed per kd, kh tile)
-    stage 2: 2 · 4 · 2 · D · H · Hp · Wp · RD                    (complex dots)
-    stage 3: 2 · 4 · 2 · D · Dp · Hp · Wp                        (3D only, CUDA cores)
-The backward recomputes the forward, then inverts G's half alone, about 1.5× the forward.
-It also makes N · (tiles per slice) float32 atomic adds. `dft_tiles.flop_count(spatial)` gives both: the
-one FLOP count of this path (scc_kernels.planning's cost model and `bench --floors` use it).
-float32 runs every dot as "tf32x3" (3 tf32 MMAs each), so its floor is 3× the count at tf32 rate.
-Every (kd, kh) tile redoes the slice's whole stage 1, so 3D costs grow as N²/(BKD·BKH): at 128³
-~40× the same matmuls done once (with a stored intermediate), ~1000× a real FFT's FLOPs.
-Tiles (BH = 16, BW = 32) were picked from ptxas output for sm_90/sm_80, compiled without a GPU:
-the smallest local-memory stack (spills) among the candidates tried, not timed; larger BKD·BKH
-tiles spilled hundreds of bytes. On 4 warps tf32x3 still used all 255 registers and spilled up to
-~500 B (`python -m scc_kernels compile-check`); 8 warps and one pipeline stage (no prefetched
-tables in flight) hold the 2D variants of the headline problems without spills and leave the 3D
-float32 ones 8-16 B of stack, at the same 8 warps per SM (not yet timed on a GPU; the tables:
-benchmarks/results/2026-12-06-compile-check-sm90.md). The tile's band and weight tables are
-loaded after the transform (`_tile_bins`): held through it, they spilled.
-
-Precision: `input_precision` is a constexpr per dtype. float32 inputs run "tf32x3": plain tf32,
-emulated on the CPU, missed SPEC §4's float32 bounds (1e-4 loss, 1e-3 grad). float16/bfloat16
-inputs run "tf32" (loaded as is, computed in float32): it meets their 1e-2 bound, with ~6× margin
-on random labels but only ~1.4× near convergence. bf16 dot operands (7 mantissa bits, ~8× tf32's
-error) would not keep that margin. The interpreter (CPU tests) ignores `input_precision` and
-runs float32 IEEE dots. The figures behind these choices (FLOP counts, ptxas stacks, emulated
-tf32 / tf32x3 errors, the interpreter's errors), how and where each was made, and the commands
-that reproduce them: benchmarks/results/2026-11-29-triton-dft-tf32x3.md.
-
-Sizes: 2D up to 512×512 and 3D up to 128×128×128 (`dft_tiles.MAX_SIDE`). triton_backend.transform_path
-sends larger slices, and 1D, to triton_fft.py (the same kernels around torch.fft).
+Design and figures: docs/triton-dft.md
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -93,69 +25,18 @@ from ..bands import half_grid_tables
 from ._spectra import base_is_prediction
 from .dft_tiles import plan_tiles
 from .registry import Problem
-from .triton_kernels import SIGMOID, SOFTMAX, _input_args, _label_map
-
-FINISH_BLOCK = 1024  # pixels per _finish_kernel program, at least: its pixel blocks are grid axis 1 (≤ 65535)
-
+from .triton_utils import (
+    bin_gradient,
+    bin_values,
+    device_guard,
+    finish_gradient,
+    input_args,
+    load_pair,
+    store_tile_stats,
+)
 
 # ----------------------------------------------------------------------------------------------
 # kernels
-
-
-@triton.jit
-def _channel_max(logits, mask, C, N):
-    """The softmax's shift: the largest of the C logits of each pixel (`logits` points at channel 0's,
-    the channels N apart), float32."""
-    top = tl.full(mask.shape, float("-inf"), tl.float32)
-    for _ in range(C):
-        top = tl.maximum(top, tl.load(logits, mask=mask, other=0.0).to(tl.float32))
-        logits += N
-    return top
-
-
-@triton.jit
-def _load_pair(
-    x_ptr,
-    t_ptr,
-    b,
-    c,
-    C,
-    N,
-    pix,
-    mask,
-    ignore_index,
-    ACTIVATION: tl.constexpr,
-    LABEL_MAP: tl.constexpr,
-    HAS_IGNORE: tl.constexpr,
-):
-    """Prediction x (activated, 0 at ignored and padding pixels) and target y (0 at padding) of
-    channel c at pixels `pix` (any block shape) of batch item b, both float32.
-
-    One channel, what a DFT tile transforms; the softmax reads the other channels for its max and
-    sum. (triton_kernels._load_tile holds every channel of its pixels at once instead.)
-    Channel offsets are 64-bit (pointer steps, int64 products): C·N may pass 2³¹.
-    """
-    item = b.to(tl.int64) * C * N
-    channel = c.to(tl.int64) * N
-    p = tl.load(x_ptr + item + channel + pix, mask=mask, other=0.0).to(tl.float32)
-    if ACTIVATION == SOFTMAX:  # over the C channels of each pixel
-        top = _channel_max(x_ptr + item + pix, mask, C, N)
-        total = tl.zeros(p.shape, tl.float32)
-        logits = x_ptr + item + pix
-        for _ in range(C):
-            total += tl.exp(tl.load(logits, mask=mask, other=0.0).to(tl.float32) - top)
-            logits += N
-        p = tl.exp(p - top) / total
-    elif ACTIVATION == SIGMOID:
-        p = tl.sigmoid(p)
-    if LABEL_MAP:
-        label, keep = _label_map(t_ptr, b, N, pix, mask, ignore_index, HAS_IGNORE)
-        y = ((label == c) & keep).to(tl.float32)
-        if HAS_IGNORE:
-            p = p * keep.to(tl.float32)  # a product, not a select: NaN at an ignored pixel reaches the loss
-    else:
-        y = tl.load(t_ptr + item + channel + pix, mask=mask, other=0.0).to(tl.float32)
-    return tl.where(mask, p, 0.0), y
 
 
 @triton.jit
@@ -203,7 +84,7 @@ def _plane_spectrum(
             cols_ok = cols < W
             pix = d * H * W + rows[:, None] * W + cols[None, :]
             mask = rows_ok[:, None] & cols_ok[None, :]
-            x, y = _load_pair(x_ptr, t_ptr, b, c, C, N, pix, mask, ignore_index, ACTIVATION, LABEL_MAP, HAS_IGNORE)
+            x, y = load_pair(x_ptr, t_ptr, b, c, C, N, pix, mask, ignore_index, ACTIVATION, LABEL_MAP, HAS_IGNORE)
             base = tl.where(base_is_x, x, y)
             difference = x - y  # exact to its own size, not a difference of two transforms
             # table[w, kw]: the full symmetric W×W matrix, only its first Wh columns are read
@@ -307,31 +188,6 @@ def _spectrum_tile(
 
 
 @triton.jit
-def _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE: tl.constexpr):
-    """conj(X), conj(Y) and the real parts of u, v, d per bin, from conj(S), conj(D) (_spectra.py:
-    X, Y = S, S − D if the base is x, else S + D, S). The imaginary parts of u, v, d (complex
-    spectrum only) are those of X, Y, D. Conjugating every spectrum changes no statistic."""
-    xr = tl.where(base_is_x, sr, sr + dr)
-    xi = tl.where(base_is_x, si, si + di)
-    yr = tl.where(base_is_x, sr - dr, sr)
-    yi = tl.where(base_is_x, si - di, si)
-    if AMPLITUDE:
-        # correctly rounded sqrt and division (`tl.sqrt`, `/` compile to sqrt.approx, div.full: 2 ulp, and
-        # the interpreter, numpy, rounds correctly): the statistics are not the hot path
-        u_re = tl.sqrt_rn(xr * xr + xi * xi)
-        v_re = tl.sqrt_rn(yr * yr + yi * yi)
-        # d = (|X|² − |Y|²)/(|X| + |Y|) with |X|² − |Y|² = 2·Re(D·conj X) − |D|²: every term of D's size
-        power_difference = 2.0 * (dr * xr + di * xi) - (dr * dr + di * di)
-        total = u_re + v_re
-        d_re = tl.where(total > 0, tl.div_rn(power_difference, tl.where(total > 0, total, 1.0)), 0.0)
-    else:
-        u_re = xr
-        v_re = yr
-        d_re = dr
-    return xr, xi, yr, yi, u_re, v_re, d_re
-
-
-@triton.jit
 def _tile_setup(base_ptr, C, offset, tiles_h, tiles_w, BKD: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr):
     """This program's slice (b, c), its frequency index vectors, and whether the slice's base signal is x."""
     slice_id = tl.program_id(0)
@@ -355,42 +211,6 @@ def _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw):
     band = tl.load(band_ptr + bins, mask=valid, other=0)
     weight = tl.load(herm_ptr + bins, mask=valid, other=0.0)
     return valid, band, weight
-
-
-@triton.jit
-def _store_tile_stats(out, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K, AMPLITUDE: tl.constexpr):
-    """out[j, :] = the 8 STATS of the tile's bins of band j, for every band j they touch (Hermitian
-    weights folded in), centred on the tile's own means: two passes over the registers. The
-    imaginary parts' band means are 0 (Hermitian symmetry): they enter the moments as they are."""
-    first = tl.min(tl.where(valid, band, K))
-    last = tl.max(tl.where(valid, band, -1))
-    for j in range(first, last + 1):
-        w = tl.where(band == j, weight, 0.0)
-        count = tl.sum(w)
-        divisor = tl.maximum(count, 1.0)
-        mean_u = tl.div_rn(tl.sum(w * u_re), divisor)  # correctly rounded, as in _bin_values
-        mean_v = tl.div_rn(tl.sum(w * v_re), divisor)
-        mean_d = tl.div_rn(tl.sum(w * d_re), divisor)
-        du = u_re - mean_u
-        dv = v_re - mean_v
-        dd = d_re - mean_d
-        m2_uu = du * du
-        m2_vv = dv * dv
-        m2_uv = du * dv
-        m2_dd = dd * dd
-        if not AMPLITUDE:
-            m2_uu += xi * xi
-            m2_vv += yi * yi
-            m2_uv += xi * yi
-            m2_dd += di * di
-        tl.store(out + j * 8 + 0, count)
-        tl.store(out + j * 8 + 1, mean_u)
-        tl.store(out + j * 8 + 2, mean_v)
-        tl.store(out + j * 8 + 3, mean_d)
-        tl.store(out + j * 8 + 4, tl.sum(w * m2_uu))
-        tl.store(out + j * 8 + 5, tl.sum(w * m2_vv))
-        tl.store(out + j * 8 + 6, tl.sum(w * m2_uv))
-        tl.store(out + j * 8 + 7, tl.sum(w * m2_dd))
 
 
 @triton.jit
@@ -455,30 +275,10 @@ def _forward_kernel(
         BH,
         BW,
     )
-    _xr, xi, _yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
+    _xr, xi, _yr, yi, u_re, v_re, d_re = bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
     valid, band, weight = _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw)
     out = out_ptr + (slice_id.to(tl.int64) * num_tiles + tile) * K * 8
-    _store_tile_stats(out, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K, AMPLITUDE)
-
-
-@triton.jit
-def _bin_gradient(coefficients, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE: tl.constexpr):
-    """The loss's gradient w.r.t. X at each bin (real, imaginary), from its band's COEFFICIENTS
-    (`coefficients`: this slice's (K, 7) table) and X, Y, u, v, d: torch_backend._spectral_backward's
-    per-bin formulas, ∂L/∂Re u, then through u = |X| (0 at X = 0, SPEC §4) or u = X."""
-    at = coefficients + band * 7
-    c_mean = tl.load(at + 0, mask=valid, other=0.0)
-    c_uu = tl.load(at + 1, mask=valid, other=0.0)
-    c_uv = tl.load(at + 2, mask=valid, other=0.0)
-    c_dd = tl.load(at + 3, mask=valid, other=0.0)
-    mean_u = tl.load(at + 4, mask=valid, other=0.0)
-    mean_v = tl.load(at + 5, mask=valid, other=0.0)
-    mean_d = tl.load(at + 6, mask=valid, other=0.0)
-    grad_re = c_mean + c_uu * (u_re - mean_u) + c_uv * (v_re - mean_v) + c_dd * (d_re - mean_d)
-    if AMPLITUDE:
-        scale = tl.where(u_re > 0, tl.div_rn(grad_re, tl.where(u_re > 0, u_re, 1.0)), 0.0)  # as in _bin_values
-        return scale * xr, scale * xi
-    return grad_re, c_uu * xi + c_uv * yi + c_dd * di
+    store_tile_stats(out, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K, AMPLITUDE)
 
 
 # _forward_kernel's parameters and first lines again: the backward recomputes the tile's spectra
@@ -547,10 +347,10 @@ def _backward_kernel(
         BH,
         BW,
     )
-    xr, xi, _yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
+    xr, xi, _yr, yi, u_re, v_re, d_re = bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
     valid, band, weight = _tile_bins(band_ptr, herm_ptr, D, H, W, kd, kh, kw)
     # conj(G) per bin (torch_backend._spectral_backward's formulas on the conj spectra), Hermitian weight folded in
-    gr, gi = _bin_gradient(
+    gr, gi = bin_gradient(
         coefficients_ptr + slice_id.to(tl.int64) * K * 7, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE
     )
     gr *= weight
@@ -597,63 +397,6 @@ def _backward_kernel(
                 tl.atomic_add(acc + pix, part, mask=rows_ok[:, None] & cols_ok[None, :], sem="relaxed")
 
 
-@triton.jit
-def _finish_kernel(
-    x_ptr,  # logits (B, C, N), any float dtype
-    t_ptr,  # integer label map (B, N), or dense target (read with HAS_IGNORE only)
-    acc_ptr,  # the gradient of the prediction, (B, C, N) float32
-    out_ptr,  # out: the gradient of the logits, (B, C, N), their dtype; may be acc_ptr
-    C,  # channels
-    N,  # samples per slice
-    ignore_index,  # the label of ignored pixels (read with HAS_IGNORE only)
-    ACTIVATION: tl.constexpr,  # ACTIVATION_CODES: none, SOFTMAX over the channels, SIGMOID
-    HAS_IGNORE: tl.constexpr,  # pixels labelled ignore_index get no gradient
-    BLOCK: tl.constexpr,  # pixels per program
-):
-    """grad of the prediction (acc, float32) → grad of the input: ignore mask, activation Jacobian.
-
-    May run in place (out_ptr == acc_ptr): each element is read before this program writes it.
-    """
-    b = tl.program_id(0)
-    pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = pix < N
-    item = b.to(tl.int64) * C * N + pix  # channel k of this pixel block: + k·N, by pointer steps
-    keep = mask
-    if HAS_IGNORE:
-        _, keep = _label_map(t_ptr, b, N, pix, mask, ignore_index, HAS_IGNORE)
-    if ACTIVATION == SOFTMAX:
-        top = _channel_max(x_ptr + item, mask, C, N)
-        total = tl.zeros((BLOCK,), tl.float32)
-        dot = tl.zeros((BLOCK,), tl.float32)
-        logits, grads = x_ptr + item, acc_ptr + item
-        for _ in range(C):
-            e = tl.exp(tl.load(logits, mask=mask, other=0.0).to(tl.float32) - top)
-            total += e
-            dot += e * tl.load(grads, mask=keep, other=0.0)
-            logits += N
-            grads += N
-        dot = dot / total
-        logits, grads, out = x_ptr + item, acc_ptr + item, out_ptr + item
-        for _ in range(C):
-            p = tl.exp(tl.load(logits, mask=mask, other=0.0).to(tl.float32) - top) / total
-            g = tl.load(grads, mask=keep, other=0.0)
-            tl.store(out, (p * (g - dot)).to(out_ptr.dtype.element_ty), mask=mask)
-            logits += N
-            grads += N
-            out += N
-    else:
-        logits, grads, out = x_ptr + item, acc_ptr + item, out_ptr + item
-        for _ in range(C):
-            g = tl.load(grads, mask=keep, other=0.0)
-            if ACTIVATION == SIGMOID:
-                p = tl.sigmoid(tl.load(logits, mask=mask, other=0.0).to(tl.float32))
-                g = g * p * (1.0 - p)
-            tl.store(out, g.to(out_ptr.dtype.element_ty), mask=mask)
-            logits += N
-            grads += N
-            out += N
-
-
 # ----------------------------------------------------------------------------------------------
 # host side: tables, tiling, launches
 
@@ -672,13 +415,8 @@ def _twiddles(n: int, device: torch.device) -> torch.Tensor:
     return (torch.stack([torch.cos(folded), sign * torch.sin(folded)]) / math.sqrt(n)).float().to(device)
 
 
-def _device_guard(device: torch.device):
-    """Triton launches on the current CUDA device; make it the tensors' one."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def _precision(dtype: torch.dtype) -> str:
-    return "tf32x3" if dtype == torch.float32 else "tf32"  # see the module docstring
+    return "tf32x3" if dtype == torch.float32 else "tf32"  # docs/triton-dft.md, Precision
 
 
 def _kernel_args(input, target, base_is_x, problem: Problem) -> tuple[tuple[int, int], dict]:
@@ -711,30 +449,10 @@ def _kernel_args(input, target, base_is_x, problem: Problem) -> tuple[tuple[int,
         num_warps=8,
         num_stages=1,
         **plan.blocks._asdict(),
-        **_input_args(input, target, problem),
+        **input_args(input, target, problem),
     )
     slices = input.shape[0] * (input.shape[1] - problem.offset)
     return (slices, plan.num_tiles), args
-
-
-def _finish(input, target, grad, out, problem: Problem) -> None:
-    """out = the gradient of the input from `grad`, the prediction's (float32, like the input), by
-    `_finish_kernel`; out may be grad (in place). Shared with triton_fft."""
-    samples = math.prod(input.shape[2:])
-    block = max(FINISH_BLOCK, triton.next_power_of_2(triton.cdiv(samples, 65535)))
-    args = _input_args(input, target, problem)
-    _finish_kernel[(input.shape[0], triton.cdiv(samples, block))](
-        input,
-        target,
-        grad,
-        out,
-        input.shape[1],
-        samples,
-        args["ignore_index"],
-        ACTIVATION=args["ACTIVATION"],
-        HAS_IGNORE=args["HAS_IGNORE"],
-        BLOCK=block,
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -748,7 +466,7 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
     grid, args = _kernel_args(input, target, base_is_x, problem)
     # zeros: a band that a tile does not touch is an empty part (count 0), which merge ignores
     partial = torch.zeros((*grid, problem.num_bands, len(STATS)), device=input.device, dtype=torch.float32)
-    with _device_guard(input.device):
+    with device_guard(input.device):
         _forward_kernel[grid](out_ptr=partial, num_tiles=grid[1], **args)
     batch, channels = input.shape[0], input.shape[1] - problem.offset
     return [merge(partial, 1).view(batch, channels, problem.num_bands, len(STATS)), base_is_x]
@@ -767,7 +485,7 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
     grid, args = _kernel_args(input, target, base_is_x, problem)
     acc = torch.zeros(input.shape, device=input.device, dtype=torch.float32)
     out = acc if input.dtype == torch.float32 else torch.empty_like(input)
-    with _device_guard(input.device):
+    with device_guard(input.device):
         _backward_kernel[grid](coefficients_ptr=coefficients, acc_ptr=acc, **args)
-        _finish(input, target, acc, out, problem)
+        finish_gradient(input, target, acc, out, problem)
     return out

@@ -1,49 +1,14 @@
-"""Triton kernels around torch.fft (cuFFT on a GPU) for the amplitude and banded spectra.
+"""Triton kernels around torch.fft (cuFFT on a GPU) for the amplitude and banded spectra, any size
+and rank.
 
-triton_backend.transform_path sends a problem here or to triton_dft.py. The DFT-as-matmul
-kernels there keep the spectra on chip but cost ~1000× an FFT's FLOPs at 128³ and are checked
-up to 512² and 128³ only; this path does the transform in O(N log N) for every size and rank
-(odd and prime sides included, batched over all slices) and fuses everything around it, the
-same shape as the cuda backend (cuda_backend.py):
+Forward: `_signals_kernel` (activation, one-hot, ignore mask → the base and x − y per slice,
+float32) → torch.fft.rfftn → `_stats_kernel` (per tile of bins, the 8 STATS of each band it
+touches; _stats.merge combines the tiles). Saves the half spectra and base_is_x.
+Backward: `_grad_kernel` (per bin, the gradient of the half spectrum from its band's COEFFICIENTS)
+→ torch.fft.irfftn → triton_utils.finish_gradient (ignore mask, activation Jacobian, the input's
+dtype). No atomics: deterministic.
 
-    _signals_kernel     logits, target → signals (2, B, C', *S) float32: [0] the base, x or y per
-                        slice (`base_is_prediction`, _spectra.py), [1] x − y. Activation (softmax
-                        over C, sigmoid), one-hot of a label map and ignore mask in registers
-                        (triton_dft._load_pair), the background channel left out.
-    torch.fft.rfftn     both signals of every slice in one call, ortho; then `make_hermitian`.
-    _stats_kernel       per tile of BLOCK half-spectrum bins of one slice: X, Y, u, v, d
-                        (triton_dft._bin_values) and, for every band the tile touches, its 8 STATS
-                        (_stats.py) with the Hermitian weights folded in, centred on the tile's own
-                        means in two passes over the registers; torch merges the tiles (_stats.merge:
-                        Chan's update, nothing cancels).
-backward:
-    _grad_kernel        per bin, the gradient G of the half spectrum of x from its band's
-                        COEFFICIENTS (gathered by the int32 band table) and X, Y, u, v, d recomputed
-                        from the saved spectra: torch_backend._spectral_backward's per-bin formulas,
-                        unweighted, because irfftn treats the half spectrum as the full Hermitian
-                        one (the mirror bins' share is its own).
-    torch.fft.irfftn    into a float32 (B, C, *S) buffer whose background channel is 0.
-    triton_dft._finish_kernel   ignore mask, activation Jacobian, the input's dtype (`triton_dft._finish`).
-
-This module's kernels run on a 1-D grid (only grid axis 0 may exceed 65535) with int64
-offsets; _finish_kernel's grid is (B, pixel blocks), its block grown with N so that axis stays
-within 65535. No kernel uses atomics, and torch's FFTs are deterministic: the result does not
-depend on the order programs run in, so this path also serves
-`torch.use_deterministic_algorithms(True)` on a GPU.
-
-Memory, per slice (b, c') of N samples and M = N/W·(W//2 + 1) half-spectrum bins:
-- forward: the signals, 8·N bytes, freed after the transform; the spectra, 16·M bytes, saved
-  for the backward with `base_is_x` (recomputing them would redo the forward's prologue and
-  transform, about the forward's whole cost); the tiles' STATS, 32·K bytes per BLOCK bins
-  (zero-initialised: a band that a tile does not touch is an empty part), and merge's
-  temporaries of their size.
-- backward: G, 8·M bytes (and cuFFT's copy of it: c2r overwrites its input); the float32
-  (B, C, *S) gradient buffer (irfftn's `out=`, which may go through a temporary of its size),
-  which for float32 inputs is the returned gradient (finished in place); for float16/bfloat16
-  the returned gradient besides.
-
-Precision: float32 throughout, whatever the input's dtype; the FFTs' rounding is float32's
-O(ε·log N) (the float32 torch backend does the same transforms).
+Design and figures: docs/triton-fft.md
 """
 
 from __future__ import annotations
@@ -58,8 +23,17 @@ from .._stats import STATS, gradient_coefficients, merge
 from ..bands import half_grid_tables
 from ._spectra import base_is_prediction, make_hermitian
 from .registry import Problem
-from .triton_dft import _bin_gradient, _bin_values, _device_guard, _finish, _load_pair, _store_tile_stats
-from .triton_kernels import _block, _grid, _input_args
+from .triton_utils import (
+    bin_gradient,
+    bin_values,
+    block_index,
+    device_guard,
+    finish_gradient,
+    grid,
+    input_args,
+    load_pair,
+    store_tile_stats,
+)
 
 BLOCK = 1024  # samples or bins per program (4 warps: 8 per thread)
 
@@ -93,7 +67,7 @@ def _signals_kernel(
     row = b * channels + channel  # the slice (b, c') in (B, C')
     pix = pid // channels % num_blocks * BLOCK + tl.arange(0, BLOCK)
     mask = pix < N
-    x, y = _load_pair(
+    x, y = load_pair(
         x_ptr, t_ptr, b, channel + offset, C, N, pix, mask, ignore_index, ACTIVATION, LABEL_MAP, HAS_IGNORE
     )
     base_is_x = tl.load(base_ptr + row) != 0
@@ -114,12 +88,12 @@ def _load_bins(s_ptr, d_ptr, base_ptr, row, M, bins, valid):
 
 @triton.jit
 def _tile(s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's slice `row` and tile of BLOCK bins: their band and X, Y, u, v, d (_bin_values)."""
-    row, tile = _block(num_tiles)
+    """This program's slice `row` and tile of BLOCK bins: their band and X, Y, u, v, d (bin_values)."""
+    row, tile = block_index(num_tiles)
     bins = tile * BLOCK + tl.arange(0, BLOCK)
     valid = bins < M
     sr, si, dr, di, base_is_x = _load_bins(s_ptr, d_ptr, base_ptr, row, M, bins, valid)
-    xr, xi, yr, yi, u_re, v_re, d_re = _bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
+    xr, xi, yr, yi, u_re, v_re, d_re = bin_values(sr, si, dr, di, base_is_x, AMPLITUDE)
     band = tl.load(band_ptr + bins, mask=valid, other=0)
     return row, tile, bins, valid, band, xr, xi, yr, yi, u_re, v_re, d_re, di
 
@@ -143,7 +117,7 @@ def _stats_kernel(
         s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE, BLOCK
     )
     weight = tl.load(herm_ptr + bins, mask=valid, other=0.0)
-    _store_tile_stats(
+    store_tile_stats(
         out_ptr + (row * num_tiles + tile) * K * 8, valid, band, weight, u_re, v_re, d_re, xi, yi, di, K, AMPLITUDE
     )
 
@@ -167,7 +141,7 @@ def _grad_kernel(
     row, _tile_index, bins, valid, band, xr, xi, _yr, yi, u_re, v_re, d_re, di = _tile(
         s_ptr, d_ptr, base_ptr, band_ptr, M, num_tiles, AMPLITUDE, BLOCK
     )
-    gr, gi = _bin_gradient(coefficients_ptr + row * K * 7, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE)
+    gr, gi = bin_gradient(coefficients_ptr + row * K * 7, band, valid, xr, xi, yi, di, u_re, v_re, d_re, AMPLITUDE)
     at = (row * M + bins)[:, None] * 2 + tl.arange(0, 2)[None, :]
     tl.store(grad_ptr + at, tl.join(gr, gi), mask=valid[:, None])
 
@@ -176,7 +150,7 @@ def _launch_per_bin(kernel, spectra, base_is_x, band, problem: Problem, **pointe
     """`_stats_kernel` or `_grad_kernel` (`pointers`: its own two) over every slice, BLOCK bins a program."""
     slices, bins = base_is_x.numel(), band.numel()
     num_tiles = triton.cdiv(bins, BLOCK)
-    kernel[_grid(slices, num_tiles)](
+    kernel[grid(slices, num_tiles)](
         s_ptr=spectra[0],
         d_ptr=spectra[1],
         base_ptr=base_is_x,
@@ -205,8 +179,8 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
     base_is_x = base_is_prediction(input, target, problem).contiguous()
     signals = torch.empty((2, batch, channels, *spatial), device=input.device, dtype=torch.float32)
     num_blocks = triton.cdiv(samples, BLOCK)
-    with _device_guard(input.device):
-        _signals_kernel[_grid(slices, num_blocks)](
+    with device_guard(input.device):
+        _signals_kernel[grid(slices, num_blocks)](
             input,
             target,
             base_is_x,
@@ -218,7 +192,7 @@ def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> l
             num_blocks,
             BLOCK=BLOCK,
             num_warps=4,
-            **_input_args(input, target, problem),
+            **input_args(input, target, problem),
         )
         spectra = torch.fft.rfftn(signals, dim=tuple(range(3, signals.dim())), norm="ortho")
         del signals
@@ -256,7 +230,7 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
     grad = torch.empty(input.shape, device=input.device, dtype=torch.float32)
     grad[:, : problem.offset] = 0
     out = grad if input.dtype == torch.float32 else torch.empty_like(input)
-    with _device_guard(input.device):
+    with device_guard(input.device):
         _launch_per_bin(
             _grad_kernel,
             spectra,
@@ -270,5 +244,5 @@ def band_stats_backward(grad_stats, stats, input, target, saved, problem: Proble
             grad_half, s=spatial, dim=tuple(range(2, input.dim())), norm="ortho", out=grad[:, problem.offset :]
         )
         del grad_half
-        _finish(input, target, grad, out, problem)
+        finish_gradient(input, target, grad, out, problem)
     return out

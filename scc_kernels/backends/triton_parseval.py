@@ -1,23 +1,12 @@
-"""The one-pass complex SCC (SPEC "A useful identity") as two fused Triton kernels.
+"""The one-pass complex SCC (SPEC "A useful identity"): complex spectrum, one band, no transform,
+as two fused Triton kernels.
 
-Complex spectrum, one band: the band statistics need no transform (_stats.parseval_stats).
-The forward sums PARSEVAL_SUMS per slice: the origin samples x[0], y[0], and Σ x², Σ y², Σ x·y,
-Σ (x − y)² over every sample but the origin, (x − y)² formed per sample so that it keeps its
-digits when the prediction is close to the target. The backward writes, per sample,
-c_uu·x + c_uv·y + c_dd·(x − y) (and √N·c_mean at the origin, which enters through the means
-only) from the per-slice COEFFICIENTS of _stats.gradient_coefficients. So the forward reads the
-logits and the target once and the backward reads them once more and writes the gradient once.
-The activation and the one-hot of a label map live in registers only. Each program handles all
-C channels (a class count: small) of BLOCK_N pixels of one batch item, on a 1-D grid of
-B·cdiv(N, BLOCK_N) programs (only the first grid axis may exceed 65535; `_grid`), pixel
-offsets in int64 (a slice may hold 2**31 samples or more); the per-block partial sums go to a
-small float32 buffer that torch adds up (deterministic, no atomics; every sum but Σ x·y adds
-non-negative terms, and the origin is in block 0 only).
+Forward: `_parseval_forward_kernel` reads the logits and the target once and writes each pixel
+block's PARSEVAL_SUMS per channel; torch adds the blocks (_stats.parseval_stats).
+Backward: `_parseval_backward_kernel` reads them once more and writes the gradient once,
+c_uu·x + c_uv·y + c_dd·(x − y) per sample from the per-slice COEFFICIENTS.
 
-This module also holds what every Triton path (triton_dft.py, triton_fft.py) shares: the one
-vocabulary of how a kernel reads its input (`_input_args`: ignore_index and the constexprs
-ACTIVATION, LABEL_MAP, HAS_IGNORE; ACTIVATION takes _options.ACTIVATION_CODES, named SOFTMAX and
-SIGMOID here), the label-map load `_label_map`, and the 1-D grid (`_grid`, `_block`).
+Design: docs/triton-parseval.md
 """
 
 from __future__ import annotations
@@ -28,24 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._options import ACTIVATION_CODES, is_label_map
 from .._stats import PARSEVAL_SUMS, parseval_stats
 from .registry import Problem
-
-SOFTMAX = tl.constexpr(ACTIVATION_CODES["softmax"])  # the values of the kernels' ACTIVATION constexpr
-SIGMOID = tl.constexpr(ACTIVATION_CODES["sigmoid"])
-
-
-@triton.jit
-def _label_map(t_ptr, b, N, pix, mask, ignore_index, HAS_IGNORE: tl.constexpr):
-    """The labels of batch item b at `pix` (int64) and the pixels that count: in range (`mask`) and,
-    with HAS_IGNORE, not ignore_index. Compared in int64: an ignore_index beyond int32 must not match
-    a truncated label."""
-    label = tl.load(t_ptr + b.to(tl.int64) * N + pix, mask=mask, other=0).to(tl.int64)
-    keep = mask
-    if HAS_IGNORE:
-        keep = keep & (label != ignore_index)
-    return label, keep
+from .triton_utils import SIGMOID, SOFTMAX, block_index, grid, input_args, label_map
 
 
 @triton.jit
@@ -65,7 +39,7 @@ def _load_tile(
     """p = act(logits) (BLOCK_C, BLOCK_N), x = p zeroed where not kept, y = target, kept pixels.
 
     Every channel of the pixels at once, so that the softmax and its Jacobian reduce over axis 0 in
-    registers; triton_dft._load_pair loads one channel of any block of pixels (what the DFT tiles need).
+    registers; triton_utils.load_pair loads one channel of any block of pixels (what the DFT tiles need).
     """
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -85,20 +59,13 @@ def _load_tile(
         p = z
     keep = mask_n
     if LABEL_MAP:
-        labels, keep = _label_map(target_ptr, pid_b, N, offs_n, mask_n, ignore_index, HAS_IGNORE)
+        labels, keep = label_map(target_ptr, pid_b, N, offs_n, mask_n, ignore_index, HAS_IGNORE)
         y = ((labels[None, :] == offs_c[:, None]) & keep[None, :]).to(tl.float32)
     else:
         y = tl.load(target_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     # a product, not a select: NaN at an ignored pixel still reaches the loss (SPEC §5)
     x = tl.where(mask_c[:, None], p * keep.to(tl.float32)[None, :], 0.0)
     return p, x, y, keep
-
-
-@triton.jit
-def _block(num_blocks):
-    """(batch item, pixel block, int64) of this program on the 1-D grid of `_grid`."""
-    pid = tl.program_id(0).to(tl.int64)
-    return pid // num_blocks, pid % num_blocks
 
 
 # The two kernels' parameter lists repeat each other: a kernel's parameters are its launch signature,
@@ -119,7 +86,7 @@ def _parseval_forward_kernel(
     LABEL_MAP: tl.constexpr,  # the target is a label map
     HAS_IGNORE: tl.constexpr,  # pixels labelled ignore_index are left out
 ):
-    pid_b, pid_n = _block(num_blocks)
+    pid_b, pid_n = block_index(num_blocks)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     _, x, y, _ = _load_tile(
         logits_ptr, target_ptr, pid_b, offs_n, C, N, ignore_index, BLOCK_C, ACTIVATION, LABEL_MAP, HAS_IGNORE
@@ -159,7 +126,7 @@ def _parseval_backward_kernel(
     LABEL_MAP: tl.constexpr,  # the target is a label map
     HAS_IGNORE: tl.constexpr,  # pixels labelled ignore_index are left out
 ):
-    pid_b, pid_n = _block(num_blocks)
+    pid_b, pid_n = block_index(num_blocks)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     p, x, y, keep = _load_tile(
         logits_ptr, target_ptr, pid_b, offs_n, C, N, ignore_index, BLOCK_C, ACTIVATION, LABEL_MAP, HAS_IGNORE
@@ -196,31 +163,6 @@ def _launch_config(channels: int, n: int) -> tuple[int, int, int]:
     return block_c, block_n, 4
 
 
-def _grid(batch: int, num_blocks: int) -> tuple[int]:
-    """One grid axis of rows·blocks programs (rows: batch items or slices): CUDA allows 2**31 − 1
-    on the first axis, 65535 on the others."""
-    programs = batch * num_blocks
-    if programs >= 2**31:
-        raise ValueError(
-            f"scc_kernels triton backend: {programs} programs ({batch} rows × {num_blocks} blocks) "
-            "exceed CUDA's grid limit; split the batch"
-        )
-    return (programs,)
-
-
-def _input_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> dict:
-    """The arguments that say how every Triton kernel reads the input: ignore_index and the
-    constexprs ACTIVATION, LABEL_MAP, HAS_IGNORE (the one vocabulary of triton_kernels, triton_dft
-    and triton_fft)."""
-    label_map = is_label_map(input, target)
-    return dict(
-        ignore_index=0 if problem.ignore_index is None else problem.ignore_index,  # unused unless HAS_IGNORE
-        ACTIVATION=ACTIVATION_CODES[problem.activation],
-        LABEL_MAP=label_map,
-        HAS_IGNORE=label_map and problem.ignore_index is not None,
-    )
-
-
 def _static_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> dict:
     """Both Parseval kernels' arguments but the tensors (and root_n)."""
     channels, n = input.shape[1], math.prod(input.shape[2:])
@@ -233,7 +175,7 @@ def _static_args(input: torch.Tensor, target: torch.Tensor, problem: Problem) ->
         BLOCK_N=block_n,
         num_warps=num_warps,
         OFFSET=problem.offset,
-        **_input_args(input, target, problem),
+        **input_args(input, target, problem),
     )
 
 
@@ -245,7 +187,7 @@ def parseval_band_stats(input: torch.Tensor, target: torch.Tensor, problem: Prob
         (batch, args["num_blocks"], channels - problem.offset, len(PARSEVAL_SUMS)), dtype=torch.float32
     )
     if partial.numel():
-        _parseval_forward_kernel[_grid(batch, args["num_blocks"])](
+        _parseval_forward_kernel[grid(batch, args["num_blocks"])](
             input.contiguous(), target.contiguous(), partial, **args
         )
     return parseval_stats(partial.sum(1), args["N"]).unsqueeze(2)
@@ -257,7 +199,7 @@ def parseval_backward(coefficients, input: torch.Tensor, target: torch.Tensor, p
     input = input.contiguous()
     grad_input = torch.empty_like(input)
     if grad_input.numel():
-        _parseval_backward_kernel[_grid(input.shape[0], args["num_blocks"])](
+        _parseval_backward_kernel[grid(input.shape[0], args["num_blocks"])](
             input,
             target.contiguous(),
             coefficients.to(torch.float32).contiguous(),
