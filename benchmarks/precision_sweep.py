@@ -1,11 +1,11 @@
-"""SPEC v2 §4 precision sweep: the worst errors of every backend next to the plain float32 reference.
+"""SPEC §4 precision sweep: the worst errors of every backend next to the plain float32 reference.
 
     python benchmarks/precision_sweep.py                      # backends that run here, 5 seeds
     python benchmarks/precision_sweep.py --backend torch --seeds 12 --large
 
 For each regime (random logits, near-converged predictions at confidence 4 to 10, huge inputs
 without activation) it runs every spectrum/band setting on odd 1D-3D shapes and reports the
-worst loss and gradient error as fractions of SPEC v2's tolerance (≤ 1 passes), the plain
+worst loss and gradient error as fractions of SPEC §4's tolerance (≤ 1 passes), the plain
 float32 reference ("ref f32", not required to pass) on the same inputs, and how many cases
 returned NaN because a float32 sum overflows (allowed). Triton's interpreter (CPU) gets the
 small shapes only; `--large` adds 512² and 96³ for the other backends.
@@ -44,7 +44,7 @@ def main() -> None:
     names = args.backend or [n for n in info() if n != "reference" and unavailable_reason(n, device) is None]
     print(
         f"{time.strftime('%Y-%m-%d')} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
-        f"torch {torch.__version__}; {args.seeds} seeds; errors as fractions of SPEC v2's tolerance"
+        f"torch {torch.__version__}; {args.seeds} seeds; errors as fractions of SPEC §4's tolerance"
     )
     worst = collections.defaultdict(lambda: [0.0, 0.0, 0, 0])  # (backend, regime) → loss, grad, cases, NaN
     start = time.perf_counter()

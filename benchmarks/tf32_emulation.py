@@ -1,4 +1,4 @@
-"""CPU emulation of the Triton backend's DFT-as-matmul precision (triton_dft.py) against SPEC v2 §4.
+"""CPU emulation of the Triton backend's DFT-as-matmul precision (triton_dft.py) against SPEC §4.
 
 The Triton kernels run every DFT stage as a `tl.dot`. Here torch_backend's spectral path runs
 with its `torch.fft.rfftn` / `irfftn` replaced by the same stages as CPU matmuls whose operands
@@ -25,7 +25,7 @@ Inputs: softmax probabilities x rounded to float32 and one-hot labels, "random" 
 2·randn, random labels) and near-converged (`verify.converged_problem`, confidence 4 and 8).
 Reference: `scc_loss(backend="reference")` in float64 on the same x. Errors, worst over the
 seeds, per loss value (reduction "none") and for the gradient of the mean loss: as fractions of
-SPEC v2 §4's tolerance for the input dtype the mode serves (≤ 1 passes; "f32": 1e-4·|L64| +
+SPEC §4's tolerance for the input dtype the mode serves (≤ 1 passes; "f32": 1e-4·|L64| +
 1e-6 and 1e-3·‖g64‖ + 1e-7, "f16": 1e-2 for both) and as relative errors |L − L64|/|L64|,
 ‖g − g64‖/‖g64‖. SPEC's g is the gradient w.r.t. the logits: both gradients w.r.t. x go through
 the softmax Jacobian at x (float64). The "p grad" columns compare the gradients w.r.t. x
@@ -172,7 +172,7 @@ def softmax_backward(grad_x, x):  # the gradient w.r.t. the logits, x = softmax(
 
 
 def spec_errors(L, g, L64, g64, mode):
-    """[loss/tol, grad/tol, loss rel, grad rel]: SPEC v2 §4 for the input dtype `mode` serves."""
+    """[loss/tol, grad/tol, loss rel, grad rel]: SPEC §4 for the input dtype `mode` serves."""
     dtype = TOLERANCE_DTYPE[mode]
     loss_error, grad_error = (L - L64).abs(), (g - g64).norm()
     return [

@@ -1,5 +1,5 @@
 """3D version of tf32_emulation.py (read its docstring): the same CPU emulation of the Triton DFT
-dots against SPEC v2 §4, for (n, n, n) volumes of 3 classes. The W and H stages run in the mode
+dots against SPEC §4, for (n, n, n) volumes of 3 classes. The W and H stages run in the mode
 under test, the D stage elementwise in float32 as in the kernels. CPU emulation, not a GPU
 measurement.
 

@@ -65,7 +65,7 @@ def verify(args) -> int:
     dtypes = [getattr(torch, name) for name in args.dtype]
     names = args.backend or None
     print(
-        f"verify on {device} against the float64 reference, SPEC v3 §4: per loss value |L - L64| <= "
+        f"verify on {device} against the float64 reference, SPEC §4: per loss value |L - L64| <= "
         f"rtol*|L64| + {checks.LOSS_ATOL:g}, gradient of the mean loss |g - g64| <= rtol*|g64| + {checks.GRAD_ATOL:g}, "
         f"rtol = 1e-4 / 1e-3 (float32), 1e-2 (half types; the gradient's plus |half(g64) - g64|)"
     )

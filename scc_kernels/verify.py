@@ -15,7 +15,7 @@ import torch
 from .backends.registry import info, unavailable_reason
 from .functional import scc_loss
 
-# SPEC v3 §4, by input dtype
+# SPEC §4, by input dtype
 LOSS_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 GRAD_RTOL = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 LOSS_ATOL = 1e-6
@@ -79,13 +79,13 @@ def huge_problem(batch, channels, spatial, *, magnitude, dtype=torch.float32, de
 
 @dataclasses.dataclass
 class Errors:
-    """One backend on one input, against the float64 reference (SPEC v2 §4)."""
+    """One backend on one input, against the float64 reference (SPEC §4)."""
 
     loss: float  # max over loss values of |L − L64| / (rtol·|L64| + atol): ≤ 1 passes
     grad: float  # ‖g − g64‖ / (rtol·‖g64‖ + atol), gradient of the mean loss
     loss_rel: float  # max |L − L64| / |L64|, for reading
     grad_rel: float  # ‖g − g64‖ / ‖g64‖
-    overflow: bool = False  # NaN where a float32 statistic overflows: allowed (SPEC v2 §4)
+    overflow: bool = False  # NaN where a float32 statistic overflows: allowed (SPEC §4)
 
     @property
     def ok(self) -> bool:
@@ -129,7 +129,7 @@ def compare_with_reference(backend, logits, target, **options) -> Errors:
 
 
 def rounding_floor(exact: torch.Tensor, dtype: torch.dtype) -> float:
-    """SPEC v3 §4's half-type gradient floor ‖half(g64) − g64‖: the error of the exact gradient
+    """SPEC §4's half-type gradient floor ‖half(g64) − g64‖: the error of the exact gradient
     rounded to `dtype` (float16 flushes what lies below its normal range); 0 for float32/float64."""
     if dtype not in (torch.float16, torch.bfloat16):
         return 0.0

@@ -1,4 +1,4 @@
-"""SPEC v3 §1, §4 and §5 at their edges: label maps of every integer dtype against ignore_index
+"""SPEC §1, §4 and §5 at their edges: label maps of every integer dtype against ignore_index
 values in and out of their range, the ignore_index range, one-channel binary label maps, NaN/Inf
 in inputs and dense targets (loss and gradient), SCCLoss.other_act reassigned, vmap over label
 maps, the same error types compiled and eager, and verify's half-type floor."""
@@ -114,7 +114,7 @@ def test_ignore_index_any_integer_within_int64(ignore_index):
     assert SCCLoss(ignore_index=ignore_index).options.ignore_index == int(ignore_index)
 
 
-# --- 3. one channel, an integer target and ignore_index: a binary label map (SPEC v3 §1) -------------
+# --- 3. one channel, an integer target and ignore_index: a binary label map (SPEC §1) -------------
 
 
 BINARY_CASES = [  # (spatial, label dtype, ignore_index, layout (B, 1, *S) or (B, *S), options)
@@ -206,7 +206,7 @@ def test_other_act_module_reassigned_before_compile():
     torch.testing.assert_close(compiled(logits, labels), scc_loss(logits, labels, sigmoid=True))
 
 
-# --- 5. NaN / Inf: NaN loss and NaN gradient (SPEC v3 §5) -------------------------------------------
+# --- 5. NaN / Inf: NaN loss and NaN gradient (SPEC §5) -------------------------------------------
 
 
 def _nan_problem(where, bad):
@@ -237,7 +237,7 @@ def _nan_problem(where, bad):
     "bad", [math.nan, pytest.param(math.inf, marks=pytest.mark.slow), pytest.param(-math.inf, marks=pytest.mark.slow)]
 )
 def test_nan_or_inf_gives_nan_loss_and_gradient(backend, path, where, bad):
-    """No activation: NaN, or Inf (SPEC v3 §5), in a dense target or anywhere in the input (an
+    """No activation: NaN, or Inf (SPEC §5), in a dense target or anywhere in the input (an
     ignored position too) makes its slice's loss NaN and its gradient NaN at every position."""
     logits, target, options = _nan_problem(where, bad)
     x = logits.requires_grad_(True)
@@ -255,7 +255,7 @@ def test_nan_or_inf_gives_nan_loss_and_gradient(backend, path, where, bad):
 @pytest.mark.parametrize("backend", SLOW_TRITON)
 @pytest.mark.parametrize("path", PATHS, ids=str)
 def test_infinite_logits(backend, path):
-    """SPEC v3 §5: −Inf under softmax and ±Inf under sigmoid saturate to finite probabilities (the
+    """SPEC §5: −Inf under softmax and ±Inf under sigmoid saturate to finite probabilities (the
     loss is that of a huge finite logit, its gradient too); +Inf under softmax, or any Inf with no
     activation, gives NaN for the slices it reaches."""
     logits, labels = random_problem(2, 3, (6, 7))
@@ -288,7 +288,7 @@ def test_infinite_logits(backend, path):
             assert loss[1].isfinite().all() and grad[1].isfinite().all()
 
 
-# --- 6. verify's half-type floor (SPEC v3 §4) ---------------------------------------------------------
+# --- 6. verify's half-type floor (SPEC §4) ---------------------------------------------------------
 
 
 def test_rounding_floor_is_the_rounding_of_the_exact_gradient():

@@ -1,4 +1,4 @@
-"""Band tables (SPEC v3 §3 step 5) against the definition in exact rational arithmetic, and the
+"""Band tables (SPEC §3 step 5) against the definition in exact rational arithmetic, and the
 byte-bounded caches that hold them."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ SHAPES = [(16, 16), (7,), (12, 10, 9), (31, 17), (5, 1), (1, 9), (64, 48), (8, 8
 
 
 def exact_band(indices: tuple[int, ...], spatial: tuple[int, ...], num_bands: int) -> int:
-    """SPEC v3 §3 step 5 in Fractions: the largest j ≤ K − 1 with j²·D ≤ 4·K²·Σ_d (k_d/n_d)²."""
+    """SPEC §3 step 5 in Fractions: the largest j ≤ K − 1 with j²·D ≤ 4·K²·Σ_d (k_d/n_d)²."""
     radius2 = sum(Fraction(k, n) ** 2 for k, n in zip(indices, spatial))
     j = 0
     while j + 1 < num_bands and (j + 1) ** 2 * len(spatial) <= 4 * num_bands**2 * radius2:

@@ -207,7 +207,7 @@ def test_other_act_module_is_a_submodule():
     assert "other_act" in loss.state_dict().__str__()
 
 
-# --- 7. options (SPEC v2 §5) -----------------------------------------------------------------------
+# --- 7. options (SPEC §5) -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""SPEC v2 §4 precision sweep: every fast backend runnable here against the float64 reference.
+"""SPEC §4 precision sweep: every fast backend runnable here against the float64 reference.
 
 Float32 inputs in the regimes where naive float32 breaks: near-converged predictions (losses from
 about 1e-3 down to 1e-6 and below), bands of a few bins, huge magnitudes (the right value, or
@@ -133,7 +133,7 @@ def test_overflow_gives_nan_never_a_finite_wrong_value(magnitude, spectrum, band
 
 
 def test_losses_span_the_near_converged_range():
-    """The sweep reaches the losses SPEC v2 names (1e-3 down to 1e-6): the regimes are what they say."""
+    """The sweep reaches the losses SPEC §4 names (1e-3 down to 1e-6): the regimes are what they say."""
     generator = torch.Generator().manual_seed(SEED)
     losses = {}
     for confidence in (4, 10):

@@ -63,7 +63,7 @@ def test_scale_invariant_without_eps(shape, opts, seed, scale):
     torch.testing.assert_close(r_ref(scale * x, y, eps=0.0, **opts), r_ref(x, y, eps=0.0, **opts), rtol=1e-9, atol=1e-9)
 
 
-# --- exploration: the torch backend against the float64 reference (SPEC v2 §4) -------------------
+# --- exploration: the torch backend against the float64 reference (SPEC §4) -------------------
 
 # 4 or more samples a side: signals of 1-3 samples (1-2 distinct amplitudes) are pinned in test_precision.py
 spatial_shapes = st.lists(st.integers(4, 9), min_size=1, max_size=3).map(tuple)

@@ -131,7 +131,7 @@ def test_version():
     assert scc_kernels.__version__
 
 
-# --- exactly Hermitian spectra (SPEC v3 §3 step 4) -----------------------------------------------
+# --- exactly Hermitian spectra (SPEC §3 step 4) -----------------------------------------------
 
 
 def _anti_hermitian_noise(monkeypatch):

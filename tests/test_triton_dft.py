@@ -144,7 +144,7 @@ def test_end_to_end_matches_reference(spatial, options, label_map, dtype, device
     assert_matches_reference("triton", logits, target, **options)
 
 
-# Near-converged softmax predictions (SPEC v2 §4): losses ~1e-3 at confidence 4, ~1e-5 at 8
+# Near-converged softmax predictions (SPEC §4): losses ~1e-3 at confidence 4, ~1e-5 at 8
 # (bands raise them), where d = u − v must come from the transform of x − y. Combined, not crossed.
 CONVERGED_CASES = [
     pytest.param(4, (20, 23), "amplitude", None, marks=pytest.mark.slow),

@@ -99,7 +99,7 @@ def test_band_stats_and_backward_match_float64(case, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# end to end through scc_loss, SPEC v2 §4 against the float64 reference
+# end to end through scc_loss, SPEC §4 against the float64 reference
 
 # (regime, spatial, options): random logits, near-converged predictions (losses ~1e-5 at
 # confidence 8), bands of a few bins (some only Hermitian mirror pairs: r = 1), huge magnitudes

@@ -25,7 +25,7 @@ def device_for(backend: str) -> torch.device:
 
 
 def assert_matches_reference(backend, logits, target, seed=None, **options):
-    """SPEC v2 §4 against the float64 reference (errors as fractions of the tolerance); the seed
+    """SPEC §4 against the float64 reference (errors as fractions of the tolerance); the seed
     that made the inputs, if given, goes into the failure message."""
     errors = compare_with_reference(backend, logits, target, **options)
     where = "" if seed is None else f" seed {seed}"

@@ -39,7 +39,7 @@ def base_is_prediction(
       inputs of 1e15 with no activation get base y, near convergence x with an activation;
     - but y wherever x holds more than 4x the energy ‖·‖₂² of y: a one-voxel class has a flat |Y|
       (S_vv = 0, r rests on eps) that a prediction spread over the image would blur with its own
-      rounding (the loss was 3x off SPEC v2 §4 at 12x10x9 without this rule). Near convergence,
+      rounding (the loss was 3x off SPEC §4 at 12x10x9 without this rule). Near convergence,
       where the energies agree, neither base is better in general (narrow bands: either can be
       the worse by 10x, seed to seed), so the first rule, which the sweep was tuned on, decides.
     `x`: the activated prediction (B, C', *S), ignored positions zeroed, when the caller has it.
