@@ -28,7 +28,6 @@ from ._options import SCCOptions, assume_constant_result, make_options, warn_cal
 from .autotune import candidate_key
 from .autotune import measure as autotune_measure
 from .backends import dft_tiles, torch_backend
-from .backends._cuda_build import build_status
 from .backends.registry import NAMES, supports_dtype, unavailable_reason
 from .cost_model import PROFILES, Candidate, Plan, Workload, dominant_term, profile_name, profile_of
 
@@ -273,4 +272,8 @@ def _runs_here(backend: str, dtype: torch.dtype) -> bool:
     a minute-long JIT compile that nobody asked for; backend="cuda" still may)."""
     if not supports_dtype(backend, dtype) or unavailable_reason(backend, "cuda") is not None:
         return False
-    return backend != "cuda" or build_status() == "prebuilt"
+    if backend != "cuda":
+        return True
+    from .backends import _cuda_build  # here, not at the top: importing scc_kernels loads no backend's code
+
+    return _cuda_build.build_status() == "prebuilt"
