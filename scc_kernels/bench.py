@@ -31,10 +31,11 @@ MODES: dict[
     "complex": dict(spectrum="complex", softmax=True),
     "amplitude": dict(spectrum="amplitude", softmax=True),
     "amplitude-4bands": dict(spectrum="amplitude", softmax=True, bands=4),
+    "amplitude-8bands": dict(spectrum="amplitude", softmax=True, bands=8),
     "amplitude-64bands": dict(spectrum="amplitude", softmax=True, bands=64),  # narrow bands: many segments
 }
 SHAPES = {
-    "cpu": [(8, 4, 256, 256), (2, 4, 48, 48, 48)],
+    "cpu": [(8, 4, 256, 256), (2, 4, 64, 64, 64)],  # a 2D training batch, a 3D patch batch
     "cuda": [(16, 4, 512, 512), (16, 4, 256, 256), (2, 4, 128, 128, 128)],
 }
 QUICK_SHAPES = {"cpu": [(4, 4, 128, 128), (1, 4, 32, 32, 32)], "cuda": [(16, 4, 256, 256), (2, 4, 64, 64, 64)]}

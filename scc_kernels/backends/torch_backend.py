@@ -223,12 +223,14 @@ CHUNK_BINS = 2**17
 
 def _channel_groups(batch: int, channels: int, bins: int, device: torch.device) -> list[slice]:
     """Slices of the channels whose bins a chunk of `batch` elements processes together after its
-    transforms: all of them, unless one element's channels exceed CHUNK_BINS on a CPU (3D), then
-    groups of about CHUNK_BINS values, so the per-bin temporaries stay in the core's L2 cache
-    (at 2x4x64^3 each would be 2-4 MiB otherwise)."""
-    if device.type != "cpu" or batch > 1 or channels * bins <= CHUNK_BINS:
+    transforms: all of them, unless one element's channels exceed twice CHUNK_BINS on a CPU (3D),
+    then equal groups of at most about CHUNK_BINS values, so the per-bin temporaries stay in the
+    core's L2 cache (at 2x4x64^3 each would be 2-4 MiB otherwise). Each group costs every per-bin
+    op a call: 8x4x256x256 (just over CHUNK_BINS an element) stays one group."""
+    if device.type != "cpu" or batch > 1 or channels * bins <= 2 * CHUNK_BINS:
         return [slice(0, channels)]
-    size = max(1, CHUNK_BINS // max(bins, 1))
+    groups = min(channels, math.ceil(channels * bins / CHUNK_BINS))
+    size = math.ceil(channels / groups)
     return [slice(start, min(start + size, channels)) for start in range(0, channels, size)]
 
 
@@ -393,10 +395,10 @@ GEMM_TABLE_VALUES = 2**22
 
 @TableCache
 def _band_matrix(spatial: tuple[int, ...], num_bands: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(M, K): each half-grid bin's Hermitian weight in the column of its band, 0 elsewhere."""
+    """(K, M): each half-grid bin's Hermitian weight in the row of its band, 0 elsewhere."""
     tables = half_grid_tables(spatial, num_bands, device)
-    matrix = torch.zeros((tables.band.numel(), num_bands), dtype=dtype, device=device)
-    return matrix.scatter_(1, tables.band.unsqueeze(1), tables.weight.to(dtype).unsqueeze(1))
+    matrix = torch.zeros((num_bands, tables.band.numel()), dtype=dtype, device=device)
+    return matrix.scatter_(0, tables.band.unsqueeze(0), tables.weight.to(dtype).unsqueeze(0))
 
 
 def _band_sums(values: torch.Tensor, tables: HalfGridTables, spatial: tuple[int, ...], num_bands: int) -> torch.Tensor:
@@ -415,10 +417,10 @@ def _band_sums(values: torch.Tensor, tables: HalfGridTables, spatial: tuple[int,
         return total.unsqueeze(-1)
     if values.dim() > 2 and values.stride(0) != values.shape[1] * values.stride(1):  # planes apart: one by one
         return torch.stack([_band_sums(part, tables, spatial, num_bands) for part in values])
-    if values.shape[-1] * num_bands <= GEMM_TABLE_VALUES:  # (K, M) @ (M, R): 3x faster than (R, M) @ (M, K) here
+    if values.shape[-1] * num_bands <= GEMM_TABLE_VALUES:  # with the table (K, M) in memory: 4x faster than (M, K)
         flat = values.reshape(-1, values.shape[-1])
-        sums = _band_matrix(spatial, num_bands, values.device, values.dtype).T @ flat.T
-        return sums.T.reshape(*values.shape[:-1], num_bands)
+        sums = flat @ _band_matrix(spatial, num_bands, values.device, values.dtype).T
+        return sums.reshape(*values.shape[:-1], num_bands)
     weighted = (values * tables.weight.to(values.dtype)).flatten(0, -2)
     sums = weighted.new_zeros((weighted.shape[0], num_bands * SPREAD)).index_add_(1, tables.band_spread, weighted)
     return sums.view(*values.shape[:-1], num_bands, SPREAD).sum(-1)
@@ -428,7 +430,7 @@ def _per_bin(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> to
     """Each band's value at each of its bins: (S, K) → (S, M) (broadcastable (S, 1) for one band)."""
     if num_bands == 1:
         return values
-    return values.index_select(-1, tables.band)
+    return values.gather(-1, tables.band.expand(*values.shape[:-1], -1))  # 3-8x faster here than index_select
 
 
 def _centred_stats(
@@ -479,8 +481,10 @@ def _spectral_backward(
         grad_X = torch.empty((n, channels, bins), dtype=_complex(planes.dtype), device=planes.device)
         for group in _channel_groups(n, channels, bins, input.device):
             with _step("scc::bin gradient"):
-                coefficient = coefficients[chunk, group].to(planes.dtype).flatten(0, 1).unbind(-1)
+                coefficient = coefficients[chunk, group].to(planes.dtype).flatten(0, 1).unbind(-1)  # (rows, K) each
                 c_mean, c_uu, c_uv, c_dd, mean_u, _, _ = coefficient  # v and d are saved centred
+                if problem.num_bands > 1:  # each band's value at its bins, all five in one gather
+                    c_mean, c_uu, c_uv, c_dd, mean_u = at_bins(torch.stack([c_mean, c_uu, c_uv, c_dd, mean_u]))
                 values = planes[:, chunk, group].flatten(1, 2)
                 out = grad_X[:, group].flatten(0, 1)
                 if problem.spectrum == "amplitude":
@@ -489,15 +493,14 @@ def _spectral_backward(
                     xr, xi, vr, vi, dr, di = values
                     ur = xr
                 # the real parts of v and d are saved centred (`_centred_stats`), u's as they are
-                c_uu = at_bins(c_uu)
-                grad_re = torch.sub(ur, at_bins(mean_u))
-                torch.addcmul(at_bins(c_mean), grad_re, c_uu, out=grad_re)
-                grad_re.addcmul_(vr, at_bins(c_uv)).addcmul_(dr, at_bins(c_dd))
+                grad_re = torch.sub(ur, mean_u)
+                torch.addcmul(c_mean, grad_re, c_uu, out=grad_re)
+                grad_re.addcmul_(vr, c_uv).addcmul_(dr, c_dd)
                 if problem.spectrum == "amplitude":  # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
                     scale = grad_re.div_(ur).masked_fill_(ur == 0, 0)
                     torch.mul(torch.view_as_complex(saved[0][chunk, group].flatten(0, 1)), scale, out=out)
                 else:
-                    grad_im = (xi * c_uu).addcmul_(vi, at_bins(c_uv)).addcmul_(di, at_bins(c_dd))
+                    grad_im = (xi * c_uu).addcmul_(vi, c_uv).addcmul_(di, c_dd)
                     torch.complex(grad_re, grad_im, out=out)
         with _step("scc::irfftn"):
             half = (-1, channels, *spatial[:-1], spatial[-1] // 2 + 1)
