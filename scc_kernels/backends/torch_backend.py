@@ -387,9 +387,11 @@ def _amplitude(Z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.add(squares[..., 0], squares[..., 1], out=out).sqrt_()
 
 
-# Multi-band sums as one matrix product with the (M, K) table of each bin's Hermitian weight in its
-# band's column, while that table stays under this many values (then a segment sum, index_add_):
-# reading it costs K values per bin, so it pays while K is small (measured: 4 bands at 8x4x256x256).
+# Multi-band sums as one matrix product with the (K, M) table of each bin's Hermitian weight in its
+# band's row, for at most GEMM_BANDS bands and while that table stays under GEMM_TABLE_VALUES
+# values (else a segment sum, index_add_): reading it costs K values per bin, so it pays while K
+# is small (measured: 4 and 8 bands at 8x4x256x256 and 2x4x64^3), and it is held in the table cache.
+GEMM_BANDS = 16
 GEMM_TABLE_VALUES = 2**22
 
 
@@ -417,7 +419,8 @@ def _band_sums(values: torch.Tensor, tables: HalfGridTables, spatial: tuple[int,
         return total.unsqueeze(-1)
     if values.dim() > 2 and values.stride(0) != values.shape[1] * values.stride(1):  # planes apart: one by one
         return torch.stack([_band_sums(part, tables, spatial, num_bands) for part in values])
-    if values.shape[-1] * num_bands <= GEMM_TABLE_VALUES:  # with the table (K, M) in memory: 4x faster than (M, K)
+    # with the table (K, M) in memory: 4x faster than (M, K)
+    if num_bands <= GEMM_BANDS and values.shape[-1] * num_bands <= GEMM_TABLE_VALUES:
         flat = values.reshape(-1, values.shape[-1])
         sums = flat @ _band_matrix(spatial, num_bands, values.device, values.dtype).T
         return sums.reshape(*values.shape[:-1], num_bands)
