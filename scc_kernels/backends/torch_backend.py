@@ -453,10 +453,14 @@ def _centred_stats(
     pairs = [(du, du), (vr, vr), (du, vr), (dr, dr)]
     if ui is not None and vi is not None and di is not None:  # complex spectrum: the imaginary parts, means 0
         pairs += [(ui, ui), (vi, vi), (ui, vi), (di, di)]
-    products = ur.new_empty((len(pairs), rows, ur.shape[1]))
-    for product, (a, b) in zip(products, pairs):
-        torch.mul(a, b, out=product)
-    m2 = _band_sums(products.view(-1, ur.shape[1]), tables, spatial, num_bands).view(len(pairs), rows, num_bands)
+    # the products two at a time: one band-sum call per two moments, two bin-sized planes alive
+    products = ur.new_empty((2, rows, ur.shape[1]))
+    sums = []
+    for start in range(0, len(pairs), 2):
+        for product, (a, b) in zip(products, pairs[start : start + 2]):
+            torch.mul(a, b, out=product)
+        sums.append(_band_sums(products.view(-1, ur.shape[1]), tables, spatial, num_bands).view(2, rows, num_bands))
+    m2 = torch.cat(sums)
     if len(pairs) > 4:
         m2 = m2[:4] + m2[4:]
     count = counts.expand(rows, num_bands)
@@ -486,8 +490,6 @@ def _spectral_backward(
             with _step("scc::bin gradient"):
                 coefficient = coefficients[chunk, group].to(planes.dtype).flatten(0, 1).unbind(-1)  # (rows, K) each
                 c_mean, c_uu, c_uv, c_dd, mean_u, _, _ = coefficient  # v and d are saved centred
-                if problem.num_bands > 1:  # each band's value at its bins, all five in one gather
-                    c_mean, c_uu, c_uv, c_dd, mean_u = at_bins(torch.stack([c_mean, c_uu, c_uv, c_dd, mean_u]))
                 values = planes[:, chunk, group].flatten(1, 2)
                 out = grad_X[:, group].flatten(0, 1)
                 if problem.spectrum == "amplitude":
@@ -496,14 +498,16 @@ def _spectral_backward(
                     xr, xi, vr, vi, dr, di = values
                     ur = xr
                 # the real parts of v and d are saved centred (`_centred_stats`), u's as they are
-                grad_re = torch.sub(ur, mean_u)
-                torch.addcmul(c_mean, grad_re, c_uu, out=grad_re)
-                grad_re.addcmul_(vr, c_uv).addcmul_(dr, c_dd)
+                # each band's value at its bins, one at a time (at most two bin-sized tables alive)
+                grad_re = torch.sub(ur, at_bins(mean_u))
+                c_uu = at_bins(c_uu)
+                torch.addcmul(at_bins(c_mean), grad_re, c_uu, out=grad_re)
+                grad_re.addcmul_(vr, at_bins(c_uv)).addcmul_(dr, at_bins(c_dd))
                 if problem.spectrum == "amplitude":  # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
                     scale = grad_re.div_(ur).masked_fill_(ur == 0, 0)
                     torch.mul(torch.view_as_complex(saved[0][chunk, group].flatten(0, 1)), scale, out=out)
                 else:
-                    grad_im = (xi * c_uu).addcmul_(vi, c_uv).addcmul_(di, c_dd)
+                    grad_im = (xi * c_uu).addcmul_(vi, at_bins(c_uv)).addcmul_(di, at_bins(c_dd))
                     torch.complex(grad_re, grad_im, out=out)
         with _step("scc::irfftn"):
             half = (-1, channels, *spatial[:-1], spatial[-1] // 2 + 1)
