@@ -1,7 +1,9 @@
 """Side-by-side timings behind `python -m scc_kernels bench`: every backend next to the reference.
 
-Forward and forward+backward time (median, 20th and 80th percentiles after warm-up), peak extra
-memory, and optionally the time as a fraction of a floor (`Floors`); method: docs/benchmarking.md.
+Forward and forward+backward time (median, 20th and 80th percentiles after warm-up, every backend
+and the floor timed side by side), peak extra memory, and optionally the time as a multiple of a
+floor: on a CPU the transforms and activation the mode cannot avoid, measured in the same process
+(`transform_floor`); on a GPU the modeled `Floors`. Method: docs/benchmarking.md.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 
 import torch
 
+from ._options import compute_dtype
+from .backends import torch_backend
 from .backends.registry import FAST_BACKENDS, unavailable_reason
 from .cost_model import Workload, dft_tensor_flops
 from .functional import scc_loss
-from .timing import time_ms, time_quantiles_ms
+from .timing import interleaved_quantiles_ms, time_ms
 
 MODES: dict[
     str, dict[str, Any]
@@ -27,10 +31,11 @@ MODES: dict[
     "complex": dict(spectrum="complex", softmax=True),
     "amplitude": dict(spectrum="amplitude", softmax=True),
     "amplitude-4bands": dict(spectrum="amplitude", softmax=True, bands=4),
+    "amplitude-8bands": dict(spectrum="amplitude", softmax=True, bands=8),
     "amplitude-64bands": dict(spectrum="amplitude", softmax=True, bands=64),  # narrow bands: many segments
 }
 SHAPES = {
-    "cpu": [(8, 4, 256, 256), (2, 4, 48, 48, 48)],
+    "cpu": [(8, 4, 256, 256), (2, 4, 64, 64, 64)],  # a 2D training batch, a 3D patch batch
     "cuda": [(16, 4, 512, 512), (16, 4, 256, 256), (2, 4, 128, 128, 128)],
 }
 QUICK_SHAPES = {"cpu": [(4, 4, 128, 128), (1, 4, 32, 32, 32)], "cuda": [(16, 4, 256, 256), (2, 4, 64, 64, 64)]}
@@ -50,7 +55,9 @@ class Row:
     forward_backward_p80_ms: float
     peak_extra_mib: float | None
     speedup: float | None = None  # forward+backward, reference median / this median
-    floor_ms: float | None = None  # forward+backward floor: bytes / copy bandwidth, or DFT FLOPs / matmul rate
+    # forward+backward floor: on a CPU the measured `transform_floor` (median, timed side by side
+    # with the row); on a GPU bytes / copy bandwidth, or DFT FLOPs / matmul rate (`Floors`)
+    floor_ms: float | None = None
 
 
 def timed_backends(device: torch.device) -> list[str]:
@@ -151,6 +158,44 @@ class Floors:
         return max(memory_ms, flops / (self.matmul_tflops * 1e9))
 
 
+def transforms_needed(options: dict) -> bool:
+    """Whether a mode needs the transforms: all but the complex spectrum with one band (SPEC §3's
+    Parseval identity: one pass over the samples, no transform)."""
+    return options.get("spectrum", "amplitude") != "complex" or options.get("bands") is not None
+
+
+def transform_floor(mode: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device):
+    """One forward+backward of the work the mode cannot avoid, as a callable, at the row's shape and
+    dtype: the activation forward, rfftn of the prediction and of the (dense) target, irfftn of a
+    gradient spectrum and the activation backward (softmax; the activation alone for the complex
+    spectrum with one band, `transforms_needed`). The transforms run in the torch backend's chunks
+    of the batch (on a CPU, whole-batch irfftn ran 1.6x slower than per element at 2x4x64^3).
+    Nothing else: no statistics, no labels, no per-bin values; the loss cannot be computed in
+    less than this with torch's FFT."""
+    options = MODES[mode]
+    logits, labels = make_inputs(shape, dtype, device)
+    logits = logits.to(compute_dtype(dtype))
+    target = torch.nn.functional.one_hot(labels, shape[1]).movedim(-1, 1).to(logits.dtype)
+    spatial, dims = shape[2:], tuple(range(2, len(shape)))
+    transforms = transforms_needed(options)
+
+    bins = shape[1] * math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
+    chunks = torch_backend._chunks(shape[0], bins, device)  # the batch as the backend transforms it
+
+    def step() -> None:
+        p = torch.softmax(logits, 1)
+        grad = p
+        if transforms:
+            grad = torch.empty_like(p)
+            for chunk in chunks:
+                spectrum = torch.fft.rfftn(p[chunk], dim=dims, norm="ortho")
+                torch.fft.rfftn(target[chunk], dim=dims, norm="ortho")
+                torch.fft.irfftn(spectrum, s=spatial, dim=dims, norm="ortho", out=grad[chunk])
+        torch._softmax_backward_data(grad, p, 1, p.dtype)
+
+    return step
+
+
 def run(
     backend_names,
     device: torch.device,
@@ -161,17 +206,26 @@ def run(
     memory=True,
     floors: Floors | None = None,
     progress=print,
+    measured_floor: bool = False,
 ) -> list[Row]:
+    """One row per backend, the reference first, for every shape and mode; the backends (forward,
+    and forward+backward) and, with `measured_floor`, the `transform_floor` are timed side by side
+    (`timing.interleaved_quantiles_ms`)."""
     rows = []
     for shape in shapes:
         for mode in modes:
             logits, labels = make_inputs(shape, dtype, device)
             reference_time = None
+            names = ["reference", *backend_names]
+            steps = [step for name in names for step in _loss_steps(logits, labels, name, MODES[mode])]
+            if measured_floor:
+                steps.append(transform_floor(mode, shape, dtype, device))
+            times = interleaved_quantiles_ms(steps, device, repeats)
             floor = floors.forward_backward_ms(mode, shape, dtype) if floors else None
-            for name in ["reference", *backend_names]:
-                forward, forward_backward = _loss_steps(logits, labels, name, MODES[mode])
-                fwd = time_quantiles_ms(forward, device, repeats)
-                fwd_bwd = time_quantiles_ms(forward_backward, device, repeats)
+            if measured_floor:
+                floor = times[-1][1]
+            for index, name in enumerate(names):
+                fwd, fwd_bwd = times[2 * index], times[2 * index + 1]
                 reference_time = reference_time or fwd_bwd[1]
                 row = Row(
                     backend=name,
@@ -195,7 +249,7 @@ def run(
 
 HEADER = (
     f"{'backend':<10} {'mode':<17} {'shape':<17} {'dtype':<8} {'fwd ms':>9} {'p20-p80':>15} "
-    f"{'fwd+bwd ms':>11} {'p20-p80':>15} {'peak MiB':>9} {'speed-up':>9} {'floor ms':>9} {'of floor':>9}"
+    f"{'fwd+bwd ms':>11} {'p20-p80':>15} {'peak MiB':>9} {'speed-up':>9} {'floor ms':>9} {'x floor':>8}"
 )
 
 
@@ -203,13 +257,13 @@ def format_row(row: Row) -> str:
     """The medians, each followed by its 20th-80th percentile range."""
     peak = "-" if row.peak_extra_mib is None else f"{row.peak_extra_mib:.1f}"
     floor = "-" if row.floor_ms is None else f"{row.floor_ms:.3f}"
-    share = "-" if row.floor_ms is None else f"{100 * row.floor_ms / row.forward_backward_ms:.1f}%"
+    multiple = "-" if row.floor_ms is None else f"{row.forward_backward_ms / row.floor_ms:.2f}x"
     forward_range = f"{row.forward_p20_ms:.2f}-{row.forward_p80_ms:.2f}"
     forward_backward_range = f"{row.forward_backward_p20_ms:.2f}-{row.forward_backward_p80_ms:.2f}"
     return (
         f"{row.backend:<10} {row.mode:<17} {row.shape:<17} {row.dtype:<8} {row.forward_ms:>9.2f} "
         f"{forward_range:>15} {row.forward_backward_ms:>11.2f} {forward_backward_range:>15} {peak:>9} "
-        f"{row.speedup:>8.1f}x {floor:>9} {share:>9}"
+        f"{row.speedup:>8.1f}x {floor:>9} {multiple:>8}"
     )
 
 

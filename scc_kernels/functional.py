@@ -201,8 +201,12 @@ def _flat_target_bands(
     if is_label_map(input, target):  # y ∈ {0, 1}: c + b·δ when at most one sample is 1, or is 0
         labels = target.reshape(batch, -1).long()
         # opts.ignore_index is one the label dtype can hold (prepare): compared exactly here
-        kept = torch.ones_like(labels) if opts.ignore_index is None else (labels != opts.ignore_index).long()
-        counts = labels.new_zeros((batch, classes)).scatter_add(1, labels * kept, kept)
+        if opts.ignore_index is None:
+            kept = labels.new_ones(()).expand(labels.shape)
+        else:
+            kept = (labels != opts.ignore_index).long()
+            labels = labels * kept
+        counts = labels.new_zeros((batch, classes)).scatter_add_(1, labels, kept)
         zero_base = counts <= 1
         one_pixel_or_less = zero_base | (counts >= n - 1)
         step = torch.where(zero_base, counts, n - counts)

@@ -53,6 +53,25 @@ def time_quantiles_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -
     return _quantiles([measure(fn) for _ in range(repeats)])
 
 
+def interleaved_quantiles_ms(
+    fns: list, device: torch.device, repeats: int, warmup: int = 2
+) -> list[tuple[float, float, float]]:
+    """`time_quantiles_ms` of each of `fns`, measured side by side: on a CPU one call of each in
+    turn (A B C A B C ...), so that a load that comes and goes (a shared machine) weighs on all of
+    them alike; on a GPU one after the other (do_bench's runs are short and the device is ours)."""
+    if device.type == "cuda":
+        return [time_quantiles_ms(fn, device, repeats, warmup) for fn in fns]
+    measure = timer(device)
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, measured in zip(fns, times):
+            measured.append(measure(fn))
+    return [_quantiles(measured) for measured in times]
+
+
 def time_ms(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
     """The median of `time_quantiles_ms`."""
     return time_quantiles_ms(fn, device, repeats, warmup)[1]

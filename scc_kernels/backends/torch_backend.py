@@ -13,7 +13,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch.profiler import record_function as _step
 
+from .._cache import TableCache
 from .._options import compute_dtype, is_label_map
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import SPREAD, HalfGridTables, half_grid_tables
@@ -128,12 +130,14 @@ def band_stats_backward(
 ) -> torch.Tensor:
     coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats)
     work, target = _tiny_float64(input, target, problem)
-    p = activate(work, problem)
+    with _step("scc::activation (again)"):
+        p = activate(work, problem)
     if problem.parseval:
         grad_x = _parseval_backward(coefficients[:, :, 0], p, target, problem)
     else:
         grad_x = _spectral_backward(coefficients, work, saved, problem)
-    return _finish_backward(grad_x, p, target, problem).to(input.dtype)
+    with _step("scc::activation backward"):
+        return _finish_backward(grad_x, p, target, problem).to(input.dtype)
 
 
 def _finish_backward(grad_x: torch.Tensor, p: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
@@ -217,6 +221,19 @@ PLANES = {"amplitude": 3, "complex": 6}
 CHUNK_BINS = 2**17
 
 
+def _channel_groups(batch: int, channels: int, bins: int, device: torch.device) -> list[slice]:
+    """Slices of the channels whose bins a chunk of `batch` elements processes together after its
+    transforms: all of them, unless one element's channels exceed twice CHUNK_BINS on a CPU (3D),
+    then equal groups of at most about CHUNK_BINS values, so the per-bin temporaries stay in the
+    core's L2 cache (at 2x4x64^3 each would be 2-4 MiB otherwise). Each group costs every per-bin
+    op a call: 8x4x256x256 (just over CHUNK_BINS an element) stays one group."""
+    if device.type != "cpu" or batch > 1 or channels * bins <= 2 * CHUNK_BINS:
+        return [slice(0, channels)]
+    groups = min(channels, math.ceil(channels * bins / CHUNK_BINS))
+    size = math.ceil(channels / groups)
+    return [slice(start, min(start + size, channels)) for start in range(0, channels, size)]
+
+
 def _chunks(batch: int, per_item: int, device: torch.device) -> list[slice]:
     """Slices of the batch, each of about CHUNK_BINS values on a CPU (one batch element at least)."""
     size = batch if device.type != "cpu" else max(1, CHUNK_BINS // max(per_item, 1))
@@ -224,28 +241,71 @@ def _chunks(batch: int, per_item: int, device: torch.device) -> list[slice]:
 
 
 def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
-    """[STATS (B, C', K, 8), planes (P, B, C', M)] from the transforms of the base and of x − y
-    (_spectra.py), a chunk of the batch at a time."""
+    """[STATS (B, C', K, 8), saved (`_new_saved`)] from the transforms of the base and of x − y
+    (_spectra.py), a chunk of the batch at a time.
+
+    Where every slice's base is the prediction (decided on a CPU, where reading it back costs no
+    device sync), X is the transform of x itself, written straight into the saved tensor, and a
+    label map's x − y is formed in place of x (the activation's own output) after that transform:
+    no dense target, no base tensor, no copy of X."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
-    p = activate(input, problem)
-    x = p[:, problem.offset :]
-    if is_label_map(input, target) and problem.ignore_index is not None:
-        x = x * _valid(target, problem.ignore_index).unsqueeze(1)
-    base_is_x = base_is_prediction(input, target, problem, x)
+    label_map = is_label_map(input, target)
+    with _step("scc::activation"):
+        p = activate(input, problem)
+        owned = p.untyped_storage().data_ptr() != input.untyped_storage().data_ptr()  # not the caller's input
+        x = p[:, problem.offset :]
+        if label_map and problem.ignore_index is not None:
+            x = x * _valid(target, problem.ignore_index).unsqueeze(1)
+    with _step("scc::base choice"):
+        base_is_x = base_is_prediction(input, target, problem, x)
+        all_x = input.device.type == "cpu" and bool(base_is_x.all())
+    in_place = all_x and owned and label_map and problem.ignore_index is None
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
     batch, channels = x.shape[:2]
+    half = (channels, *spatial[:-1], spatial[-1] // 2 + 1)
     stats = x.new_empty((batch, channels, problem.num_bands, len(STATS)))
     saved = _new_saved(x, problem.spectrum, batch, channels, tables.band.numel(), x.dtype)
     for chunk in _chunks(batch, channels * tables.band.numel(), input.device):
-        x_c, y_c = x[chunk], _dense_target(input[chunk], target[chunk], problem, x.dtype)
-        base = torch.where(base_is_x[chunk].view(*base_is_x[chunk].shape, *([1] * len(dims))), x_c, y_c)
-        S, D = (make_hermitian(torch.fft.rfftn(z, dim=dims, norm="ortho"), spatial[-1]) for z in (base, x_c - y_c))
+        x_c = x[chunk]
+        with _step("scc::signals"):
+            if in_place:
+                base = x_c
+            else:
+                y_c = _dense_target(input[chunk], target[chunk], problem, x.dtype)
+                base = x_c if all_x else torch.where(_per_slice(base_is_x[chunk], len(dims)), x_c, y_c)
+        with _step("scc::rfftn"):
+            out = None  # X straight into the saved tensor where it is S
+            if all_x and problem.spectrum == "amplitude":
+                out = torch.view_as_complex(saved[0][chunk]).view(-1, *half)
+            S = make_hermitian(torch.fft.rfftn(base, dim=dims, norm="ortho", out=out), spatial[-1])
         del base
-        values = _bin_values(S, D, base_is_x[chunk], saved, chunk)
-        stats[chunk] = _centred_stats(values, tables, problem.num_bands).view(
-            -1, channels, problem.num_bands, len(STATS)
-        )
+        with _step("scc::signals"):
+            if in_place:  # x − y in place of x: the label's channel − 1 (as x − y rounds it)
+                p_c = p[chunk]
+                labels = target[chunk].reshape(p_c.shape[0], 1, *spatial).long()
+                p_c.scatter_add_(1, labels, p_c.new_full((), -1.0).expand(labels.shape))
+                difference = p_c[:, problem.offset :]
+            else:
+                difference = x_c - y_c
+                del y_c
+        with _step("scc::rfftn"):
+            D = make_hermitian(torch.fft.rfftn(difference, dim=dims, norm="ortho"), spatial[-1])
+        del difference
+        for group in _channel_groups(S.shape[0], channels, tables.band.numel(), input.device):
+            with _step("scc::bin values"):
+                flags = None if all_x else base_is_x[chunk, group]
+                values, real = _bin_values(S[:, group], D[:, group], flags, saved, (chunk, group))
+            with _step("scc::band stats"):
+                stats[chunk, group] = _centred_stats(values, real, tables, spatial, problem.num_bands).view(
+                    S.shape[0], -1, problem.num_bands, len(STATS)
+                )
+        del S, D
     return [stats, *saved]
+
+
+def _per_slice(flags: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """(n, C') → (n, C', 1, ...): broadcast over the spatial axes."""
+    return flags.view(*flags.shape, *([1] * spatial_dims))
 
 
 def _new_saved(
@@ -265,39 +325,60 @@ _BinValues = tuple[_Part, _Part, _Part]
 
 
 def _bin_values(
-    S: torch.Tensor, D: torch.Tensor, base_is_x: torch.Tensor, saved: list[torch.Tensor], chunk: slice
-) -> _BinValues:
-    """u, v and d of every bin, as (real part, imaginary part or None) each (rows, M), from the
-    complex half spectra S, D (n, C', *half) of a chunk of the batch (_spectra.py), written
-    into its rows of the saved tensors (`_new_saved`), what the backward reads.
+    S: torch.Tensor,
+    D: torch.Tensor,
+    base_is_x: torch.Tensor | None,
+    saved: list[torch.Tensor],
+    chunk: tuple[slice, slice],
+) -> tuple[_BinValues, torch.Tensor]:
+    """u, v and d of every bin, as (real part, imaginary part or None) each (rows, M), and the
+    three real parts as one (3, rows, M) view, from the
+    complex half spectra S, D (n, c, *half) of a chunk of the batch and a group of its channels
+    (`chunk`, _spectra.py), written into their rows of the saved tensors (`_new_saved`), what
+    the backward reads.
 
-    X = S + D·[base is y], Y = S − D·[base is x]. Amplitude: d = (|X|² − |Y|²)/(|X| + |Y|) with
-    |X|² − |Y|² = Re(D·conj(X + Y)), every term of the size of D (X = Y = 0 means D = 0: d = 0).
+    X = S + D·[base is y], Y = S − D·[base is x] (`base_is_x` None: the base is x in every slice,
+    X = S, already in the saved tensor for the amplitude). Amplitude: d = (|X|² − |Y|²)/(|X| + |Y|)
+    with |X|² − |Y|² = Re(D·conj(X + Y)), every term of the size of D (X = Y = 0 means D = 0: d = 0).
     X and Y are formed interleaved, the values the statistics read are planar and contiguous:
     CPU kernels on strided real or imaginary parts run 3-10x slower.
     """
-    planes = saved[-1][:, chunk].flatten(1, 2)
+    planes = saved[-1][(slice(None), *chunk)].flatten(1, 2)
     rows = planes.shape[1]
     S, D = torch.view_as_real(S.reshape(rows, -1)), torch.view_as_real(D.reshape(rows, -1))
-    to_y = base_is_x.reshape(rows, 1, 1).to(planes.dtype)
-    to_x = 1 - to_y
+    if base_is_x is None:
+        to_x = to_y = None
+    else:
+        to_y = base_is_x.reshape(rows, 1, 1).to(planes.dtype)
+        to_x = 1 - to_y
     if len(saved) == 1:  # complex spectrum: X, Y, D as planes
         xr, xi, yr, yi, dr, di = planes
         dr.copy_(D[..., 0])
         di.copy_(D[..., 1])
         for out_x, out_y, part, d_part in zip((xr, xi), (yr, yi), S.unbind(-1), (dr, di)):
-            torch.addcmul(part, d_part, to_x[..., 0], out=out_x)
-            torch.addcmul(part, d_part, to_y[..., 0], value=-1, out=out_y)
-        return (xr, xi), (yr, yi), (dr, di)
+            if to_x is None or to_y is None:
+                out_x.copy_(part)
+                torch.sub(part, d_part, out=out_y)
+            else:
+                torch.addcmul(part, d_part, to_x[..., 0], out=out_x)
+                torch.addcmul(part, d_part, to_y[..., 0], value=-1, out=out_y)
+        return ((xr, xi), (yr, yi), (dr, di)), planes[0::2]
     u, v, d = planes
-    X = torch.addcmul(S, D, to_x, out=saved[0][chunk].flatten(0, 1))
-    Y = torch.addcmul(S, D, to_y, value=-1)
+    if to_x is None or to_y is None:
+        X, Y = S, torch.sub(S, D)  # S is the saved X (`_spectral_stats`)
+    else:
+        X = torch.addcmul(S, D, to_x, out=saved[0][chunk].flatten(0, 1))
+        Y = torch.addcmul(S, D, to_y, value=-1)
     _amplitude(X, out=u)
     _amplitude(Y, out=v)
     Y.add_(X).mul_(D)  # Re(D·conj(X + Y)) = sum of the products of the parts
     torch.add(Y[..., 0], Y[..., 1], out=d)
     d.div_(torch.add(u, v).clamp_min_(torch.finfo(d.dtype).tiny))
-    return (u, None), (v, None), (d, None)
+    return ((u, None), (v, None), (d, None)), planes
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def _amplitude(Z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -306,48 +387,84 @@ def _amplitude(Z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.add(squares[..., 0], squares[..., 1], out=out).sqrt_()
 
 
-def _band_dot(a: torch.Tensor, b: torch.Tensor, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
-    """Σ over the bins of each band of a·b: a (S, M), b (S, M) or (M,) → (S, K); a segment sum by
-    band index (index_add_), or one dot product per row for a single band."""
+# Multi-band sums as one matrix product with the (K, M) table of each bin's Hermitian weight in its
+# band's row, for at most GEMM_BANDS bands and while that table stays under GEMM_TABLE_VALUES
+# values (else a segment sum, index_add_): reading it costs K values per bin, so it pays while K
+# is small (measured: 4 and 8 bands at 8x4x256x256 and 2x4x64^3), and it is held in the table cache.
+GEMM_BANDS = 16
+GEMM_TABLE_VALUES = 2**22
+
+
+@TableCache
+def _band_matrix(spatial: tuple[int, ...], num_bands: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(K, M): each half-grid bin's Hermitian weight in the row of its band, 0 elsewhere."""
+    tables = half_grid_tables(spatial, num_bands, device)
+    matrix = torch.zeros((num_bands, tables.band.numel()), dtype=dtype, device=device)
+    return matrix.scatter_(0, tables.band.unsqueeze(0), tables.weight.to(dtype).unsqueeze(0))
+
+
+def _band_sums(values: torch.Tensor, tables: HalfGridTables, spatial: tuple[int, ...], num_bands: int) -> torch.Tensor:
+    """Σ over the bins of each band of w·values (w the Hermitian weight, 1 or 2): (R, M) → (R, K).
+
+    One band: 2·Σ values − Σ over the self-mirrored columns (weight 1), a cascade sum with no
+    weighted copy. A few bands: one product with `_band_matrix`. Many: a segment sum by band index
+    (index_add_) of the weighted values."""
     if num_bands == 1:
-        return (a @ b if b.dim() == 1 else torch.linalg.vecdot(a, b)).unsqueeze(-1)
-    sums = a.new_zeros((a.shape[0], num_bands * SPREAD)).index_add_(1, tables.band_spread, a * b)
-    return sums.view(-1, num_bands, SPREAD).sum(-1)
+        last = spatial[-1] // 2 + 1
+        # the self-mirrored columns: 0, and last - 1 for an even length (columns 0:last:last-1)
+        edges = values.view(*values.shape[:-1], -1, last)[..., :: max(last - 1, 1)]
+        if spatial[-1] % 2 and last > 1:
+            edges = edges[..., :1]
+        total: torch.Tensor = 2 * values.sum(-1) - edges.sum((-2, -1))
+        return total.unsqueeze(-1)
+    if values.dim() > 2 and values.stride(0) != values.shape[1] * values.stride(1):  # planes apart: one by one
+        return torch.stack([_band_sums(part, tables, spatial, num_bands) for part in values])
+    # with the table (K, M) in memory: 4x faster than (M, K)
+    if num_bands <= GEMM_BANDS and values.shape[-1] * num_bands <= GEMM_TABLE_VALUES:
+        flat = values.reshape(-1, values.shape[-1])
+        sums = flat @ _band_matrix(spatial, num_bands, values.device, values.dtype).T
+        return sums.reshape(*values.shape[:-1], num_bands)
+    weighted = (values * tables.weight.to(values.dtype)).flatten(0, -2)
+    sums = weighted.new_zeros((weighted.shape[0], num_bands * SPREAD)).index_add_(1, tables.band_spread, weighted)
+    return sums.view(*values.shape[:-1], num_bands, SPREAD).sum(-1)
 
 
 def _per_bin(values: torch.Tensor, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
     """Each band's value at each of its bins: (S, K) → (S, M) (broadcastable (S, 1) for one band)."""
     if num_bands == 1:
         return values
-    return values.gather(-1, tables.band.expand(values.shape[0], -1))
+    return values.gather(-1, tables.band.expand(*values.shape[:-1], -1))  # 3-8x faster here than index_select
 
 
-def _centred_stats(values: _BinValues, tables: HalfGridTables, num_bands: int) -> torch.Tensor:
+def _centred_stats(
+    values: _BinValues, real: torch.Tensor, tables: HalfGridTables, spatial: tuple[int, ...], num_bands: int
+) -> torch.Tensor:
     """STATS (B·C', K, 8) of the flat bin values of `_bin_values`: band means first, then the
-    moments about them (two passes), each Hermitian-weighted."""
+    moments about them (two passes), each Hermitian-weighted. The real parts of v and d are
+    centred in place (the backward reads them centred); u's stay as they are (the backward
+    divides by |X|)."""
     (ur, ui), (vr, vi), (dr, di) = values
-    weight = tables.weight.to(ur.dtype)
+    rows = ur.shape[0]
     counts = tables.counts.to(ur.dtype)
-    means = [_band_dot(real, weight, tables, num_bands) / counts.clamp(min=1) for real in (ur, vr, dr)]
-    du, dv, dd = (real - _per_bin(mean, tables, num_bands) for real, mean in zip((ur, vr, dr), means))
-    w_du, w_dv, w_dd = du * weight, dv * weight, dd * weight
-    m2 = [
-        _band_dot(w_du, du, tables, num_bands),
-        _band_dot(w_dv, dv, tables, num_bands),
-        _band_dot(w_du, dv, tables, num_bands),
-        _band_dot(w_dd, dd, tables, num_bands),
-    ]
+    mean_u, mean_v, mean_d = (_band_sums(real, tables, spatial, num_bands) / counts.clamp(min=1)).unbind(0)
+    du = ur - _per_bin(mean_u, tables, num_bands)
+    vr.sub_(_per_bin(mean_v, tables, num_bands))
+    dr.sub_(_per_bin(mean_d, tables, num_bands))
+    pairs = [(du, du), (vr, vr), (du, vr), (dr, dr)]
     if ui is not None and vi is not None and di is not None:  # complex spectrum: the imaginary parts, means 0
-        w_ui, w_vi = ui * weight, vi * weight
-        imaginary = [
-            _band_dot(w_ui, ui, tables, num_bands),
-            _band_dot(w_vi, vi, tables, num_bands),
-            _band_dot(w_ui, vi, tables, num_bands),
-            _band_dot(di * weight, di, tables, num_bands),
-        ]
-        m2 = [real + imag for real, imag in zip(m2, imaginary)]
-    count = counts.expand(ur.shape[0], num_bands)
-    return torch.stack([count, *means, *m2], dim=-1)
+        pairs += [(ui, ui), (vi, vi), (ui, vi), (di, di)]
+    # the products two at a time: one band-sum call per two moments, two bin-sized planes alive
+    products = ur.new_empty((2, rows, ur.shape[1]))
+    sums = []
+    for start in range(0, len(pairs), 2):
+        for product, (a, b) in zip(products, pairs[start : start + 2]):
+            torch.mul(a, b, out=product)
+        sums.append(_band_sums(products.view(-1, ur.shape[1]), tables, spatial, num_bands).view(2, rows, num_bands))
+    m2 = torch.cat(sums)
+    if len(pairs) > 4:
+        m2 = m2[:4] + m2[4:]
+    count = counts.expand(rows, num_bands)
+    return torch.stack([count, mean_u, mean_v, mean_d, *m2.unbind(0)], dim=-1)
 
 
 def _spectral_backward(
@@ -367,23 +484,36 @@ def _spectral_backward(
         return _per_bin(per_band, tables, problem.num_bands)
 
     for chunk in _chunks(input.shape[0], channels * bins, input.device):
-        coefficient = coefficients[chunk].to(planes.dtype).flatten(0, 1).unbind(-1)
-        c_mean, c_uu, c_uv, c_dd, mean_u, mean_v, mean_d = coefficient
-        values = planes[:, chunk].flatten(1, 2)
-        if problem.spectrum == "amplitude":
-            ur, vr, dr = values
-        else:
-            xr, xi, vr, vi, dr, di = values
-            ur = xr
-        grad_re = (ur - at_bins(mean_u)).mul_(at_bins(c_uu))
-        grad_re.addcmul_(vr - at_bins(mean_v), at_bins(c_uv)).addcmul_(dr - at_bins(mean_d), at_bins(c_dd))
-        grad_re += at_bins(c_mean)
-        if problem.spectrum == "amplitude":  # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
-            scale = grad_re.div_(ur).masked_fill_(ur == 0, 0)
-            grad_X = torch.view_as_complex(saved[0][chunk].flatten(0, 1)) * scale
-        else:
-            grad_im = (xi * at_bins(c_uu)).addcmul_(vi, at_bins(c_uv)).addcmul_(di, at_bins(c_dd))
-            grad_X = torch.complex(grad_re, grad_im)
-        half = (-1, channels, *spatial[:-1], spatial[-1] // 2 + 1)
-        grad[chunk, problem.offset :] = torch.fft.irfftn(grad_X.view(half), s=spatial, dim=dims, norm="ortho")
+        n = len(range(*chunk.indices(input.shape[0])))
+        grad_X = torch.empty((n, channels, bins), dtype=_complex(planes.dtype), device=planes.device)
+        for group in _channel_groups(n, channels, bins, input.device):
+            with _step("scc::bin gradient"):
+                coefficient = coefficients[chunk, group].to(planes.dtype).flatten(0, 1).unbind(-1)  # (rows, K) each
+                c_mean, c_uu, c_uv, c_dd, mean_u, _, _ = coefficient  # v and d are saved centred
+                values = planes[:, chunk, group].flatten(1, 2)
+                out = grad_X[:, group].flatten(0, 1)
+                if problem.spectrum == "amplitude":
+                    ur, vr, dr = values
+                else:
+                    xr, xi, vr, vi, dr, di = values
+                    ur = xr
+                # the real parts of v and d are saved centred (`_centred_stats`), u's as they are
+                # each band's value at its bins, one at a time (at most two bin-sized tables alive)
+                grad_re = torch.sub(ur, at_bins(mean_u))
+                c_uu = at_bins(c_uu)
+                torch.addcmul(at_bins(c_mean), grad_re, c_uu, out=grad_re)
+                grad_re.addcmul_(vr, at_bins(c_uv)).addcmul_(dr, at_bins(c_dd))
+                if problem.spectrum == "amplitude":  # d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4)
+                    scale = grad_re.div_(ur).masked_fill_(ur == 0, 0)
+                    torch.mul(torch.view_as_complex(saved[0][chunk, group].flatten(0, 1)), scale, out=out)
+                else:
+                    grad_im = (xi * c_uu).addcmul_(vi, at_bins(c_uv)).addcmul_(di, at_bins(c_dd))
+                    torch.complex(grad_re, grad_im, out=out)
+        with _step("scc::irfftn"):
+            half = (-1, channels, *spatial[:-1], spatial[-1] // 2 + 1)
+            out = grad[chunk]
+            if problem.offset == 0:  # straight into the gradient
+                torch.fft.irfftn(grad_X.view(half), s=spatial, dim=dims, norm="ortho", out=out)
+            else:
+                out[:, problem.offset :] = torch.fft.irfftn(grad_X.view(half), s=spatial, dim=dims, norm="ortho")
     return grad
