@@ -56,7 +56,7 @@ def profile(shape: tuple[int, ...], options: dict, repeats: int, top: int) -> No
     forward = steps.pop("scc::forward (all)", 0.0)
     backward = steps.pop("scc::backward (all)", 0.0)
     forward_steps = ["scc::activation", "scc::base choice", "scc::signals", "scc::rfftn", "scc::bin values"]
-    forward_steps += ["scc::band stats"]
+    forward_steps += ["scc::band stats", "scc::bin values and band stats (fused)"]
     print(f"  {'step':<34} {'ms/call':>8}   (under the profiler, {repeats} calls)")
     inside = 0.0
     for name in forward_steps:

@@ -207,7 +207,7 @@ def compile_variant(variant: Variant, arch: str) -> dict:
 
 def csrc_report(arch: str) -> list[dict]:
     """ptxas' registers, spills, stack and shared memory per kernel of csrc/launchers.cu."""
-    from .backends._cuda_build import csrc_dir
+    from .backends._sources import csrc_dir
 
     nvcc = shutil.which("nvcc")
     if nvcc is None:

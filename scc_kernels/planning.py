@@ -27,7 +27,7 @@ from . import cost_model
 from ._options import SCCOptions, assume_constant_result, make_options, warn_caller_once
 from .autotune import candidate_key
 from .autotune import measure as autotune_measure
-from .backends import dft_tiles, torch_backend
+from .backends import _cpu_kernels, dft_tiles, torch_backend
 from .backends.registry import NAMES, supports_dtype, unavailable_reason
 from .cost_model import PROFILES, Candidate, Plan, Workload, dominant_term, profile_name, profile_of
 
@@ -70,7 +70,21 @@ def resolve(name: str, input: torch.Tensor, opts: SCCOptions) -> Route:
         return Route(backend, "parseval")
     if backend == "triton":
         return Route(backend, _triton_path(input, opts))
+    if backend == "torch" and _fused_applies(input, opts):
+        return Route(backend, "fused")
     return Route(backend, "fft")
+
+
+def _fused_applies(input: torch.Tensor, opts: SCCOptions) -> bool:
+    """The torch backend's "fused" path: the amplitude spectrum in float32 on a CPU, where the CPU
+    kernels are built (_cpu_kernels: only on request, never by a loss call)."""
+    computed_in_float32 = input.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return opts.spectrum == "amplitude" and input.device.type == "cpu" and computed_in_float32 and _cpu_kernels_built()
+
+
+@assume_constant_result  # decided once when torch.compile traces
+def _cpu_kernels_built() -> bool:
+    return _cpu_kernels.available()
 
 
 @assume_constant_result  # decided once when torch.compile traces, not per step

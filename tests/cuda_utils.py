@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from scc_kernels.backends._cuda_build import csrc_dir
+from scc_kernels.backends._sources import csrc_dir
 from scc_kernels.backends._cuda_launch import kernel_names
 
 CSRC = csrc_dir()

@@ -29,10 +29,11 @@ from cuda_utils import CSRC, NVCC, assert_compiles, cuda_include
 import scc_kernels
 from scc_kernels._options import ACTIVATION_CODES
 from scc_kernels.backends import _cuda_launch, cuda_backend
-from scc_kernels.backends._cuda_build import EXTENSION_SOURCES, csrc_dir
+from scc_kernels.backends._cuda_build import EXTENSION_SOURCES
+from scc_kernels.backends._sources import csrc_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["kernels.cuh", "launchers.cu", "launchers.h", "torch_binding.cpp"]
+SOURCES = ["cpu_kernels.c", "kernels.cuh", "launchers.cu", "launchers.h", "torch_binding.cpp"]
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="needs nvcc on PATH")
 
 
@@ -81,7 +82,7 @@ def test_wheel_ships_the_sources_in_the_package(tmp_path):
         archive.extractall(tmp_path / "site")
     # the unpacked wheel first on sys.path, as an install of it; run elsewhere than the checkout,
     # whose scc_kernels/ would come first from the working directory
-    code = "from scc_kernels.backends._cuda_build import csrc_dir; print(csrc_dir())"
+    code = "from scc_kernels.backends._sources import csrc_dir; print(csrc_dir())"
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120

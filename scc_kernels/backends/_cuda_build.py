@@ -1,8 +1,7 @@
-"""Where the CUDA sources are, and the torch extension `scc_kernels._C` built from them.
+"""The torch extension `scc_kernels._C` built from the CUDA sources (_sources.csrc_dir).
 
-`csrc_dir` finds csrc/ in a checkout or an install; the extension is the prebuilt one
-(`SCC_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation .`) or else compiled on first use,
-not retried in the process after a failure (docs/cuda.md).
+It is the prebuilt one (`SCC_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation .`) or else
+compiled on first use, not retried in the process after a failure (docs/cuda.md).
 """
 
 from __future__ import annotations
@@ -21,16 +20,9 @@ from types import ModuleType
 import torch
 
 from .._options import warn_caller
+from ._sources import csrc_dir
 
 EXTENSION_SOURCES = ("launchers.cu", "torch_binding.cpp")  # setup.py's CUDAExtension too (a test checks)
-
-
-def csrc_dir() -> Path:
-    """The CUDA sources: the installed package's copy (a wheel), else the repository's csrc/ (a
-    checkout, or the editable install, which maps scc_kernels.csrc there without copying it)."""
-    package = Path(__file__).resolve().parent.parent
-    installed = package / "csrc"
-    return installed if installed.is_dir() else package.parent / "csrc"
 
 
 _build_failure: str | None = None  # why this process's JIT build failed: it is not tried again

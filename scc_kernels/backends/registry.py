@@ -18,6 +18,7 @@ PATHS = {
     "parseval": "complex spectrum, one band: one pass over the data, no transform (SPEC §3)",
     "fft": "rfftn of the signals, band statistics over the half spectrum, irfftn in the backward",
     "dft": "Triton's DFT-as-matmul kernels, fused end to end, no spectrum in memory (2D, 3D; dft_tiles)",
+    "fused": "the fft path with the amplitude's per-bin work in compiled CPU kernels (float32; built on request)",
     "tiny": "the fft path in float64, for slices of at most torch_backend.TINY_BINS half-spectrum bins",
 }
 _HALF_AND_SINGLE = frozenset({torch.float16, torch.bfloat16, torch.float32})
@@ -88,7 +89,7 @@ BACKENDS = (
         "pip install scc_kernels",
         _HALF_AND_SINGLE | {torch.float64},
         None,
-        ("parseval", "fft", "tiny"),
+        ("parseval", "fft", "fused", "tiny"),
     ),
 )
 BY_NAME = {backend.name: backend for backend in BACKENDS}

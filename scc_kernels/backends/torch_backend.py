@@ -2,25 +2,35 @@
 
 Forward: path "parseval": SPEC §3's Parseval sums in one pass, no transform; path "fft": rfftn of
 x − y and of the base (_spectra.py), then the band statistics as segment sums in two passes
-(means, then centred moments); path "tiny" (`is_tiny`): the fft path in float64 throughout.
+(means, then centred moments); path "fused": the same with the amplitude's per-bin work in the
+compiled CPU kernels (_cpu_kernels.py); path "tiny" (`is_tiny`): the fft path in float64 throughout.
 Backward: per-bin coefficients (_stats.gradient_coefficients), irfftn, and the activation's
 Jacobian (the activation recomputed). Design: docs/numerics.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
 import torch
-from torch.profiler import record_function as _step
+from torch._C._autograd import _profiler_enabled
+from torch.profiler import record_function
 
 from .._cache import TableCache
 from .._options import compute_dtype, is_label_map
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import SPREAD, HalfGridTables, half_grid_tables
+from . import _cpu_kernels
 from ._spectra import activate, base_is_prediction, make_hermitian
 from .registry import Problem
+
+
+def _step(name: str) -> contextlib.AbstractContextManager[object]:
+    """A step's label for torch.profiler (benchmarks/profile_torch_backend.py); nothing, and no
+    cost (a record_function costs ~6 us), when no profiler runs."""
+    return record_function(name) if _profiler_enabled() else contextlib.nullcontext()
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -117,7 +127,7 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     if problem.parseval:
         return [stats]
     bins = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
-    return [stats, *_new_saved(input.new_empty(()), problem.spectrum, batch, channels, bins, dtype)]
+    return [stats, *_new_saved(input.new_empty(()), problem, batch, channels, bins, dtype)]
 
 
 def band_stats_backward(
@@ -212,8 +222,8 @@ def _parseval_backward(
 # What the backward needs of each bin, planar (P, B, C', M): u, v, d for the amplitude spectrum,
 # with X interleaved (B, C', M, 2) for the phase (elementwise ops with the complex spectra run
 # ~5x faster interleaved than on strided real parts); X, Y, D planar for the complex spectrum.
-# Recomputing them costs more.
-PLANES = {"amplitude": 3, "complex": 6}
+# Recomputing them costs more, but for u on the "fused" path: its CPU kernels take |X| again.
+PLANES = {"amplitude": 3, "complex": 6, "fused": 2}
 # Half-spectrum values per group of batch elements transformed together on a CPU (one element at
 # least): each bin-sized temporary then stays about 0.5 MiB, within a core's L2 cache (measured
 # here: 2**20 values per group ran 1.5-2x slower than 2**17 at 8x4x256x256). On a GPU the whole
@@ -264,7 +274,7 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     batch, channels = x.shape[:2]
     half = (channels, *spatial[:-1], spatial[-1] // 2 + 1)
     stats = x.new_empty((batch, channels, problem.num_bands, len(STATS)))
-    saved = _new_saved(x, problem.spectrum, batch, channels, tables.band.numel(), x.dtype)
+    saved = _new_saved(x, problem, batch, channels, tables.band.numel(), x.dtype)
     for chunk in _chunks(batch, channels * tables.band.numel(), input.device):
         x_c = x[chunk]
         with _step("scc::signals"):
@@ -274,10 +284,12 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
                 y_c = _dense_target(input[chunk], target[chunk], problem, x.dtype)
                 base = x_c if all_x else torch.where(_per_slice(base_is_x[chunk], len(dims)), x_c, y_c)
         with _step("scc::rfftn"):
-            out = None  # X straight into the saved tensor where it is S
-            if all_x and problem.spectrum == "amplitude":
+            out = None  # X straight into the saved tensor where it is S (the CPU kernels copy it faster)
+            if all_x and problem.spectrum == "amplitude" and problem.path != "fused":
                 out = torch.view_as_complex(saved[0][chunk]).view(-1, *half)
-            S = make_hermitian(torch.fft.rfftn(base, dim=dims, norm="ortho", out=out), spatial[-1])
+            S = torch.fft.rfftn(base, dim=dims, norm="ortho", out=out)
+            if problem.path != "fused":  # the CPU kernels make S and D Hermitian as they read them
+                make_hermitian(S, spatial[-1])
         del base
         with _step("scc::signals"):
             if in_place:  # x − y in place of x: the label's channel − 1 (as x − y rounds it)
@@ -289,16 +301,21 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
                 difference = x_c - y_c
                 del y_c
         with _step("scc::rfftn"):
-            D = make_hermitian(torch.fft.rfftn(difference, dim=dims, norm="ortho"), spatial[-1])
+            D = torch.fft.rfftn(difference, dim=dims, norm="ortho")
+            if problem.path != "fused":
+                make_hermitian(D, spatial[-1])
         del difference
         for group in _channel_groups(S.shape[0], channels, tables.band.numel(), input.device):
-            with _step("scc::bin values"):
-                flags = None if all_x else base_is_x[chunk, group]
-                values, real = _bin_values(S[:, group], D[:, group], flags, saved, (chunk, group))
-            with _step("scc::band stats"):
-                stats[chunk, group] = _centred_stats(values, real, tables, spatial, problem.num_bands).view(
-                    S.shape[0], -1, problem.num_bands, len(STATS)
-                )
+            flags = None if all_x else base_is_x[chunk, group]
+            if problem.path == "fused":
+                with _step("scc::bin values and band stats (fused)"):
+                    group_stats = _fused_stats(S[:, group], D[:, group], flags, saved, (chunk, group), spatial, problem)
+            else:
+                with _step("scc::bin values"):
+                    values, real = _bin_values(S[:, group], D[:, group], flags, saved, (chunk, group))
+                with _step("scc::band stats"):
+                    group_stats = _centred_stats(values, real, tables, spatial, problem.num_bands)
+            stats[chunk, group] = group_stats.view(S.shape[0], -1, problem.num_bands, len(STATS))
         del S, D
     return [stats, *saved]
 
@@ -309,12 +326,14 @@ def _per_slice(flags: torch.Tensor, spatial_dims: int) -> torch.Tensor:
 
 
 def _new_saved(
-    like: torch.Tensor, spectrum: str, batch: int, channels: int, bins: int, dtype: torch.dtype
+    like: torch.Tensor, problem: Problem, batch: int, channels: int, bins: int, dtype: torch.dtype
 ) -> list[torch.Tensor]:
     """The tensors the backward reads (PLANES), uninitialised: [planes] for the complex
     spectrum, [X interleaved, planes] for the amplitude."""
-    planes = like.new_empty((PLANES[spectrum], batch, channels, bins), dtype=dtype)
-    if spectrum == "complex":
+    planes = like.new_empty(
+        (PLANES["fused" if problem.path == "fused" else problem.spectrum], batch, channels, bins), dtype=dtype
+    )
+    if problem.spectrum == "complex":
         return [planes]
     return [like.new_empty((batch, channels, bins, 2), dtype=dtype), planes]
 
@@ -375,6 +394,24 @@ def _bin_values(
     torch.add(Y[..., 0], Y[..., 1], out=d)
     d.div_(torch.add(u, v).clamp_min_(torch.finfo(d.dtype).tiny))
     return ((u, None), (v, None), (d, None)), planes
+
+
+def _fused_stats(
+    S: torch.Tensor,
+    D: torch.Tensor,
+    base_is_x: torch.Tensor | None,
+    saved: list[torch.Tensor],
+    chunk: tuple[slice, slice],
+    spatial: tuple[int, ...],
+    problem: Problem,
+) -> torch.Tensor:
+    """`_bin_values` and `_centred_stats` of the amplitude spectrum in the CPU kernels: STATS
+    (rows, K, 8), the saved tensors' rows written as there."""
+    rows = S.shape[0] * S.shape[1]
+    planes = saved[-1][(slice(None), *chunk)].flatten(1, 2)
+    S, D = torch.view_as_real(S.reshape(rows, -1)), torch.view_as_real(D.reshape(rows, -1))
+    X = saved[0][chunk].flatten(0, 1)  # S itself where the base is x (`_spectral_stats`)
+    return _cpu_kernels.amplitude_forward(S, D, base_is_x, X, planes, spatial, problem.num_bands)
 
 
 def _complex(dtype: torch.dtype) -> torch.dtype:
@@ -487,6 +524,16 @@ def _spectral_backward(
         n = len(range(*chunk.indices(input.shape[0])))
         grad_X = torch.empty((n, channels, bins), dtype=_complex(planes.dtype), device=planes.device)
         for group in _channel_groups(n, channels, bins, input.device):
+            if problem.path == "fused":
+                with _step("scc::bin gradient (fused)"):
+                    _cpu_kernels.amplitude_backward(
+                        coefficients[chunk, group].to(planes.dtype).flatten(0, 1).contiguous(),
+                        saved[0][chunk, group].flatten(0, 1),
+                        planes[:, chunk, group].flatten(1, 2),
+                        spatial,
+                        torch.view_as_real(grad_X[:, group].flatten(0, 1)),
+                    )
+                continue
             with _step("scc::bin gradient"):
                 coefficient = coefficients[chunk, group].to(planes.dtype).flatten(0, 1).unbind(-1)  # (rows, K) each
                 c_mean, c_uu, c_uv, c_dd, mean_u, _, _ = coefficient  # v and d are saved centred

@@ -1,0 +1,222 @@
+/* Fused CPU kernels of the torch backend's "fused" path: the amplitude spectrum's per-bin work
+ * between the transforms, float32, in two passes forward and one backward (three passes over the
+ * half spectrum instead of about 25 torch ops).
+ *
+ * Forward: pass 0 makes the self-mirrored columns of S = F(base) and D = F(x - y) exactly
+ * Hermitian (_spectra.make_hermitian), pass 1 forms X, Y from S and D, u = |X|, v = |Y|,
+ * d = Re(D conj(X + Y)) / (u + v), stores X, v, d and sums each band's u, v, d; pass 2 centres v
+ * and d in place and sums the centred moments. Backward: each bin's gradient X g / |X|, g = dL/du.
+ * u is not stored: pass 2 and the backward take |X| again (the same operations, the same value),
+ * which costs less than writing and reading it (saved memory is freshly mapped on every call).
+ * The formulas are torch_backend._bin_values', _centred_stats' and _spectral_backward's.
+ *
+ * Machine independence (SPEC v3): built with -ffp-contract=off and no -ffast-math, every float
+ * operation is the one written here, in this order, on any instruction set. Sums run in double, in
+ * LANES lanes: bin k of a row always goes to lane k % LANES of its band, in the order of k, and the
+ * lanes are combined in a fixed order, so the compiler vectorises without reordering anything.
+ * Rows (slices) are independent: the number of threads never changes a result.
+ *
+ * Tables per shape (_cpu_kernels.py): band (M,) int32, each half-grid bin's band; weight (M,)
+ * float32, its Hermitian weight (1 or 2); chunk_band (ceil(M / LANES),) int32, the band of all
+ * LANES bins of a chunk where they share one, else -1 (then bin by bin); mirror_pairs (P, 2)
+ * int64, the bins m <= m' of the self-mirrored columns with m' = -m.
+ *
+ * Plain C with no torch headers: it compiles in about a second and is called through ctypes
+ * (scc_kernels/backends/_cpu_kernels.py, which also builds it: `python -m scc_kernels build-cpu`).
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LANES 8
+#define BLOCK 512 /* bins per block of pass 1: its u, v, d stay in L1 for the sums (a multiple of LANES) */
+#define NSTATS 8  /* _stats.STATS */
+#define NCOEF 7   /* _stats.COEFFICIENTS */
+
+int scc_cpu_abi_version(void) { return 4; }
+
+/* LANES floats, and LANES doubles (the lanes of a sum), as GCC/Clang vector types: the lane
+ * arithmetic is spelled out, and each lane is the same IEEE operation on any instruction set. */
+typedef float floats __attribute__((vector_size(4 * LANES)));
+typedef double doubles __attribute__((vector_size(8 * LANES)));
+
+static inline floats load(const float *p) {
+    floats x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+
+static inline void store(float *p, floats x) { memcpy(p, &x, sizeof x); }
+
+static inline doubles widen(floats x) { return __builtin_convertvector(x, doubles); }
+
+/* The lanes' sum, in a fixed order. */
+static double lanes_sum(doubles lane) {
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/* Pass 0 on one row of a half spectrum Z: Z[m] = (Z[m] + conj(Z[m'])) / 2 and Z[m'] its
+ * conjugate for each mirror pair, as _spectra.make_hermitian rounds it. */
+static void make_hermitian(float *restrict Z, const int64_t *restrict pairs, int64_t n_pairs) {
+    for (int64_t p = 0; p < n_pairs; ++p) {
+        const int64_t m = 2 * pairs[2 * p], mirrored = 2 * pairs[2 * p + 1];
+        const float re = (Z[m] + Z[mirrored]) / 2, im = (Z[m + 1] - Z[mirrored + 1]) / 2;
+        Z[m] = re, Z[m + 1] = im, Z[mirrored] = re, Z[mirrored + 1] = -im;
+    }
+}
+
+/* |X| of bins [k0, k1) of interleaved X into u. */
+static inline void amplitudes(int64_t k0, int64_t k1, const float *restrict X, float *restrict u) {
+    for (int64_t k = k0; k < k1; ++k) u[k - k0] = sqrtf(X[2 * k] * X[2 * k] + X[2 * k + 1] * X[2 * k + 1]);
+}
+
+/* Pass 1 over one row: X, v, d, and the weighted band sums of u, v, d into acc (K x 3 x LANES).
+ * A block at a time, its u in `block_u`. */
+static void row_values(int64_t bins, const float *restrict S, const float *restrict D, int base_is_x,
+                       float *restrict X, float *restrict v, float *restrict d, const int32_t *restrict band,
+                       const float *restrict weight, const int32_t *restrict chunk_band, doubles *restrict acc) {
+    const float to_x = base_is_x ? 0.0f : 1.0f, to_y = 1.0f - to_x;
+    float block_u[BLOCK];
+    for (int64_t k0 = 0; k0 < bins; k0 += BLOCK) {
+        const int64_t k1 = k0 + BLOCK < bins ? k0 + BLOCK : bins;
+        float *restrict u = block_u; /* u of bin k at k - k0 */
+        for (int64_t k = k0; k < k1; ++k) {
+            const float sr = S[2 * k], si = S[2 * k + 1], dr = D[2 * k], di = D[2 * k + 1];
+            /* X = S + D [base is y], Y = S - D [base is x]: one of the two products is D * 0 */
+            const float xr = sr + dr * to_x, xi = si + di * to_x, yr = sr - dr * to_y, yi = si - di * to_y;
+            const float uk = sqrtf(xr * xr + xi * xi), vk = sqrtf(yr * yr + yi * yi), sum = uk + vk;
+            X[2 * k] = xr, X[2 * k + 1] = xi, u[k - k0] = uk, v[k] = vk;
+            /* |X|^2 - |Y|^2 = Re(D conj(X + Y)): every term of the size of D. Not fmaxf, which
+             * does not vectorise (its NaN rule): a NaN sum stays NaN */
+            d[k] = ((yr + xr) * dr + (yi + xi) * di) / (sum < FLT_MIN ? FLT_MIN : sum);
+        }
+        for (int64_t k = k0; k < k1; k += LANES) {
+            const int32_t j = chunk_band[k / LANES];
+            if (j >= 0) {
+                doubles *restrict a = acc + 3 * j;
+                const doubles w = widen(load(weight + k));
+                a[0] += w * widen(load(u + k - k0)), a[1] += w * widen(load(v + k)), a[2] += w * widen(load(d + k));
+            } else {
+                for (int l = 0; l < LANES && k + l < k1; ++l) {
+                    const double w = weight[k + l];
+                    doubles *restrict a = acc + 3 * band[k + l];
+                    a[0][l] += w * u[k - k0 + l], a[1][l] += w * v[k + l], a[2][l] += w * d[k + l];
+                }
+            }
+        }
+    }
+}
+
+/* Pass 2 over one row: v and d centred in place about their band means (K x 3), and the weighted
+ * band sums of the centred moments uu, vv, uv, dd into acc (K x 4 x LANES). A block at a time,
+ * its u = |X| in `block_u`. */
+static void row_moments(int64_t bins, const float *restrict X, float *restrict v, float *restrict d,
+                        const int32_t *restrict band, const float *restrict weight,
+                        const int32_t *restrict chunk_band, const float *restrict means, doubles *restrict acc) {
+    float u[BLOCK]; /* u of bin k at k % BLOCK */
+    for (int64_t k = 0; k < bins; k += LANES) {
+        if (k % BLOCK == 0) amplitudes(k, k + BLOCK < bins ? k + BLOCK : bins, X, u);
+        const int32_t j = chunk_band[k / LANES];
+        if (j >= 0) {
+            const floats du = load(u + k % BLOCK) - means[3 * j], dv = load(v + k) - means[3 * j + 1];
+            const floats dc = load(d + k) - means[3 * j + 2];
+            store(v + k, dv), store(d + k, dc);
+            const doubles w = widen(load(weight + k)), du2 = widen(du), dv2 = widen(dv), dc2 = widen(dc);
+            doubles *restrict a = acc + 4 * j;
+            a[0] += w * du2 * du2, a[1] += w * dv2 * dv2, a[2] += w * du2 * dv2, a[3] += w * dc2 * dc2;
+        } else {
+            for (int l = 0; l < LANES && k + l < bins; ++l) {
+                const int32_t b = band[k + l];
+                const double w = weight[k + l];
+                const float du = u[(k + l) % BLOCK] - means[3 * b], dv = v[k + l] - means[3 * b + 1];
+                const float dc = d[k + l] - means[3 * b + 2];
+                doubles *restrict a = acc + 4 * b;
+                v[k + l] = dv, d[k + l] = dc;
+                a[0][l] += w * du * du, a[1][l] += w * dv * dv, a[2][l] += w * du * dv, a[3][l] += w * dc * dc;
+            }
+        }
+    }
+}
+
+/* Forward of `rows` slices of `bins` half-grid bins each.
+ * S, D: (rows, bins) complex, interleaved, made Hermitian in place (pass 0); base_is_x: (rows,) 0/1, or NULL (the base is x in
+ * every row); X: (rows, bins) complex out; v, d: (rows, bins) out, centred; counts: (K,) full-spectrum bins per band; stats: (rows, K, 8) out in
+ * _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
+int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, const uint8_t *base_is_x, float *X,
+                              float *v, float *d, const int32_t *band, const float *weight,
+                              const int32_t *chunk_band, const int64_t *mirror_pairs, int64_t n_pairs,
+                              int64_t num_bands, const double *counts, float *stats, int threads) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        /* pass 1: K x 3 lanes, pass 2: K x 4 (aligned as the vector type) */
+        doubles *acc = aligned_alloc(sizeof(doubles), 7 * num_bands * sizeof(doubles));
+        float *means = malloc(3 * num_bands * sizeof(float));
+        failed = acc == NULL || means == NULL;
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < rows; ++row) {
+            if (failed) continue;
+            const int64_t at = row * bins;
+            float *out = stats + row * num_bands * NSTATS;
+            memset(acc, 0, 7 * num_bands * sizeof(doubles));
+            make_hermitian(S + 2 * at, mirror_pairs, n_pairs);
+            make_hermitian(D + 2 * at, mirror_pairs, n_pairs);
+            row_values(bins, S + 2 * at, D + 2 * at, base_is_x == NULL || base_is_x[row], X + 2 * at, v + at, d + at,
+                       band, weight, chunk_band, acc);
+            for (int64_t j = 0; j < num_bands; ++j) {
+                out[NSTATS * j] = (float)counts[j];
+                for (int q = 0; q < 3; ++q) { /* the mean as float32, as the moments are taken about it */
+                    const double sum = lanes_sum(acc[3 * j + q]);
+                    means[3 * j + q] = (float)(counts[j] > 0 ? sum / counts[j] : 0.0);
+                    out[NSTATS * j + 1 + q] = means[3 * j + q];
+                }
+            }
+            doubles *moments = acc + 3 * num_bands;
+            row_moments(bins, X + 2 * at, v + at, d + at, band, weight, chunk_band, means, moments);
+            for (int64_t j = 0; j < num_bands; ++j)
+                for (int q = 0; q < 4; ++q) out[NSTATS * j + 4 + q] = (float)lanes_sum(moments[4 * j + q]);
+        }
+        free(acc);
+        free(means);
+    }
+    return failed ? -1 : 0;
+}
+
+/* One bin's gradient: X g / |X| (0 where X = 0), g = c_mean + c_uu (u - mean_u) + c_uv v + c_dd d. */
+static inline __attribute__((always_inline)) void bin_gradient(const float *restrict c, const float *restrict x,
+                                                               float v, float d, float *restrict out) {
+    const float u = sqrtf(x[0] * x[0] + x[1] * x[1]);
+    float g = c[0] + (u - c[4]) * c[1];
+    g = g + v * c[2];
+    g = g + d * c[3];
+    const float scale = u == 0.0f ? 0.0f : g / u; /* d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4) */
+    out[0] = x[0] * scale;
+    out[1] = x[1] * scale;
+}
+
+/* Backward: grad_X (rows, bins) complex out from the saved X and centred v, d of the forward and
+ * the coefficients (rows, K, 7) in _stats.COEFFICIENTS order. */
+void scc_cpu_amplitude_backward(int64_t rows, int64_t bins, const float *X, const float *v, const float *d, const int32_t *band, const int32_t *chunk_band, int64_t num_bands,
+                                const float *coefficients, float *grad_X, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t row = 0; row < rows; ++row) {
+        const int64_t at = row * bins;
+        const float *restrict x = X + 2 * at, *restrict vr = v + at, *restrict dr = d + at;
+        const float *restrict coefficient = coefficients + row * num_bands * NCOEF;
+        float *restrict out = grad_X + 2 * at;
+        for (int64_t k = 0; k < bins; k += LANES) {
+            const int32_t j = chunk_band[k / LANES];
+            if (j >= 0) {
+                const float *restrict c = coefficient + NCOEF * j;
+                for (int l = 0; l < LANES; ++l)
+                    bin_gradient(c, x + 2 * (k + l), vr[k + l], dr[k + l], out + 2 * (k + l));
+            } else {
+                for (int l = 0; l < LANES && k + l < bins; ++l)
+                    bin_gradient(coefficient + NCOEF * band[k + l], x + 2 * (k + l), vr[k + l], dr[k + l],
+                                 out + 2 * (k + l));
+            }
+        }
+    }
+}

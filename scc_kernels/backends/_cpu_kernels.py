@@ -1,0 +1,215 @@
+"""The torch backend's compiled CPU kernels (csrc/cpu_kernels.c): build, load, call.
+
+Forward: `amplitude_forward`, X, v, d and the band statistics of the amplitude spectrum in two
+passes. Backward: `amplitude_backward`, each bin's gradient in one. Plain C through ctypes, built
+only on request (`python -m scc_kernels build-cpu`, or `build()`), never by a loss call: where it
+is not built, the torch backend's pure-torch "fft" path runs (planning.resolve decides). The build
+is one `cc` call of about a second into a folder keyed by the source, the compiler and this CPU
+(-march=native), so a copy built on another machine is never loaded. docs/cpu-kernels.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .._cache import TableCache
+from ..bands import half_grid_tables, mirror
+from ._sources import csrc_dir
+
+SOURCE = "cpu_kernels.c"
+# -ffp-contract=off and no -ffast-math: every operation as written, on every instruction set
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-fPIC", "-shared")
+OPENMP = ("-fopenmp",)
+ABI_VERSION = 4
+LANES = 8  # cpu_kernels.c's
+DISABLE = "SCC_KERNELS_CPU_KERNELS"  # "0": never use them, even when built
+
+
+def build_dir() -> Path:
+    """Where builds go: $SCC_KERNELS_CPU_BUILD_DIR, else ~/.cache/scc_kernels/cpu."""
+    default = Path.home() / ".cache" / "scc_kernels" / "cpu"
+    return Path(os.environ.get("SCC_KERNELS_CPU_BUILD_DIR") or default)
+
+
+def compiler() -> str | None:
+    """$CC, else cc, gcc or clang on PATH."""
+    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    return next((found for name in names if (found := shutil.which(name)) is not None), None)
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(dict.fromkeys(wanted))  # one copy per distinct line, not one per core
+
+
+def library_path(cc: str | None = None) -> Path | None:
+    """The library this source, compiler and CPU build to (None: no compiler)."""
+    cc = cc or compiler()
+    if cc is None:
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    key = hashlib.sha256()
+    for part in ((csrc_dir() / SOURCE).read_text(), " ".join(FLAGS), version, _cpu_identity(), platform.machine()):
+        key.update(part.encode() + b"\0")
+    return build_dir() / key.hexdigest()[:16] / "libscc_cpu.so"
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile the kernels for this machine (once; a second call finds the library) and load them.
+    Raises RuntimeError saying why when there is no C compiler or the compile fails."""
+    cc = compiler()
+    target = library_path(cc)
+    if cc is None or target is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang on PATH, or $CC) to build the CPU kernels")
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = str(csrc_dir() / SOURCE)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            built = Path(scratch) / target.name
+            errors = ""
+            for openmp in (OPENMP, ()):  # without OpenMP if the compiler lacks it: one thread
+                command = [cc, *FLAGS, *openmp, source, "-o", str(built), "-lm"]
+                if verbose:
+                    print("$", " ".join(command))
+                result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+                if result.returncode == 0:
+                    break
+                errors = result.stderr.strip()
+            else:
+                raise RuntimeError(f"building the CPU kernels with {cc} failed:\n{errors}")
+            os.replace(built, target)  # atomic: a concurrent build or load sees all or nothing
+    _library.cache_clear()
+    if _library() is None:
+        raise RuntimeError(f"the CPU kernels built at {target} do not load")
+    return target
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get(DISABLE, "1") == "0":
+        return None
+    path = library_path()
+    if path is None or not path.is_file():
+        return None
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    if library.scc_cpu_abi_version() != ABI_VERSION:
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    library.scc_cpu_amplitude_forward.argtypes = [i64, i64, *[ptr] * 10, i64, i64, ptr, ptr, ctypes.c_int]
+    library.scc_cpu_amplitude_forward.restype = ctypes.c_int
+    library.scc_cpu_amplitude_backward.argtypes = [i64, i64, *[ptr] * 5, i64, ptr, ptr, ctypes.c_int]
+    library.scc_cpu_amplitude_backward.restype = None
+    return library
+
+
+def available() -> bool:
+    """Built for this machine and loadable (and not switched off by SCC_KERNELS_CPU_KERNELS=0)."""
+    return _library() is not None
+
+
+def status() -> str:
+    """For `info`: where the kernels are, or why they are not used."""
+    if os.environ.get(DISABLE, "1") == "0":
+        return f"off ({DISABLE}=0)"
+    if available():
+        return f"built: {library_path()}"
+    if compiler() is None:
+        return "unavailable: no C compiler"
+    return "not built (python -m scc_kernels build-cpu)"
+
+
+@TableCache
+def chunk_bands(spatial: tuple[int, ...], num_bands: int) -> torch.Tensor:
+    """(ceil(M / LANES),) int32: the band of the LANES consecutive half-grid bins of each chunk where
+    they share one, else -1 (the last chunk too when it is partial): the kernels' vector steps."""
+    band = half_grid_tables(spatial, num_bands, torch.device("cpu")).band32
+    chunks = -(-band.numel() // LANES)
+    padded = torch.cat([band, band.new_full((chunks * LANES - band.numel(),), -1)]).view(chunks, LANES)
+    shared = (padded == padded[:, :1]).all(1)
+    return torch.where(shared, padded[:, 0], -1).contiguous()
+
+
+@TableCache
+def mirror_pairs(spatial: tuple[int, ...]) -> torch.Tensor:
+    """(P, 2) int64: the half-grid bins m <= m' of the self-mirrored last-axis columns (0, and n/2
+    for an even n) with m' at frequency -m (_spectra.make_hermitian's pairs)."""
+    half = (*spatial[:-1], spatial[-1] // 2 + 1)
+    index = torch.arange(math.prod(half)).view(half)
+    columns = (0, spatial[-1] // 2) if spatial[-1] % 2 == 0 else (0,)
+    other = tuple(range(len(spatial) - 1))
+    pairs = torch.cat([torch.stack([index[..., c], mirror(index[..., c], other)], -1).view(-1, 2) for c in columns])
+    return pairs[pairs[:, 0] <= pairs[:, 1]].contiguous()
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    if tensor is None:
+        return None
+    assert tensor.is_contiguous() and tensor.device.type == "cpu", "the CPU kernels need contiguous CPU tensors"
+    return tensor.data_ptr()
+
+
+def amplitude_forward(
+    S: torch.Tensor,
+    D: torch.Tensor,
+    base_is_x: torch.Tensor | None,
+    X: torch.Tensor,
+    planes: torch.Tensor,
+    spatial: tuple[int, ...],
+    num_bands: int,
+) -> torch.Tensor:
+    """STATS (rows, K, 8) of the amplitude spectrum from S, D (rows, M, 2) float32 (_spectra.py),
+    which it makes Hermitian in place (_spectra.make_hermitian);
+    X (rows, M, 2) out, planes (2, rows, M) out: v and d, centred (u = |X| is not stored)."""
+    library = _library()
+    assert library is not None, "the CPU kernels are not loaded"
+    rows, bins = S.shape[:2]
+    tables = half_grid_tables(spatial, num_bands, torch.device("cpu"))
+    flags = None if base_is_x is None else base_is_x.reshape(rows).to(torch.uint8).contiguous()
+    stats = S.new_empty((rows, num_bands, 8))
+    pairs = mirror_pairs(spatial)
+    band_tables = (tables.band32, tables.weight, chunk_bands(spatial, num_bands), pairs)
+    status = library.scc_cpu_amplitude_forward(
+        rows, bins, *map(_pointer, (S, D, flags, X, *planes, *band_tables)), len(pairs), num_bands,
+        _pointer(tables.counts), _pointer(stats), torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("the CPU kernels could not allocate their per-thread sums")
+    return stats
+
+
+def amplitude_backward(
+    coefficients: torch.Tensor, X: torch.Tensor, planes: torch.Tensor, spatial: tuple[int, ...], out: torch.Tensor
+) -> None:
+    """Each bin's gradient into out (rows, M, 2) from COEFFICIENTS (rows, K, 7) float32, the saved
+    X (rows, M, 2) and planes (2, rows, M) of `amplitude_forward`."""
+    library = _library()
+    assert library is not None, "the CPU kernels are not loaded"
+    rows, bins = X.shape[:2]
+    num_bands = coefficients.shape[1]
+    band = half_grid_tables(spatial, num_bands, torch.device("cpu")).band32
+    pointers = map(_pointer, (X, *planes, band, chunk_bands(spatial, num_bands)))
+    library.scc_cpu_amplitude_backward(
+        rows, bins, *pointers, num_bands, _pointer(coefficients), _pointer(out), torch.get_num_threads()
+    )
