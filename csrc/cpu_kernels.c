@@ -35,8 +35,6 @@
 #define NSTATS 8  /* _stats.STATS */
 #define NCOEF 7   /* _stats.COEFFICIENTS */
 
-int scc_cpu_abi_version(void) { return 4; }
-
 /* LANES floats, and LANES doubles (the lanes of a sum), as GCC/Clang vector types: the lane
  * arithmetic is spelled out, and each lane is the same IEEE operation on any instruction set. */
 typedef float floats __attribute__((vector_size(4 * LANES)));
@@ -184,39 +182,117 @@ int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, co
     return failed ? -1 : 0;
 }
 
-/* One bin's gradient: X g / |X| (0 where X = 0), g = c_mean + c_uu (u - mean_u) + c_uv v + c_dd d. */
-static inline __attribute__((always_inline)) void bin_gradient(const float *restrict c, const float *restrict x,
-                                                               float v, float d, float *restrict out) {
-    const float u = sqrtf(x[0] * x[0] + x[1] * x[1]);
-    float g = c[0] + (u - c[4]) * c[1];
-    g = g + v * c[2];
-    g = g + d * c[3];
-    const float scale = u == 0.0f ? 0.0f : g / u; /* d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4) */
-    out[0] = x[0] * scale;
-    out[1] = x[1] * scale;
+/* The gradient of bins [k, end) of one band: X g / |X| (0 where X = 0), with
+ * g = c_mean + c_uu (|X| - mean_u) + c_uv v + c_dd d, c = the band's COEFFICIENTS. */
+static inline __attribute__((always_inline)) void band_gradient(int64_t k, int64_t end, const float *restrict x,
+                                                                const float *restrict v, const float *restrict d,
+                                                                const float *restrict c, float *restrict out) {
+    const float c_mean = c[0], c_uu = c[1], c_uv = c[2], c_dd = c[3], mean_u = c[4];
+    for (int64_t i = k; i < end; ++i) {
+        const float u = sqrtf(x[2 * i] * x[2 * i] + x[2 * i + 1] * x[2 * i + 1]);
+        float g = c_mean + (u - mean_u) * c_uu;
+        g = g + v[i] * c_uv;
+        g = g + d[i] * c_dd;
+        const float scale = u == 0.0f ? 0.0f : g / u; /* d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4) */
+        out[2 * i] = x[2 * i] * scale;
+        out[2 * i + 1] = x[2 * i + 1] * scale;
+    }
 }
 
 /* Backward: grad_X (rows, bins) complex out from the saved X and centred v, d of the forward and
- * the coefficients (rows, K, 7) in _stats.COEFFICIENTS order. */
-void scc_cpu_amplitude_backward(int64_t rows, int64_t bins, const float *X, const float *v, const float *d, const int32_t *band, const int32_t *chunk_band, int64_t num_bands,
+ * the coefficients (rows, K, 7) in _stats.COEFFICIENTS order. A stretch of chunks of one band at
+ * a time (a plain loop, which the compiler vectorises); bin by bin in chunks of several bands. */
+void scc_cpu_amplitude_backward(int64_t rows, int64_t bins, const float *X, const float *v, const float *d,
+                                const int32_t *band, const int32_t *chunk_band, int64_t num_bands,
                                 const float *coefficients, float *grad_X, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t row = 0; row < rows; ++row) {
         const int64_t at = row * bins;
-        const float *restrict x = X + 2 * at, *restrict vr = v + at, *restrict dr = d + at;
-        const float *restrict coefficient = coefficients + row * num_bands * NCOEF;
-        float *restrict out = grad_X + 2 * at;
-        for (int64_t k = 0; k < bins; k += LANES) {
+        const float *x = X + 2 * at, *vr = v + at, *dr = d + at;
+        const float *coefficient = coefficients + row * num_bands * NCOEF;
+        float *out = grad_X + 2 * at;
+        for (int64_t k = 0; k < bins;) {
             const int32_t j = chunk_band[k / LANES];
+            int64_t end = k + LANES < bins ? k + LANES : bins;
             if (j >= 0) {
-                const float *restrict c = coefficient + NCOEF * j;
-                for (int l = 0; l < LANES; ++l)
-                    bin_gradient(c, x + 2 * (k + l), vr[k + l], dr[k + l], out + 2 * (k + l));
+                while (end < bins && chunk_band[end / LANES] == j) end += LANES; /* full chunks only */
+                band_gradient(k, end, x, vr, dr, coefficient + NCOEF * j, out);
             } else {
-                for (int l = 0; l < LANES && k + l < bins; ++l)
-                    bin_gradient(coefficient + NCOEF * band[k + l], x + 2 * (k + l), vr[k + l], dr[k + l],
-                                 out + 2 * (k + l));
+                for (int64_t i = k; i < end; ++i) band_gradient(i, i + 1, x, vr, dr, coefficient + NCOEF * band[i], out);
             }
+            k = end;
+        }
+    }
+}
+
+/* A label map's sums for _spectra.base_is_prediction, per batch element b (labels checked in
+ * [0, classes)): counts (batch, classes), how many samples hold each class; energy (batch,
+ * classes), sum of p^2 per channel, in double; absmax (batch, classes), max |p| (NaN if p holds
+ * one), or NULL when not wanted. Returns 0, or -1 if the per-thread counts could not be allocated. */
+int scc_cpu_label_sums(int64_t batch, int64_t classes, int64_t n, const float *p, const int64_t *labels,
+                       int64_t *counts, double *energy, float *absmax, int threads) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        int64_t *lanes = malloc(classes * LANES * sizeof(int64_t)); /* class c, lane l at c * LANES + l */
+        failed = lanes == NULL;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < batch; ++b) {
+            if (failed) continue;
+            const int64_t *restrict label = labels + b * n;
+            memset(lanes, 0, classes * LANES * sizeof(int64_t));
+            int64_t i = 0;
+            for (; i + LANES <= n; i += LANES)
+                for (int l = 0; l < LANES; ++l) ++lanes[label[i + l] * LANES + l];
+            for (int l = 0; i < n; ++i, ++l) ++lanes[label[i] * LANES + l];
+            for (int64_t c = 0; c < classes; ++c) {
+                int64_t count = 0;
+                for (int l = 0; l < LANES; ++l) count += lanes[c * LANES + l];
+                counts[b * classes + c] = count;
+                const float *restrict x = p + (b * classes + c) * n;
+                doubles sum = {0};
+                for (i = 0; i + LANES <= n; i += LANES) {
+                    const doubles value = widen(load(x + i));
+                    sum += value * value;
+                }
+                double total = lanes_sum(sum);
+                for (; i < n; ++i) total += (double)x[i] * x[i];
+                energy[b * classes + c] = total;
+                if (absmax != NULL) {
+                    float largest = 0.0f;
+                    for (i = 0; i < n; ++i) {
+                        const float magnitude = fabsf(x[i]);
+                        largest = magnitude > largest || magnitude != magnitude ? magnitude : largest;
+                    }
+                    absmax[b * classes + c] = largest;
+                }
+            }
+        }
+        free(lanes);
+    }
+    return failed ? -1 : 0;
+}
+
+/* The signals to transform for `batch` elements of a label map, channels offset..classes-1:
+ * difference = x - y and, unless base is NULL, base = x where base_is_x (batch, classes - offset)
+ * says so, else y; x = p, y = [label == c], each (batch, classes - offset, n). */
+void scc_cpu_label_signals(int64_t batch, int64_t classes, int64_t offset, int64_t n, const float *p,
+                           const int64_t *labels, const uint8_t *base_is_x, float *base, float *difference,
+                           int threads) {
+    const int64_t channels = classes - offset;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t row = 0; row < batch * channels; ++row) {
+        const int64_t b = row / channels, c = offset + row % channels;
+        const float *restrict x = p + (b * classes + c) * n;
+        const int64_t *restrict label = labels + b * n;
+        float *restrict out = difference + row * n;
+        for (int64_t i = 0; i < n; ++i) out[i] = x[i] - (label[i] == c ? 1.0f : 0.0f);
+        if (base != NULL) {
+            float *restrict chosen = base + row * n;
+            if (base_is_x[row])
+                memcpy(chosen, x, n * sizeof(float));
+            else
+                for (int64_t i = 0; i < n; ++i) chosen[i] = label[i] == c ? 1.0f : 0.0f;
         }
     }
 }

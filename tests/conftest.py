@@ -36,6 +36,38 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(("torch seed", f"torch.manual_seed({item.torch_seed}) before the test"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kernels(tmp_path_factory):
+    """The torch backend's CPU kernels, built for the session in a folder of its own (never the
+    user's cache, so the tests see the same state on every machine): where a C compiler is, the
+    torch backend takes its "fused" path for float32 amplitude spectra on a CPU, as after
+    `python -m scc_kernels build-cpu`; `torch_path` runs a test on either path. Yields whether
+    they were built."""
+    from scc_kernels.backends import _cpu_kernels
+
+    saved = os.environ.get("SCC_KERNELS_CPU_BUILD_DIR")
+    os.environ["SCC_KERNELS_CPU_BUILD_DIR"] = str(tmp_path_factory.mktemp("cpu-kernels"))
+    built = _cpu_kernels.compiler() is not None
+    if built:
+        _cpu_kernels.build()
+    yield built
+    if saved is None:
+        os.environ.pop("SCC_KERNELS_CPU_BUILD_DIR")
+    else:
+        os.environ["SCC_KERNELS_CPU_BUILD_DIR"] = saved
+
+
+@pytest.fixture
+def torch_path(request, monkeypatch, cpu_kernels):
+    """Parametrized indirectly with "fft" or "fused": the torch backend's path for the float32
+    amplitude spectrum on a CPU in this test (SCC_KERNELS_CPU_KERNELS switches the kernels off)."""
+    if request.param == "fft":
+        monkeypatch.setenv("SCC_KERNELS_CPU_KERNELS", "0")
+    elif not cpu_kernels or os.environ.get("SCC_KERNELS_CPU_KERNELS") == "0":
+        pytest.skip("the CPU kernels are not built here (no C compiler, or SCC_KERNELS_CPU_KERNELS=0)")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def compilations(tmp_path_factory):
     """The csrc compilations of tests/cuda_utils.py, started together the first time a test_cuda_* file

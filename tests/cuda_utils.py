@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from scc_kernels.backends._sources import csrc_dir
 from scc_kernels.backends._cuda_launch import kernel_names
+from scc_kernels.backends._sources import csrc_dir
 
 CSRC = csrc_dir()
 NVCC = shutil.which("nvcc")

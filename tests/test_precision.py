@@ -70,8 +70,17 @@ def _errors(backend, regime, spatial, options, seed=SEED):
     return compare_with_reference(backend, logits, target, **options)
 
 
-@pytest.mark.parametrize("regime, spatial, options, small", CASES)
-def test_torch_backend_meets_spec(regime, spatial, options, small):
+# the torch backend's cases on each of its paths for the spectrum (fused: the amplitude spectrum's)
+TORCH_CASES = [
+    pytest.param(*case.values, path, id=f"{case.id}-{path}", marks=case.marks)
+    for case in CASES
+    for path in ("fft", "fused")
+    if path == "fft" or case.values[2]["spectrum"] == "amplitude"
+]
+
+
+@pytest.mark.parametrize("regime, spatial, options, small, torch_path", TORCH_CASES, indirect=["torch_path"])
+def test_torch_backend_meets_spec(regime, spatial, options, small, torch_path):
     errors = _errors("torch", regime, spatial, options)
     assert errors.ok, f"seed {SEED}: {errors}"
 

@@ -38,10 +38,18 @@ CASES = [
 ]
 
 
+# float64, and float32 on each path of the torch backend for the spectrum (fused: the amplitude's)
+CASES_BY_PATH = [
+    pytest.param(*case.values, dtype, path, id=f"{case.id}-{str(dtype)[6:]}-{path}")
+    for case in CASES
+    for dtype, path in [(torch.float64, "fft"), (torch.float32, "fft"), (torch.float32, "fused")]
+    if path == "fft" or case.values[0]["spectrum"] == "amplitude"
+]
+
+
 @pytest.mark.parametrize("batch,channels,spatial", SHAPES)
-@pytest.mark.parametrize("options,label_map", CASES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_matches_reference(batch, channels, spatial, options, label_map, dtype):
+@pytest.mark.parametrize("options,label_map,dtype,torch_path", CASES_BY_PATH, indirect=["torch_path"])
+def test_matches_reference(batch, channels, spatial, options, label_map, dtype, torch_path):
     logits, target = random_problem(
         batch, channels, spatial, label_map=label_map, ignore_index=options.get("ignore_index"), dtype=dtype
     )

@@ -1,6 +1,7 @@
 """The torch backend's compiled CPU kernels (csrc/cpu_kernels.c): build, load, call.
 
-Forward: `amplitude_forward`, X, v, d and the band statistics of the amplitude spectrum in two
+Forward: `label_sums` and `label_signals`, a label map's class counts and the signals to
+transform; `amplitude_forward`, X, v, d and the band statistics of the amplitude spectrum in two
 passes. Backward: `amplitude_backward`, each bin's gradient in one. Plain C through ctypes, built
 only on request (`python -m scc_kernels build-cpu`, or `build()`), never by a loss call: where it
 is not built, the torch backend's pure-torch "fft" path runs (planning.resolve decides). The build
@@ -31,20 +32,28 @@ SOURCE = "cpu_kernels.c"
 # -ffp-contract=off and no -ffast-math: every operation as written, on every instruction set
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-fPIC", "-shared")
 OPENMP = ("-fopenmp",)
-ABI_VERSION = 4
 LANES = 8  # cpu_kernels.c's
-DISABLE = "SCC_KERNELS_CPU_KERNELS"  # "0": never use them, even when built
+SWITCH = "SCC_KERNELS_CPU_KERNELS"  # "0": never use them, even when built
 
 
 def build_dir() -> Path:
     """Where builds go: $SCC_KERNELS_CPU_BUILD_DIR, else ~/.cache/scc_kernels/cpu."""
-    default = Path.home() / ".cache" / "scc_kernels" / "cpu"
-    return Path(os.environ.get("SCC_KERNELS_CPU_BUILD_DIR") or default)
+    return _build_dir(os.environ.get("SCC_KERNELS_CPU_BUILD_DIR") or None)
+
+
+@functools.cache
+def _build_dir(folder: str | None) -> Path:
+    return Path(folder) if folder else Path.home() / ".cache" / "scc_kernels" / "cpu"
 
 
 def compiler() -> str | None:
     """$CC, else cc, gcc or clang on PATH."""
-    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    return _find_compiler(os.environ.get("CC") or None)
+
+
+@functools.cache
+def _find_compiler(cc: str | None) -> str | None:
+    names = [cc] if cc else ["cc", "gcc", "clang"]
     return next((found for name in names if (found := shutil.which(name)) is not None), None)
 
 
@@ -58,11 +67,10 @@ def _cpu_identity() -> str:
     return "\n".join(dict.fromkeys(wanted))  # one copy per distinct line, not one per core
 
 
-def library_path(cc: str | None = None) -> Path | None:
-    """The library this source, compiler and CPU build to (None: no compiler)."""
-    cc = cc or compiler()
-    if cc is None:
-        return None
+@functools.cache
+def _build_key(cc: str) -> str | None:
+    """A hash of what the library depends on: the source, the flags, the compiler, this CPU (None:
+    the compiler does not run)."""
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
@@ -70,16 +78,26 @@ def library_path(cc: str | None = None) -> Path | None:
     key = hashlib.sha256()
     for part in ((csrc_dir() / SOURCE).read_text(), " ".join(FLAGS), version, _cpu_identity(), platform.machine()):
         key.update(part.encode() + b"\0")
-    return build_dir() / key.hexdigest()[:16] / "libscc_cpu.so"
+    return key.hexdigest()[:16]
+
+
+def library_path() -> Path | None:
+    """Where this source, compiler and CPU build to (None: no working C compiler)."""
+    return _library_path(compiler(), build_dir())
+
+
+@functools.cache
+def _library_path(cc: str | None, folder: Path) -> Path | None:
+    key = None if cc is None else _build_key(cc)
+    return None if key is None else folder / key / "libscc_cpu.so"
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile the kernels for this machine (once; a second call finds the library) and load them.
+    """Compile the kernels for this machine (once: a second call finds the library) and load them.
     Raises RuntimeError saying why when there is no C compiler or the compile fails."""
-    cc = compiler()
-    target = library_path(cc)
+    cc, target = compiler(), library_path()
     if cc is None or target is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang on PATH, or $CC) to build the CPU kernels")
+        raise RuntimeError("no working C compiler (cc, gcc or clang on PATH, or $CC) to build the CPU kernels")
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         source = str(csrc_dir() / SOURCE)
@@ -97,42 +115,51 @@ def build(verbose: bool = False) -> Path:
             else:
                 raise RuntimeError(f"building the CPU kernels with {cc} failed:\n{errors}")
             os.replace(built, target)  # atomic: a concurrent build or load sees all or nothing
-    _library.cache_clear()
-    if _library() is None:
+    if _load(target) is None:
         raise RuntimeError(f"the CPU kernels built at {target} do not load")
     return target
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
-    if os.environ.get(DISABLE, "1") == "0":
-        return None
-    path = library_path()
-    if path is None or not path.is_file():
+def _load(path: Path) -> ctypes.CDLL | None:
+    """The library at `path` with its functions' signatures, or None if it is not there (or does
+    not load); the answer holds for the process (a later build loads it: build() asks again)."""
+    if not path.is_file():
+        _load.cache_clear()  # not memoised: a build in this process must find it
         return None
     try:
         library = ctypes.CDLL(str(path))
     except OSError:
         return None
-    if library.scc_cpu_abi_version() != ABI_VERSION:
-        return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    library.scc_cpu_amplitude_forward.argtypes = [i64, i64, *[ptr] * 10, i64, i64, ptr, ptr, ctypes.c_int]
-    library.scc_cpu_amplitude_forward.restype = ctypes.c_int
-    library.scc_cpu_amplitude_backward.argtypes = [i64, i64, *[ptr] * 5, i64, ptr, ptr, ctypes.c_int]
-    library.scc_cpu_amplitude_backward.restype = None
+    i64, ptr, threads = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    functions = {  # name: (argument types, result type)
+        "scc_cpu_amplitude_forward": ([i64, i64, *[ptr] * 10, i64, i64, ptr, ptr, threads], ctypes.c_int),
+        "scc_cpu_amplitude_backward": ([i64, i64, *[ptr] * 5, i64, ptr, ptr, threads], None),
+        "scc_cpu_label_sums": ([i64, i64, i64, *[ptr] * 5, threads], ctypes.c_int),
+        "scc_cpu_label_signals": ([i64, i64, i64, i64, *[ptr] * 5, threads], None),
+    }
+    for name, (argtypes, restype) in functions.items():
+        function = getattr(library, name)
+        function.argtypes, function.restype = argtypes, restype
     return library
 
 
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get(SWITCH) == "0":
+        return None
+    path = library_path()
+    return None if path is None else _load(path)
+
+
 def available() -> bool:
-    """Built for this machine and loadable (and not switched off by SCC_KERNELS_CPU_KERNELS=0)."""
+    """Built for this machine and loadable, and not switched off (SCC_KERNELS_CPU_KERNELS=0)."""
     return _library() is not None
 
 
 def status() -> str:
     """For `info`: where the kernels are, or why they are not used."""
-    if os.environ.get(DISABLE, "1") == "0":
-        return f"off ({DISABLE}=0)"
+    if os.environ.get(SWITCH) == "0":
+        return f"off ({SWITCH}=0)"
     if available():
         return f"built: {library_path()}"
     if compiler() is None:
@@ -213,3 +240,39 @@ def amplitude_backward(
     library.scc_cpu_amplitude_backward(
         rows, bins, *pointers, num_bands, _pointer(coefficients), _pointer(out), torch.get_num_threads()
     )
+
+
+def label_sums(p: torch.Tensor, labels: torch.Tensor, with_absmax: bool) -> tuple[torch.Tensor, ...]:
+    """(counts (B, C) int64, energy Σ p² (B, C) float64, max |p| (B, C) float32 or None) of the
+    activated prediction p (B, C, *S) float32 and a checked label map (B, *S) int64."""
+    library = _library()
+    assert library is not None, "the CPU kernels are not loaded"
+    batch, classes = p.shape[:2]
+    counts = labels.new_empty((batch, classes))
+    energy = p.new_empty((batch, classes), dtype=torch.float64)
+    absmax = p.new_empty((batch, classes)) if with_absmax else None
+    status = library.scc_cpu_label_sums(
+        batch, classes, p[0, 0].numel(), *map(_pointer, (p, labels, counts, energy, absmax)), torch.get_num_threads()
+    )
+    if status != 0:
+        raise MemoryError("the CPU kernels could not allocate their per-thread counts")
+    return counts, energy, absmax
+
+
+def label_signals(
+    p: torch.Tensor, labels: torch.Tensor, offset: int, base_is_x: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(base, x − y) of channels offset: of p (n, C, *S) float32 and a label map (n, *S) int64,
+    each (n, C − offset, *S); base None where `base_is_x` is None (the base is x everywhere),
+    else x or y per slice as it says ((n, C − offset) bool)."""
+    library = _library()
+    assert library is not None, "the CPU kernels are not loaded"
+    batch, classes, *spatial = p.shape
+    difference = p.new_empty((batch, classes - offset, *spatial))
+    base = None if base_is_x is None else torch.empty_like(difference)
+    flags = None if base_is_x is None else base_is_x.to(torch.uint8).contiguous()
+    library.scc_cpu_label_signals(
+        batch, classes, offset, math.prod(spatial), *map(_pointer, (p, labels, flags, base, difference)),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return base, difference

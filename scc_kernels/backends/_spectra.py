@@ -52,8 +52,7 @@ def base_is_prediction(
         if problem.ignore_index is not None:
             kept = (labels != problem.ignore_index).long()
             labels = labels.masked_fill(labels == problem.ignore_index, 0)
-        y_energy = labels.new_zeros((batch, classes)).scatter_add_(1, labels, kept).double()
-        y_max = y_energy.clamp(max=1)
+        y_energy, y_max = label_energy(labels.new_zeros((batch, classes)).scatter_add_(1, labels, kept))
     else:
         y_energy = _energy(target)
         y_max = target.detach().flatten(2).abs().amax(-1).double()
@@ -66,9 +65,21 @@ def base_is_prediction(
         x_max = input.detach().flatten(2).abs().amax(-1).double()
     else:
         x_max = torch.ones_like(y_max)
-    offset = problem.offset
     bounded = problem.activation != "none"  # x in [0, 1]: its energy cannot overflow the compute dtype
-    return (x_max <= y_max)[:, offset:] & (_energy(x.detach(), bounded) <= 4 * y_energy[:, offset:])
+    return choose_base(x_max, y_max, _energy(x.detach(), bounded), y_energy, problem.offset)
+
+
+def label_energy(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(energy ‖y‖₂², largest value) (B, C) float64 of a label map's class masks from their counts."""
+    energy = counts.double()
+    return energy, energy.clamp(max=1)
+
+
+def choose_base(
+    x_max: torch.Tensor, y_max: torch.Tensor, x_energy: torch.Tensor, y_energy: torch.Tensor, offset: int
+) -> torch.Tensor:
+    """`base_is_prediction`'s rule from its sums: x_max, y_max, y_energy (B, C), x_energy (B, C')."""
+    return (x_max <= y_max)[:, offset:] & (x_energy <= 4 * y_energy[:, offset:])
 
 
 def _energy(z: torch.Tensor, bounded: bool = False) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from .._options import ACTIVATION_CODES
-from ._sources import csrc_dir
 from ._cuda_launch import CPP_SCALAR_TYPES, CPP_TARGET_TYPES, THREADS, backward, forward, forward_fake, kernel_names
+from ._sources import csrc_dir
 from .registry import Problem
 
 

@@ -23,7 +23,7 @@ from .._options import compute_dtype, is_label_map
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import SPREAD, HalfGridTables, half_grid_tables
 from . import _cpu_kernels
-from ._spectra import activate, base_is_prediction, make_hermitian
+from ._spectra import activate, base_is_prediction, choose_base, label_energy, make_hermitian
 from .registry import Problem
 
 
@@ -127,7 +127,10 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     if problem.parseval:
         return [stats]
     bins = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
-    return [stats, *_new_saved(input.new_empty(()), problem, batch, channels, bins, dtype)]
+    saved = _new_saved(input.new_empty(()), problem, batch, channels, bins, dtype)
+    if _saves_activation(problem):
+        saved.append(input.new_empty(input.shape, dtype=dtype))
+    return [stats, *saved]
 
 
 def band_stats_backward(
@@ -140,8 +143,11 @@ def band_stats_backward(
 ) -> torch.Tensor:
     coefficients = gradient_coefficients(grad_stats.to(stats.dtype), stats)
     work, target = _tiny_float64(input, target, problem)
-    with _step("scc::activation (again)"):
-        p = activate(work, problem)
+    if _saves_activation(problem):
+        p = saved[-1]
+    else:
+        with _step("scc::activation (again)"):
+            p = activate(work, problem)
     if problem.parseval:
         grad_x = _parseval_backward(coefficients[:, :, 0], p, target, problem)
     else:
@@ -260,16 +266,24 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     no dense target, no base tensor, no copy of X."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     label_map = is_label_map(input, target)
+    # the CPU kernels take a label map's classes from the labels (not with ignore_index: torch masks)
+    kernel_labels = problem.path == "fused" and label_map and problem.ignore_index is None
     with _step("scc::activation"):
         p = activate(input, problem)
         owned = p.untyped_storage().data_ptr() != input.untyped_storage().data_ptr()  # not the caller's input
+        if kernel_labels:
+            p, labels = p.contiguous(), target.reshape(input.shape[0], -1).long().contiguous()
         x = p[:, problem.offset :]
         if label_map and problem.ignore_index is not None:
             x = x * _valid(target, problem.ignore_index).unsqueeze(1)
     with _step("scc::base choice"):
-        base_is_x = base_is_prediction(input, target, problem, x)
+        if kernel_labels:
+            base_is_x = _base_from_labels(p, labels, problem)
+        else:
+            base_is_x = base_is_prediction(input, target, problem, x)
         all_x = input.device.type == "cpu" and bool(base_is_x.all())
-    in_place = all_x and owned and label_map and problem.ignore_index is None
+    # x − y formed in place of x (the activation's own output), unless the backward reads it
+    in_place = all_x and owned and label_map and problem.ignore_index is None and not _saves_activation(problem)
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
     batch, channels = x.shape[:2]
     half = (channels, *spatial[:-1], spatial[-1] // 2 + 1)
@@ -278,7 +292,11 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     for chunk in _chunks(batch, channels * tables.band.numel(), input.device):
         x_c = x[chunk]
         with _step("scc::signals"):
-            if in_place:
+            if kernel_labels:
+                flags = None if all_x else base_is_x[chunk]
+                base, difference = _cpu_kernels.label_signals(p[chunk], labels[chunk], problem.offset, flags)
+                base = x_c if base is None else base
+            elif in_place:
                 base = x_c
             else:
                 y_c = _dense_target(input[chunk], target[chunk], problem, x.dtype)
@@ -297,7 +315,7 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
                 labels = target[chunk].reshape(p_c.shape[0], 1, *spatial).long()
                 p_c.scatter_add_(1, labels, p_c.new_full((), -1.0).expand(labels.shape))
                 difference = p_c[:, problem.offset :]
-            else:
+            elif not kernel_labels:
                 difference = x_c - y_c
                 del y_c
         with _step("scc::rfftn"):
@@ -317,7 +335,23 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
                     group_stats = _centred_stats(values, real, tables, spatial, problem.num_bands)
             stats[chunk, group] = group_stats.view(S.shape[0], -1, problem.num_bands, len(STATS))
         del S, D
-    return [stats, *saved]
+    return [stats, *saved, p] if _saves_activation(problem) else [stats, *saved]
+
+
+def _base_from_labels(p: torch.Tensor, labels: torch.Tensor, problem: Problem) -> torch.Tensor:
+    """`base_is_prediction` from the CPU kernels' sums of the activation's output p (B, C, *S) and
+    a label map (B, N): one pass over each."""
+    counts, x_energy, x_max = _cpu_kernels.label_sums(p, labels, problem.activation == "none")
+    y_energy, y_max = label_energy(counts)
+    x_max = torch.ones_like(y_max) if x_max is None else x_max.double()
+    return choose_base(x_max, y_max, x_energy[:, problem.offset :], y_energy, problem.offset)
+
+
+def _saves_activation(problem: Problem) -> bool:
+    """Whether the forward saves the activation's output for the backward (the last saved
+    tensor): on the "fused" path, where the CPU kernels form x − y apart from it; elsewhere the
+    backward takes it again (x − y is formed in place of it)."""
+    return problem.path == "fused" and problem.activation != "none"
 
 
 def _per_slice(flags: torch.Tensor, spatial_dims: int) -> torch.Tensor:
@@ -408,9 +442,9 @@ def _fused_stats(
     """`_bin_values` and `_centred_stats` of the amplitude spectrum in the CPU kernels: STATS
     (rows, K, 8), the saved tensors' rows written as there."""
     rows = S.shape[0] * S.shape[1]
-    planes = saved[-1][(slice(None), *chunk)].flatten(1, 2)
+    planes = saved[1][(slice(None), *chunk)].flatten(1, 2)
     S, D = torch.view_as_real(S.reshape(rows, -1)), torch.view_as_real(D.reshape(rows, -1))
-    X = saved[0][chunk].flatten(0, 1)  # S itself where the base is x (`_spectral_stats`)
+    X = saved[0][chunk].flatten(0, 1)
     return _cpu_kernels.amplitude_forward(S, D, base_is_x, X, planes, spatial, problem.num_bands)
 
 
@@ -512,7 +546,7 @@ def _spectral_backward(
     if dropped, is 0)."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
-    planes = saved[-1]
+    planes = saved[0] if problem.spectrum == "complex" else saved[1]  # `_new_saved`
     grad = planes.new_empty(input.shape)
     grad[:, : problem.offset] = 0
     channels, bins = planes.shape[2:]
