@@ -8,7 +8,9 @@ The old checkout's `scc_kernels` is copied to a temporary folder as package `scc
 renamed `scc_old::`), so both versions load in this process and share its load, cache and clock:
 on a shared machine, times taken in separate processes minutes apart differ by more than the
 change being measured. One thread; softmax logits and an int64 label map, float32, fwd+bwd.
-Prints the medians, each as a multiple of the floor, and the speed-ups over the reference.
+Prints the medians, each as a multiple of the floor, and the speed-ups over the reference. Where
+the new version's CPU kernels are built (`python -m scc_kernels build-cpu`), its torch backend
+runs twice: on its "fused" path and, with the kernels switched off for the call, on its "fft" path.
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def _forward_backward(module, x: torch.Tensor, labels: torch.Tensor, options: di
     return run
 
 
+def _without_cpu_kernels(run):
+    """`run` with the CPU kernels switched off (SCC_KERNELS_CPU_KERNELS=0) for the call."""
+
+    def switched_off() -> None:
+        os.environ["SCC_KERNELS_CPU_KERNELS"] = "0"
+        try:
+            run()
+        finally:
+            del os.environ["SCC_KERNELS_CPU_KERNELS"]
+
+    return switched_off
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", type=pathlib.Path, required=True, help="a checkout holding the old scc_kernels/")
@@ -57,7 +72,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     import scc_kernels
+    from scc_kernels.backends import _cpu_kernels
     from scc_kernels.bench import make_inputs, transform_floor
+
+    fused = _cpu_kernels.available()
+    new = "new torch (fused)" if fused else "new torch"
 
     with tempfile.TemporaryDirectory() as folder:
         old = _load_old(args.old.resolve(), pathlib.Path(folder))
@@ -77,9 +96,11 @@ def main() -> None:
             steps = {
                 "reference": _forward_backward(scc_kernels, x, labels, options, "reference"),
                 "old torch": _forward_backward(old, x, labels, options, "torch"),
-                "new torch": _forward_backward(scc_kernels, x, labels, options, "torch"),
+                new: _forward_backward(scc_kernels, x, labels, options, "torch"),
                 "floor": transform_floor(mode, shape, torch.float32, torch.device("cpu")),
             }
+            if fused:
+                steps["new torch (fft)"] = _without_cpu_kernels(steps[new])
             for run in steps.values():
                 run()
             times: dict[str, list[float]] = {name: [] for name in steps}
@@ -99,7 +120,7 @@ def main() -> None:
                     f"{name} {ms:.1f} ms = {ms / floor:.2f}x floor" for name, ms in median.items() if name != "floor"
                 )
                 + f" | speed-up over the reference: old {median['reference'] / median['old torch']:.2f}x, "
-                f"new {median['reference'] / median['new torch']:.2f}x | load {min(loads):.1f}-{max(loads):.1f}",
+                f"new {median['reference'] / median[new]:.2f}x | load {min(loads):.1f}-{max(loads):.1f}",
                 flush=True,
             )
 

@@ -242,7 +242,9 @@ def amplitude_backward(
     )
 
 
-def label_sums(p: torch.Tensor, labels: torch.Tensor, with_absmax: bool) -> tuple[torch.Tensor, ...]:
+def label_sums(
+    p: torch.Tensor, labels: torch.Tensor, with_absmax: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(counts (B, C) int64, energy Σ p² (B, C) float64, max |p| (B, C) float32 or None) of the
     activated prediction p (B, C, *S) float32 and a checked label map (B, *S) int64."""
     library = _library()
