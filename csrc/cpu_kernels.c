@@ -296,3 +296,29 @@ void scc_cpu_label_signals(int64_t batch, int64_t classes, int64_t offset, int64
         }
     }
 }
+
+/* The softmax's backward over the channels, in place on grad (batch, classes, n): grad = g p - p s
+ * with s = sum over the channels of g p, as torch_backend._activation_backward rounds it. A block
+ * of BLOCK samples at a time: its g p and s stay in L1 between the two loops. */
+void scc_cpu_softmax_backward(int64_t batch, int64_t classes, int64_t n, const float *p, float *grad, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < batch; ++b) {
+        float sum[BLOCK];
+        for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
+            const int64_t count = i0 + BLOCK < n ? BLOCK : n - i0;
+            for (int64_t c = 0; c < classes; ++c) {
+                const float *restrict pc = p + (b * classes + c) * n + i0;
+                float *restrict gc = grad + (b * classes + c) * n + i0;
+                if (c == 0)
+                    for (int64_t i = 0; i < count; ++i) sum[i] = gc[i] = gc[i] * pc[i];
+                else
+                    for (int64_t i = 0; i < count; ++i) sum[i] += gc[i] = gc[i] * pc[i];
+            }
+            for (int64_t c = 0; c < classes; ++c) {
+                const float *restrict pc = p + (b * classes + c) * n + i0;
+                float *restrict gc = grad + (b * classes + c) * n + i0;
+                for (int64_t i = 0; i < count; ++i) gc[i] = gc[i] - pc[i] * sum[i];
+            }
+        }
+    }
+}

@@ -1,12 +1,12 @@
 """The torch backend's compiled CPU kernels (csrc/cpu_kernels.c): build, load, call.
 
-Forward: `label_sums` and `label_signals`, a label map's class counts and the signals to
-transform; `amplitude_forward`, X, v, d and the band statistics of the amplitude spectrum in two
-passes. Backward: `amplitude_backward`, each bin's gradient in one. Plain C through ctypes, built
-only on request (`python -m scc_kernels build-cpu`, or `build()`), never by a loss call: where it
-is not built, the torch backend's pure-torch "fft" path runs (planning.resolve decides). The build
-is one `cc` call of about a second into a folder keyed by the source, the compiler and this CPU
-(-march=native), so a copy built on another machine is never loaded. docs/cpu-kernels.md.
+Forward: `label_sums` and `label_signals` (a label map's class counts, energies and the signals
+to transform), `amplitude_forward` (X, v, d and the band statistics, two passes). Backward:
+`amplitude_backward` (each bin's gradient, one pass), `softmax_backward`. Plain C through ctypes,
+built only on request (`python -m scc_kernels build-cpu`, or `build()`), never by a loss call:
+where it is not built, the torch backend's pure-torch "fft" path runs (planning.resolve decides).
+The build is one `cc` call of about a second into a folder keyed by the source, the compiler and
+this CPU (-march=native), so a copy built on another machine is never loaded. docs/cpu-kernels.md.
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
         "scc_cpu_amplitude_backward": ([i64, i64, *[ptr] * 5, i64, ptr, ptr, threads], None),
         "scc_cpu_label_sums": ([i64, i64, i64, *[ptr] * 5, threads], ctypes.c_int),
         "scc_cpu_label_signals": ([i64, i64, i64, i64, *[ptr] * 5, threads], None),
+        "scc_cpu_softmax_backward": ([i64, i64, i64, ptr, ptr, threads], None),
     }
     for name, (argtypes, restype) in functions.items():
         function = getattr(library, name)
@@ -278,3 +279,14 @@ def label_signals(
         torch.get_num_threads(),
     )  # fmt: skip
     return base, difference
+
+
+def softmax_backward(grad: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The softmax's backward over dim 1 in place on grad (B, C, *S) float32, p its output."""
+    library = _library()
+    assert library is not None, "the CPU kernels are not loaded"
+    batch, classes = p.shape[:2]
+    library.scc_cpu_softmax_backward(
+        batch, classes, p[0, 0].numel(), _pointer(p), _pointer(grad), torch.get_num_threads()
+    )
+    return grad

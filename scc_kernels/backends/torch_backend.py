@@ -161,6 +161,8 @@ def _finish_backward(grad_x: torch.Tensor, p: torch.Tensor, target: torch.Tensor
     ignored positions, activation."""
     if is_label_map(p, target) and problem.ignore_index is not None:
         grad_x.mul_(_valid(target, problem.ignore_index).unsqueeze(1))
+    if problem.path == "fused" and problem.activation == "softmax":  # one pass instead of three
+        return _cpu_kernels.softmax_backward(grad_x, p)
     return _activation_backward(grad_x, p, problem)
 
 
@@ -237,14 +239,14 @@ PLANES = {"amplitude": 3, "complex": 6, "fused": 2}
 CHUNK_BINS = 2**17
 
 
-def _channel_groups(batch: int, channels: int, bins: int, device: torch.device) -> list[slice]:
+def _channel_groups(batch: int, channels: int, bins: int, device: torch.device, problem: Problem) -> list[slice]:
     """Slices of the channels whose bins a chunk of `batch` elements processes together after its
     transforms: all of them, unless one element's channels exceed twice CHUNK_BINS on a CPU (3D),
     then equal groups of at most about CHUNK_BINS values, so the per-bin temporaries stay in the
     core's L2 cache (at 2x4x64^3 each would be 2-4 MiB otherwise). Each group costs every per-bin
     op a call: 8x4x256x256 (just over CHUNK_BINS an element) stays one group."""
-    if device.type != "cpu" or batch > 1 or channels * bins <= 2 * CHUNK_BINS:
-        return [slice(0, channels)]
+    if device.type != "cpu" or batch > 1 or channels * bins <= 2 * CHUNK_BINS or problem.path == "fused":
+        return [slice(0, channels)]  # the CPU kernels make no per-bin temporaries
     groups = min(channels, math.ceil(channels * bins / CHUNK_BINS))
     size = math.ceil(channels / groups)
     return [slice(start, min(start + size, channels)) for start in range(0, channels, size)]
@@ -325,7 +327,7 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
             if problem.path != "fused":
                 make_hermitian(D, spatial[-1])
         del difference
-        for group in _channel_groups(S.shape[0], channels, tables.band.numel(), input.device):
+        for group in _channel_groups(S.shape[0], channels, tables.band.numel(), input.device, problem):
             flags = None if all_x else base_is_x[chunk, group]
             if problem.path == "fused":
                 with _step("scc::bin values and band stats (fused)"):
@@ -559,7 +561,7 @@ def _spectral_backward(
     for chunk in _chunks(input.shape[0], channels * bins, input.device):
         n = len(range(*chunk.indices(input.shape[0])))
         grad_X = torch.empty((n, channels, bins), dtype=_complex(planes.dtype), device=planes.device)
-        for group in _channel_groups(n, channels, bins, input.device):
+        for group in _channel_groups(n, channels, bins, input.device, problem):
             if problem.path == "fused":
                 with _step("scc::bin gradient (fused)"):
                     _cpu_kernels.amplitude_backward(
