@@ -228,7 +228,7 @@ void scc_cpu_amplitude_backward(int64_t rows, int64_t bins, const float *X, cons
 /* A label map's sums for _spectra.base_is_prediction, per batch element b (labels checked in
  * [0, classes)): counts (batch, classes), how many samples hold each class; energy (batch,
  * classes), sum of p^2 per channel, in double; absmax (batch, classes), max |p| (NaN if p holds
- * one), or NULL when not wanted. Returns 0, or -1 if the per-thread counts could not be allocated. */
+ * one), or NULL when not wanted. p NULL: the counts alone. Returns 0, or -1 if the per-thread counts could not be allocated. */
 int scc_cpu_label_sums(int64_t batch, int64_t classes, int64_t n, const float *p, const int64_t *labels,
                        int64_t *counts, double *energy, float *absmax, int threads) {
     int failed = 0;
@@ -249,6 +249,7 @@ int scc_cpu_label_sums(int64_t batch, int64_t classes, int64_t n, const float *p
                 int64_t count = 0;
                 for (int l = 0; l < LANES; ++l) count += lanes[c * LANES + l];
                 counts[b * classes + c] = count;
+                if (p == NULL) continue;
                 const float *restrict x = p + (b * classes + c) * n;
                 doubles sum = {0};
                 for (i = 0; i + LANES <= n; i += LANES) {

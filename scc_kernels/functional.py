@@ -26,6 +26,7 @@ from ._options import (
     prepare,
 )
 from ._stats import STATS, loss_from_stats, with_flat_targets
+from .backends import _cpu_kernels
 from .backends.registry import Problem
 from .ops import spectral_stats
 from .planning import resolve
@@ -184,12 +185,12 @@ def per_item_loss(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions) -
         )
         stats, *_ = spectral_stats(input, target, route.backend, problem)
         if opts.spectrum == "amplitude":
-            stats = with_flat_targets(stats, *_flat_target_bands(input, target, opts))
+            stats = with_flat_targets(stats, *_flat_target_bands(input, target, opts, route.path))
         return loss_from_stats(stats, opts).to(compute_dtype(input.dtype))  # tiny slices: float64 stats
 
 
 def _flat_target_bands(
-    input: torch.Tensor, target: torch.Tensor, opts: SCCOptions
+    input: torch.Tensor, target: torch.Tensor, opts: SCCOptions, path: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each target slice's amplitude spectrum is flat over a band, and its value there:
     ((B, C', K) bool, (B, C')), for _stats.with_flat_targets. A target y = c + b·δ_p (the same
@@ -201,12 +202,15 @@ def _flat_target_bands(
     if is_label_map(input, target):  # y ∈ {0, 1}: c + b·δ when at most one sample is 1, or is 0
         labels = target.reshape(batch, -1).long()
         # opts.ignore_index is one the label dtype can hold (prepare): compared exactly here
-        if opts.ignore_index is None:
-            kept = labels.new_ones(()).expand(labels.shape)
+        if opts.ignore_index is None and path == "fused":  # the CPU kernels: one pass, 4x a scatter's speed
+            counts = _cpu_kernels.label_counts(labels.contiguous(), classes)
+        elif opts.ignore_index is None:
+            counts = labels.new_zeros((batch, classes)).scatter_add_(
+                1, labels, labels.new_ones(()).expand(labels.shape)
+            )
         else:
             kept = (labels != opts.ignore_index).long()
-            labels = labels * kept
-        counts = labels.new_zeros((batch, classes)).scatter_add_(1, labels, kept)
+            counts = labels.new_zeros((batch, classes)).scatter_add_(1, labels * kept, kept)
         zero_base = counts <= 1
         one_pixel_or_less = zero_base | (counts >= n - 1)
         step = torch.where(zero_base, counts, n - counts)

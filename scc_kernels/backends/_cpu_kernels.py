@@ -262,6 +262,20 @@ def label_sums(
     return counts, energy, absmax
 
 
+def label_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(B, C) int64: how many samples of each label map (B, N) int64 (checked) hold each class."""
+    library = _library()
+    assert library is not None, "the CPU kernels are not loaded"
+    counts = labels.new_empty((labels.shape[0], classes))
+    status = library.scc_cpu_label_sums(
+        labels.shape[0], classes, labels.shape[1], None, _pointer(labels), _pointer(counts), None, None,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("the CPU kernels could not allocate their per-thread counts")
+    return counts
+
+
 def label_signals(
     p: torch.Tensor, labels: torch.Tensor, offset: int, base_is_x: torch.Tensor | None
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
