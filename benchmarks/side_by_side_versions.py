@@ -16,6 +16,7 @@ runs twice: on its "fused" path and, with the kernels switched off for the call,
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pathlib
 import random
@@ -34,11 +35,14 @@ if not torch.cuda.is_available():
 def _load_old(tree: pathlib.Path, folder: pathlib.Path):
     target = folder / "scc_old"
     shutil.copytree(tree / "scc_kernels", target)
+    shutil.copytree(tree / "csrc", folder / "csrc")  # next to the package, where a checkout has it
     for path in target.rglob("*.py"):
         path.write_text(path.read_text().replace("scc_kernels", "scc_old"))
     sys.path.insert(0, str(folder))
     import scc_old  # type: ignore[import-not-found]
 
+    if (target / "backends" / "_cpu_kernels.py").is_file() and shutil.which("cc"):  # its CPU kernels, if it has them
+        importlib.import_module("scc_old.backends._cpu_kernels").build()
     return scc_old
 
 

@@ -70,26 +70,40 @@ static inline void amplitudes(int64_t k0, int64_t k1, const float *restrict X, f
     for (int64_t k = k0; k < k1; ++k) u[k - k0] = sqrtf(X[2 * k] * X[2 * k] + X[2 * k + 1] * X[2 * k + 1]);
 }
 
-/* Pass 1 over one row: X, v, d, and the weighted band sums of u, v, d into acc (K x 3 x LANES).
- * A block at a time, its u in `block_u`. */
-static void row_values(int64_t bins, const float *restrict S, const float *restrict D, int base_is_x,
-                       float *restrict X, float *restrict v, float *restrict d, const int32_t *restrict band,
-                       const float *restrict weight, const int32_t *restrict chunk_band, doubles *restrict acc) {
+/* Pass 1, one block of one row: u (at k - k0), v, d of bins [k0, k1), and X unless X is NULL
+ * (X is S itself). */
+static inline __attribute__((always_inline)) void block_values(int64_t k0, int64_t k1, const float *restrict S,
+                                                               const float *restrict D, float to_x, float to_y,
+                                                               float *restrict X, float *restrict u,
+                                                               float *restrict v, float *restrict d) {
+    for (int64_t k = k0; k < k1; ++k) {
+        const float sr = S[2 * k], si = S[2 * k + 1], dr = D[2 * k], di = D[2 * k + 1];
+        /* X = S + D [base is y], Y = S - D [base is x]: one of the two products is D * 0 */
+        const float xr = sr + dr * to_x, xi = si + di * to_x, yr = sr - dr * to_y, yi = si - di * to_y;
+        const float uk = sqrtf(xr * xr + xi * xi), vk = sqrtf(yr * yr + yi * yi), sum = uk + vk;
+        u[k - k0] = uk, v[k] = vk;
+        if (X != NULL) X[2 * k] = xr, X[2 * k + 1] = xi;
+        /* |X|^2 - |Y|^2 = Re(D conj(X + Y)): every term of the size of D. Not fmaxf, which
+         * does not vectorise (its NaN rule): a NaN sum stays NaN */
+        d[k] = ((yr + xr) * dr + (yi + xi) * di) / (sum < FLT_MIN ? FLT_MIN : sum);
+    }
+}
+
+/* Pass 1 over one row: X (unless it is S itself: the base is x and S was transformed into the
+ * saved X), v, d, and the weighted band sums of u, v, d into acc (K x 3 x LANES). A block at a
+ * time, its u in `block_u`. */
+static void row_values(int64_t bins, const float *S, const float *D, int base_is_x, float *X, float *restrict v,
+                       float *restrict d, const int32_t *restrict band, const float *restrict weight,
+                       const int32_t *restrict chunk_band, doubles *restrict acc) {
     const float to_x = base_is_x ? 0.0f : 1.0f, to_y = 1.0f - to_x;
     float block_u[BLOCK];
     for (int64_t k0 = 0; k0 < bins; k0 += BLOCK) {
         const int64_t k1 = k0 + BLOCK < bins ? k0 + BLOCK : bins;
         float *restrict u = block_u; /* u of bin k at k - k0 */
-        for (int64_t k = k0; k < k1; ++k) {
-            const float sr = S[2 * k], si = S[2 * k + 1], dr = D[2 * k], di = D[2 * k + 1];
-            /* X = S + D [base is y], Y = S - D [base is x]: one of the two products is D * 0 */
-            const float xr = sr + dr * to_x, xi = si + di * to_x, yr = sr - dr * to_y, yi = si - di * to_y;
-            const float uk = sqrtf(xr * xr + xi * xi), vk = sqrtf(yr * yr + yi * yi), sum = uk + vk;
-            X[2 * k] = xr, X[2 * k + 1] = xi, u[k - k0] = uk, v[k] = vk;
-            /* |X|^2 - |Y|^2 = Re(D conj(X + Y)): every term of the size of D. Not fmaxf, which
-             * does not vectorise (its NaN rule): a NaN sum stays NaN */
-            d[k] = ((yr + xr) * dr + (yi + xi) * di) / (sum < FLT_MIN ? FLT_MIN : sum);
-        }
+        if (X == S) /* two copies of the loop, each vectorised on its own */
+            block_values(k0, k1, S, D, to_x, to_y, NULL, u, v, d);
+        else
+            block_values(k0, k1, S, D, to_x, to_y, X, u, v, d);
         for (int64_t k = k0; k < k1; k += LANES) {
             const int32_t j = chunk_band[k / LANES];
             if (j >= 0) {
@@ -140,7 +154,8 @@ static void row_moments(int64_t bins, const float *restrict X, float *restrict v
 
 /* Forward of `rows` slices of `bins` half-grid bins each.
  * S, D: (rows, bins) complex, interleaved, made Hermitian in place (pass 0); base_is_x: (rows,) 0/1, or NULL (the base is x in
- * every row); X: (rows, bins) complex out; v, d: (rows, bins) out, centred; counts: (K,) full-spectrum bins per band; stats: (rows, K, 8) out in
+ * every row); X: (rows, bins) complex out, or S itself (then not written); v, d: (rows, bins)
+ * out, centred; counts: (K,) full-spectrum bins per band; stats: (rows, K, 8) out in
  * _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
 int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, const uint8_t *base_is_x, float *X,
                               float *v, float *d, const int32_t *band, const float *weight,
@@ -298,27 +313,31 @@ void scc_cpu_label_signals(int64_t batch, int64_t classes, int64_t offset, int64
     }
 }
 
-/* The softmax's backward over the channels, in place on grad (batch, classes, n): grad = g p - p s
- * with s = sum over the channels of g p, as torch_backend._activation_backward rounds it. A block
- * of BLOCK samples at a time: its g p and s stay in L1 between the two loops. */
-void scc_cpu_softmax_backward(int64_t batch, int64_t classes, int64_t n, const float *p, float *grad, int threads) {
+/* The softmax's backward over the channels: out (batch, classes, n) = g p - p s with s = the sum
+ * over the channels of g p (torch_backend._activation_backward's rounding), from p (batch, classes,
+ * n) and g (batch, classes - offset, n), the gradient of channels offset.. (0 below offset). A
+ * block of BLOCK samples at a time: its g p and s stay in L1 between the two loops. */
+void scc_cpu_softmax_backward(int64_t batch, int64_t classes, int64_t offset, int64_t n, const float *p,
+                              const float *g, float *out, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < batch; ++b) {
         float sum[BLOCK];
         for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
             const int64_t count = i0 + BLOCK < n ? BLOCK : n - i0;
-            for (int64_t c = 0; c < classes; ++c) {
+            for (int64_t i = 0; i < count; ++i) sum[i] = 0.0f;
+            for (int64_t c = offset; c < classes; ++c) {
                 const float *restrict pc = p + (b * classes + c) * n + i0;
-                float *restrict gc = grad + (b * classes + c) * n + i0;
-                if (c == 0)
-                    for (int64_t i = 0; i < count; ++i) sum[i] = gc[i] = gc[i] * pc[i];
-                else
-                    for (int64_t i = 0; i < count; ++i) sum[i] += gc[i] = gc[i] * pc[i];
+                const float *restrict gc = g + (b * (classes - offset) + c - offset) * n + i0;
+                float *restrict oc = out + (b * classes + c) * n + i0;
+                for (int64_t i = 0; i < count; ++i) sum[i] += oc[i] = gc[i] * pc[i];
             }
             for (int64_t c = 0; c < classes; ++c) {
                 const float *restrict pc = p + (b * classes + c) * n + i0;
-                float *restrict gc = grad + (b * classes + c) * n + i0;
-                for (int64_t i = 0; i < count; ++i) gc[i] = gc[i] - pc[i] * sum[i];
+                float *restrict oc = out + (b * classes + c) * n + i0;
+                if (c < offset) /* g = 0 there */
+                    for (int64_t i = 0; i < count; ++i) oc[i] = 0.0f - pc[i] * sum[i];
+                else
+                    for (int64_t i = 0; i < count; ++i) oc[i] = oc[i] - pc[i] * sum[i];
             }
         }
     }

@@ -137,7 +137,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
         "scc_cpu_amplitude_backward": ([i64, i64, *[ptr] * 5, i64, ptr, ptr, threads], None),
         "scc_cpu_label_sums": ([i64, i64, i64, *[ptr] * 5, threads], ctypes.c_int),
         "scc_cpu_label_signals": ([i64, i64, i64, i64, *[ptr] * 5, threads], None),
-        "scc_cpu_softmax_backward": ([i64, i64, i64, ptr, ptr, threads], None),
+        "scc_cpu_softmax_backward": ([i64, i64, i64, i64, ptr, ptr, ptr, threads], None),
     }
     for name, (argtypes, restype) in functions.items():
         function = getattr(library, name)
@@ -295,12 +295,12 @@ def label_signals(
     return base, difference
 
 
-def softmax_backward(grad: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """The softmax's backward over dim 1 in place on grad (B, C, *S) float32, p its output."""
+def softmax_backward(p: torch.Tensor, grad_p: torch.Tensor, offset: int, out: torch.Tensor) -> None:
+    """The softmax's backward over dim 1 into out (B, C, *S) float32: p its output, grad_p the
+    gradient of channels offset: (B, C − offset, *S) (0 below offset)."""
     library = _library()
     assert library is not None, "the CPU kernels are not loaded"
     batch, classes = p.shape[:2]
     library.scc_cpu_softmax_backward(
-        batch, classes, p[0, 0].numel(), _pointer(p), _pointer(grad), torch.get_num_threads()
+        batch, classes, offset, p[0, 0].numel(), *map(_pointer, (p, grad_p, out)), torch.get_num_threads()
     )
-    return grad

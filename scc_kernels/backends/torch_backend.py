@@ -148,6 +148,8 @@ def band_stats_backward(
     else:
         with _step("scc::activation (again)"):
             p = activate(work, problem)
+    if problem.path == "fused":
+        return _fused_backward(coefficients, p, target, saved, problem).to(input.dtype)
     if problem.parseval:
         grad_x = _parseval_backward(coefficients[:, :, 0], p, target, problem)
     else:
@@ -161,8 +163,6 @@ def _finish_backward(grad_x: torch.Tensor, p: torch.Tensor, target: torch.Tensor
     ignored positions, activation."""
     if is_label_map(p, target) and problem.ignore_index is not None:
         grad_x.mul_(_valid(target, problem.ignore_index).unsqueeze(1))
-    if problem.path == "fused" and problem.activation == "softmax":  # one pass instead of three
-        return _cpu_kernels.softmax_backward(grad_x, p)
     return _activation_backward(grad_x, p, problem)
 
 
@@ -293,6 +293,9 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     half = (channels, *spatial[:-1], spatial[-1] // 2 + 1)
     stats = x.new_empty((batch, channels, problem.num_bands, len(STATS)))
     saved = _new_saved(x, problem, batch, channels, tables.band.numel(), x.dtype)
+    if all_x and problem.path == "fused":  # X = F(x) of the whole batch is the saved tensor itself
+        with _step("scc::rfftn"):
+            saved[0] = torch.view_as_real(torch.fft.rfftn(x, dim=dims, norm="ortho")).view(saved[0].shape)
     for chunk in _chunks(batch, channels * tables.band.numel(), input.device):
         x_c = x[chunk]
         with _step("scc::signals"):
@@ -306,10 +309,13 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
                 y_c = _dense_target(input[chunk], target[chunk], problem, x.dtype)
                 base = x_c if all_x else torch.where(_per_slice(base_is_x[chunk], len(dims)), x_c, y_c)
         with _step("scc::rfftn"):
-            out = None  # X straight into the saved tensor where it is S (the CPU kernels copy it faster)
-            if all_x and problem.spectrum == "amplitude" and problem.path != "fused":
-                out = torch.view_as_complex(saved[0][chunk]).view(-1, *half)
-            S = torch.fft.rfftn(base, dim=dims, norm="ortho", out=out)
+            if all_x and problem.path == "fused":
+                S = torch.view_as_complex(saved[0][chunk]).view(-1, *half)
+            else:
+                out = None  # X straight into the saved tensor where it is S
+                if all_x and problem.spectrum == "amplitude":
+                    out = torch.view_as_complex(saved[0][chunk]).view(-1, *half)
+                S = torch.fft.rfftn(base, dim=dims, norm="ortho", out=out)
             if problem.path != "fused":  # the CPU kernels make S and D Hermitian as they read them
                 make_hermitian(S, spatial[-1])
         del base
@@ -542,6 +548,40 @@ def _centred_stats(
     return torch.stack([count, mean_u, mean_v, mean_d, *m2.unbind(0)], dim=-1)
 
 
+def _fused_backward(
+    coefficients: torch.Tensor, p: torch.Tensor, target: torch.Tensor, saved: Sequence[torch.Tensor], problem: Problem
+) -> torch.Tensor:
+    """The "fused" path's gradient w.r.t. the input (B, C, *S), a chunk of the batch at a time:
+    each bin's gradient in the CPU kernels, irfftn, and the activation's backward, for softmax in
+    the kernels straight from irfftn's output (no copy of it into a gradient w.r.t. p)."""
+    spatial, dims = tuple(p.shape[2:]), tuple(range(2, p.dim()))
+    X, planes = saved[0], saved[1]  # `_new_saved`
+    channels, bins = planes.shape[2:]
+    half = (-1, channels, *spatial[:-1], spatial[-1] // 2 + 1)
+    valid = None
+    if is_label_map(p, target) and problem.ignore_index is not None:
+        valid = _valid(target, problem.ignore_index).unsqueeze(1)
+    grad = torch.empty_like(p)
+    for chunk in _chunks(p.shape[0], channels * bins, p.device):
+        grad_X = torch.empty(X[chunk].shape[:-1], dtype=_complex(p.dtype), device=p.device)
+        with _step("scc::bin gradient (fused)"):
+            coefficient = coefficients[chunk].to(p.dtype).flatten(0, 1).contiguous()
+            rows = (X[chunk].flatten(0, 1), planes[:, chunk].flatten(1, 2))
+            _cpu_kernels.amplitude_backward(coefficient, *rows, spatial, torch.view_as_real(grad_X).flatten(0, 1))
+        with _step("scc::irfftn"):
+            grad_p = torch.fft.irfftn(grad_X.view(half), s=spatial, dim=dims, norm="ortho")
+            if valid is not None:
+                grad_p.mul_(valid[chunk])
+        with _step("scc::activation backward"):
+            if problem.activation == "softmax":
+                _cpu_kernels.softmax_backward(p[chunk], grad_p, problem.offset, out=grad[chunk])
+            else:
+                grad[chunk, : problem.offset] = 0
+                grad[chunk, problem.offset :] = grad_p
+                _activation_backward(grad[chunk], p[chunk], problem)
+    return grad
+
+
 def _spectral_backward(
     coefficients: torch.Tensor, input: torch.Tensor, saved: Sequence[torch.Tensor], problem: Problem
 ) -> torch.Tensor:
@@ -562,16 +602,6 @@ def _spectral_backward(
         n = len(range(*chunk.indices(input.shape[0])))
         grad_X = torch.empty((n, channels, bins), dtype=_complex(planes.dtype), device=planes.device)
         for group in _channel_groups(n, channels, bins, input.device, problem):
-            if problem.path == "fused":
-                with _step("scc::bin gradient (fused)"):
-                    _cpu_kernels.amplitude_backward(
-                        coefficients[chunk, group].to(planes.dtype).flatten(0, 1).contiguous(),
-                        saved[0][chunk, group].flatten(0, 1),
-                        planes[:, chunk, group].flatten(1, 2),
-                        spatial,
-                        torch.view_as_real(grad_X[:, group].flatten(0, 1)),
-                    )
-                continue
             with _step("scc::bin gradient"):
                 coefficient = coefficients[chunk, group].to(planes.dtype).flatten(0, 1).unbind(-1)  # (rows, K) each
                 c_mean, c_uu, c_uv, c_dd, mean_u, _, _ = coefficient  # v and d are saved centred
