@@ -202,7 +202,9 @@ def _flat_target_bands(
     if is_label_map(input, target):  # y ∈ {0, 1}: c + b·δ when at most one sample is 1, or is 0
         labels = target.reshape(batch, -1).long()
         # opts.ignore_index is one the label dtype can hold (prepare): compared exactly here
-        if opts.ignore_index is None and path == "fused":  # the CPU kernels: one pass, 4x a scatter's speed
+        # the CPU kernels count in one pass, 4x a scatter's speed (exact integers either way); not
+        # in a torch.compile graph, which cannot trace a ctypes call outside the custom op
+        if opts.ignore_index is None and path == "fused" and not torch.compiler.is_compiling():
             counts = _cpu_kernels.label_counts(labels.contiguous(), classes)
         elif opts.ignore_index is None:
             counts = labels.new_zeros((batch, classes)).scatter_add_(
