@@ -5,7 +5,8 @@ x − y and of the base (_spectra.py), then the band statistics as segment sums 
 (means, then centred moments); path "fused": the same with the amplitude's per-bin work in the
 compiled CPU kernels (_cpu_kernels.py); path "tiny" (`is_tiny`): the fft path in float64 throughout.
 Backward: per-bin coefficients (_stats.gradient_coefficients), irfftn, and the activation's
-Jacobian (the activation recomputed). Design: docs/numerics.md.
+Jacobian (the activation recomputed; saved by the forward on the "fused" path). Design:
+docs/numerics.md, docs/cpu-kernels.md.
 """
 
 from __future__ import annotations
