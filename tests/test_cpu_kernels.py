@@ -192,6 +192,16 @@ def test_the_kernels_hermitian_projection_is_make_hermitian(spatial):
 
 
 @needs_kernels
+def test_a_build_in_the_process_is_used_at_once(monkeypatch, tmp_path):
+    """Asked before the build (a loss call), then built: the same process takes the fused path."""
+    monkeypatch.setenv("SCC_KERNELS_CPU_BUILD_DIR", str(tmp_path))
+    x = torch.randn(2, 3, 9, 10)
+    assert not _cpu_kernels.available() and _route(x).path == "fft"
+    _cpu_kernels.build()
+    assert _cpu_kernels.available() and _route(x).path == "fused"
+
+
+@needs_kernels
 def test_a_second_build_finds_the_library():
     first = _cpu_kernels.build()
     assert _cpu_kernels.build() == first and first.is_file()

@@ -116,16 +116,19 @@ def build(verbose: bool = False) -> Path:
                 raise RuntimeError(f"building the CPU kernels with {cc} failed:\n{errors}")
             os.replace(built, target)  # atomic: a concurrent build or load sees all or nothing
     if _load(target) is None:
-        raise RuntimeError(f"the CPU kernels built at {target} do not load")
+        raise RuntimeError(f"the CPU kernels built at {target} do not load (delete it to build again)")
     return target
 
 
-@functools.cache
+_loaded: dict[Path, ctypes.CDLL] = {}  # the libraries loaded in this process, by path
+
+
 def _load(path: Path) -> ctypes.CDLL | None:
     """The library at `path` with its functions' signatures, or None if it is not there (or does
-    not load); the answer holds for the process (a later build loads it: build() asks again)."""
+    not load). Only a loaded library is remembered: a later build in the process finds its own."""
+    if path in _loaded:
+        return _loaded[path]
     if not path.is_file():
-        _load.cache_clear()  # not memoised: a build in this process must find it
         return None
     try:
         library = ctypes.CDLL(str(path))
@@ -142,6 +145,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
     for name, (argtypes, restype) in functions.items():
         function = getattr(library, name)
         function.argtypes, function.restype = argtypes, restype
+    _loaded[path] = library
     return library
 
 
