@@ -321,11 +321,10 @@ def main(argv=None) -> int:
     # the main job: the CPU kernels built where a C compiler is (and they are not switched off), info,
     # verify, and a short bench at training shapes (a CPU: bench.SHAPES, under a minute with verify on
     # 2 cores), with the speed-up over the reference and the multiple of the floor
-    status = 0
     if _device().type == "cpu" and os.environ.get(_cpu_kernels.SWITCH) != "0" and _cpu_kernels.compiler() is not None:
-        status |= build_cpu(parse(["build-cpu"]))
+        build_cpu(parse(["build-cpu"]))  # optional: where it fails, the pure-torch path runs (and info says why)
         print()
-    status |= info()
+    status = info()
     print()
     status |= verify(parse(["verify"]))
     print()

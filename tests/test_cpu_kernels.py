@@ -207,6 +207,15 @@ def test_a_second_build_finds_the_library():
     assert _cpu_kernels.build() == first and first.is_file()
 
 
+def test_an_unwritable_build_folder_is_a_clear_error(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("SCC_KERNELS_CPU_BUILD_DIR", str(tmp_path / "file" / "below"))  # below a file
+    if _cpu_kernels.compiler() is None:
+        pytest.skip("no C compiler here: the build stops before the folder")
+    with pytest.raises(RuntimeError, match="cannot write the CPU kernels"):
+        _cpu_kernels.build()
+
+
 def test_no_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-anywhere")
     with pytest.raises(RuntimeError, match="no working C compiler"):

@@ -99,7 +99,11 @@ def build(verbose: bool = False) -> Path:
     if cc is None or target is None:
         raise RuntimeError("no working C compiler (cc, gcc or clang on PATH, or $CC) to build the CPU kernels")
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            where = f"{target.parent} ({error})"
+            raise RuntimeError(f"cannot write the CPU kernels to {where}: set SCC_KERNELS_CPU_BUILD_DIR") from error
         source = str(csrc_dir() / SOURCE)
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             built = Path(scratch) / target.name
