@@ -125,6 +125,9 @@ def bench(args) -> int:
         f"bench on {title}; median and 20th-80th percentiles (p20-p80) of {timing_method(device, args.repeats)} "
         "after warm-up; speed-up = reference fwd+bwd / fwd+bwd (medians)"
     )
+    if device.type == "cpu" and "torch" in names:  # which of its paths the torch rows time
+        path = "the fused path" if _cpu_kernels.available() else "pure torch"
+        print(f"torch backend, amplitude spectrum: {path} (CPU kernels: {_cpu_kernels.status()})")
     floors = None
     if args.floors and device.type == "cuda":
         floors = bench.Floors.measure(device)
