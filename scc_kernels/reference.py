@@ -58,8 +58,9 @@ def band_weighted_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions)
     if opts.spectrum == "amplitude":
         # |X| of a conjugate pair can still differ by an ulp: torch's complex abs takes another
         # route in its vector lanes than in the remainder (seen at 1e15 magnitudes in float64, with
-        # a band of one mirror pair: r = 0.1 instead of 1); the mirror average makes them equal
-        u, v = (_mirror_symmetric(Z.abs(), spatial_dims) for Z in (X, Y))
+        # a band of one mirror pair: r = 0.1 instead of 1); the same projection (of a real tensor:
+        # the mirror average) makes them equal
+        u, v = (_hermitian(Z.abs(), spatial_dims) for Z in (X, Y))
     else:
         u, v = X, Y
 
@@ -77,11 +78,6 @@ def band_weighted_r(input: torch.Tensor, target: torch.Tensor, opts: SCCOptions)
 def _hermitian(Z: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """The Hermitian part of Z over `dims`: Z itself for an exact transform of a real signal."""
     return (Z + mirror(Z, dims).conj()) / 2
-
-
-def _mirror_symmetric(A: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """(A + A at the mirror frequency) / 2: A itself where A[−k] = A[k] in exact arithmetic."""
-    return (A + mirror(A, dims)) / 2
 
 
 def _correlation(
