@@ -199,6 +199,15 @@ def mirror_pairs(spatial: tuple[int, ...]) -> torch.Tensor:
     return pairs[pairs[:, 0] <= pairs[:, 1]].contiguous()
 
 
+def _call(name: str, *args: object) -> None:
+    """The kernel `name` with `args` and the thread count; MemoryError where it reports that its
+    per-thread scratch could not be allocated (a non-zero status)."""
+    library = _library()
+    assert library is not None, "the CPU kernels are not loaded"
+    if getattr(library, name)(*args, torch.get_num_threads()):
+        raise MemoryError(f"{name}: the CPU kernels could not allocate their per-thread scratch")
+
+
 def _pointer(tensor: torch.Tensor | None) -> int | None:
     if tensor is None:
         return None
@@ -218,20 +227,16 @@ def amplitude_forward(
     """STATS (rows, K, 8) of the amplitude spectrum from S, D (rows, M, 2) float32 (_spectra.py),
     which it makes Hermitian in place (_spectra.make_hermitian);
     X (rows, M, 2) out, planes (2, rows, M) out: v and d, centred (u = |X| is not stored)."""
-    library = _library()
-    assert library is not None, "the CPU kernels are not loaded"
     rows, bins = S.shape[:2]
     tables = half_grid_tables(spatial, num_bands, torch.device("cpu"))
     flags = None if base_is_x is None else base_is_x.reshape(rows).to(torch.uint8).contiguous()
     stats = S.new_empty((rows, num_bands, 8))
     pairs = mirror_pairs(spatial)
     band_tables = (tables.band32, tables.weight, chunk_bands(spatial, num_bands), pairs)
-    status = library.scc_cpu_amplitude_forward(
-        rows, bins, *map(_pointer, (S, D, flags, X, *planes, *band_tables)), len(pairs), num_bands,
-        _pointer(tables.counts), _pointer(stats), torch.get_num_threads(),
+    _call(
+        "scc_cpu_amplitude_forward", rows, bins, *map(_pointer, (S, D, flags, X, *planes, *band_tables)), len(pairs),
+        num_bands, _pointer(tables.counts), _pointer(stats),
     )  # fmt: skip
-    if status != 0:
-        raise MemoryError("the CPU kernels could not allocate their per-thread sums")
     return stats
 
 
@@ -240,15 +245,11 @@ def amplitude_backward(
 ) -> None:
     """Each bin's gradient into out (rows, M, 2) from COEFFICIENTS (rows, K, 7) float32, the saved
     X (rows, M, 2) and planes (2, rows, M) of `amplitude_forward`."""
-    library = _library()
-    assert library is not None, "the CPU kernels are not loaded"
     rows, bins = X.shape[:2]
     num_bands = coefficients.shape[1]
     band = half_grid_tables(spatial, num_bands, torch.device("cpu")).band32
     pointers = map(_pointer, (X, *planes, band, chunk_bands(spatial, num_bands)))
-    library.scc_cpu_amplitude_backward(
-        rows, bins, *pointers, num_bands, _pointer(coefficients), _pointer(out), torch.get_num_threads()
-    )
+    _call("scc_cpu_amplitude_backward", rows, bins, *pointers, num_bands, _pointer(coefficients), _pointer(out))
 
 
 def label_sums(
@@ -256,31 +257,20 @@ def label_sums(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(counts (B, C) int64, energy Σ p² (B, C) float64, max |p| (B, C) float32 or None) of the
     activated prediction p (B, C, *S) float32 and a checked label map (B, *S) int64."""
-    library = _library()
-    assert library is not None, "the CPU kernels are not loaded"
     batch, classes = p.shape[:2]
     counts = labels.new_empty((batch, classes))
     energy = p.new_empty((batch, classes), dtype=torch.float64)
     absmax = p.new_empty((batch, classes)) if with_absmax else None
-    status = library.scc_cpu_label_sums(
-        batch, classes, p[0, 0].numel(), *map(_pointer, (p, labels, counts, energy, absmax)), torch.get_num_threads()
-    )
-    if status != 0:
-        raise MemoryError("the CPU kernels could not allocate their per-thread counts")
+    pointers = map(_pointer, (p, labels, counts, energy, absmax))
+    _call("scc_cpu_label_sums", batch, classes, p[0, 0].numel(), *pointers)
     return counts, energy, absmax
 
 
 def label_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
     """(B, C) int64: how many samples of each label map (B, N) int64 (checked) hold each class."""
-    library = _library()
-    assert library is not None, "the CPU kernels are not loaded"
     counts = labels.new_empty((labels.shape[0], classes))
-    status = library.scc_cpu_label_sums(
-        labels.shape[0], classes, labels.shape[1], None, _pointer(labels), _pointer(counts), None, None,
-        torch.get_num_threads(),
-    )  # fmt: skip
-    if status != 0:
-        raise MemoryError("the CPU kernels could not allocate their per-thread counts")
+    pointers = (None, _pointer(labels), _pointer(counts), None, None)  # no p: the counts alone
+    _call("scc_cpu_label_sums", labels.shape[0], classes, labels.shape[1], *pointers)
     return counts
 
 
@@ -290,25 +280,17 @@ def label_signals(
     """(base, x − y) of channels offset: of p (n, C, *S) float32 and a label map (n, *S) int64,
     each (n, C − offset, *S); base None where `base_is_x` is None (the base is x everywhere),
     else x or y per slice as it says ((n, C − offset) bool)."""
-    library = _library()
-    assert library is not None, "the CPU kernels are not loaded"
     batch, classes, *spatial = p.shape
     difference = p.new_empty((batch, classes - offset, *spatial))
     base = None if base_is_x is None else torch.empty_like(difference)
     flags = None if base_is_x is None else base_is_x.to(torch.uint8).contiguous()
-    library.scc_cpu_label_signals(
-        batch, classes, offset, math.prod(spatial), *map(_pointer, (p, labels, flags, base, difference)),
-        torch.get_num_threads(),
-    )  # fmt: skip
+    pointers = map(_pointer, (p, labels, flags, base, difference))
+    _call("scc_cpu_label_signals", batch, classes, offset, math.prod(spatial), *pointers)
     return base, difference
 
 
 def softmax_backward(p: torch.Tensor, grad_p: torch.Tensor, offset: int, out: torch.Tensor) -> None:
     """The softmax's backward over dim 1 into out (B, C, *S) float32: p its output, grad_p the
     gradient of channels offset: (B, C − offset, *S) (0 below offset)."""
-    library = _library()
-    assert library is not None, "the CPU kernels are not loaded"
     batch, classes = p.shape[:2]
-    library.scc_cpu_softmax_backward(
-        batch, classes, offset, p[0, 0].numel(), *map(_pointer, (p, grad_p, out)), torch.get_num_threads()
-    )
+    _call("scc_cpu_softmax_backward", batch, classes, offset, p[0, 0].numel(), *map(_pointer, (p, grad_p, out)))
