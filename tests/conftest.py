@@ -58,13 +58,20 @@ def cpu_kernels(tmp_path_factory):
 
 
 @pytest.fixture
-def torch_path(request, monkeypatch, cpu_kernels):
+def kernels(cpu_kernels):
+    """The test needs the CPU kernels: skipped where they are not built or switched off."""
+    if not cpu_kernels or os.environ.get("SCC_KERNELS_CPU_KERNELS") == "0":
+        pytest.skip("the CPU kernels are not built here (no C compiler, or SCC_KERNELS_CPU_KERNELS=0)")
+
+
+@pytest.fixture
+def torch_path(request, monkeypatch):
     """Parametrized indirectly with "fft" or "fused": the torch backend's path for the float32
     amplitude spectrum on a CPU in this test (SCC_KERNELS_CPU_KERNELS switches the kernels off)."""
     if request.param == "fft":
         monkeypatch.setenv("SCC_KERNELS_CPU_KERNELS", "0")
-    elif not cpu_kernels or os.environ.get("SCC_KERNELS_CPU_KERNELS") == "0":
-        pytest.skip("the CPU kernels are not built here (no C compiler, or SCC_KERNELS_CPU_KERNELS=0)")
+    else:
+        request.getfixturevalue("kernels")
     return request.param
 
 

@@ -19,13 +19,7 @@ from scc_kernels.backends import _cpu_kernels, torch_backend
 from scc_kernels.backends._spectra import base_is_prediction, make_hermitian
 from scc_kernels.backends.registry import Problem
 
-needs_kernels = pytest.mark.usefixtures("kernels")
-
-
-@pytest.fixture
-def kernels(cpu_kernels):
-    if not cpu_kernels or os.environ.get(_cpu_kernels.SWITCH) == "0":
-        pytest.skip("the CPU kernels are not built here (no C compiler, or SCC_KERNELS_CPU_KERNELS=0)")
+needs_kernels = pytest.mark.usefixtures("kernels")  # tests/conftest.py
 
 
 def _route(input, **options):
@@ -217,6 +211,7 @@ def test_an_unwritable_build_folder_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_no_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv(_cpu_kernels.SWITCH, raising=False)  # the status says "off" first
     monkeypatch.setenv("CC", "no-such-compiler-anywhere")
     with pytest.raises(RuntimeError, match="no working C compiler"):
         _cpu_kernels.build()
