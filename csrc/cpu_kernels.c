@@ -1,14 +1,15 @@
 /* Fused CPU kernels of the torch backend's "fused" path: the amplitude spectrum's per-bin work
- * between the transforms, float32, in two passes forward and one backward (three passes over the
- * half spectrum instead of about 25 torch ops).
+ * between the transforms, float32, in one pass forward and one backward (two passes over the half
+ * spectrum instead of about 25 torch ops).
  *
- * Forward: pass 0 makes the self-mirrored columns of S = F(base) and D = F(x - y) exactly
- * Hermitian (_spectra.make_hermitian), pass 1 forms X, Y from S and D, u = |X|, v = |Y|,
- * d = Re(D conj(X + Y)) / (u + v), stores X, v, d and sums each band's u, v, d; pass 2 centres v
- * and d in place and sums the centred moments. Backward: each bin's gradient X g / |X|, g = dL/du.
- * u is not stored: pass 2 and the backward take |X| again (the same operations, the same value),
- * which costs less than writing and reading it (saved memory is freshly mapped on every call).
- * The formulas are torch_backend._bin_values', _centred_stats' and _spectral_backward's.
+ * Forward: the self-mirrored columns of S = F(base) and D = F(x - y) are made exactly Hermitian
+ * (_spectra.make_hermitian), then one pass forms X, Y from S and D, u = |X|, v = |Y|,
+ * d = Re(D conj(X + Y)) / (u + v), stores X, v, d and sums each band's u, v, d and their products
+ * about a shift (`band_stats`: as exact as centring first, without a second pass). Backward: each
+ * bin's gradient X g / |X|, g = dL/du, centring v and d about the forward's band means there.
+ * u is not stored: the backward takes |X| again (the same operations, the same value), which
+ * costs less than writing and reading it (saved memory is freshly mapped on every call).
+ * The formulas are torch_backend._bin_values' and _spectral_backward's.
  *
  * Machine independence (SPEC v3): built with -ffp-contract=off and no -ffast-math, every float
  * operation is the one written here, in this order, on any instruction set. Sums run in double, in
@@ -65,98 +66,112 @@ static void make_hermitian(float *restrict Z, const int64_t *restrict pairs, int
     }
 }
 
-/* |X| of bins [k0, k1) of interleaved X into u. */
-static inline void amplitudes(int64_t k0, int64_t k1, const float *restrict X, float *restrict u) {
-    for (int64_t k = k0; k < k1; ++k) u[k - k0] = sqrtf(X[2 * k] * X[2 * k] + X[2 * k + 1] * X[2 * k + 1]);
+/* u = |X|, v = |Y| and d = (|X|^2 - |Y|^2) / (u + v) of one bin from S, D. X = S + D [base is y],
+ * Y = S - D [base is x]: one of the two products is D * 0. */
+static inline __attribute__((always_inline)) void bin_values(float sr, float si, float dr, float di, float to_x,
+                                                             float to_y, float *xr, float *xi, float *u, float *v,
+                                                             float *d) {
+    *xr = sr + dr * to_x, *xi = si + di * to_x;
+    const float yr = sr - dr * to_y, yi = si - di * to_y;
+    *u = sqrtf(*xr * *xr + *xi * *xi), *v = sqrtf(yr * yr + yi * yi);
+    const float sum = *u + *v;
+    /* |X|^2 - |Y|^2 = Re(D conj(X + Y)): every term of the size of D. Not fmaxf, which does not
+     * vectorise (its NaN rule): a NaN sum stays NaN */
+    *d = ((yr + *xr) * dr + (yi + *xi) * di) / (sum < FLT_MIN ? FLT_MIN : sum);
 }
 
-/* Pass 1, one block of one row: u (at k - k0), v, d of bins [k0, k1), and X unless X is NULL
- * (X is S itself). */
+/* Bins [k0, k1) of one row: u (at k - k0), v, d, and X where store_x (a constant after inlining:
+ * a test of X inside the loop keeps GCC from vectorising it). */
 static inline __attribute__((always_inline)) void block_values(int64_t k0, int64_t k1, const float *restrict S,
                                                                const float *restrict D, float to_x, float to_y,
-                                                               float *restrict X, float *restrict u,
+                                                               int store_x, float *restrict X, float *restrict u,
                                                                float *restrict v, float *restrict d) {
     for (int64_t k = k0; k < k1; ++k) {
-        const float sr = S[2 * k], si = S[2 * k + 1], dr = D[2 * k], di = D[2 * k + 1];
-        /* X = S + D [base is y], Y = S - D [base is x]: one of the two products is D * 0 */
-        const float xr = sr + dr * to_x, xi = si + di * to_x, yr = sr - dr * to_y, yi = si - di * to_y;
-        const float uk = sqrtf(xr * xr + xi * xi), vk = sqrtf(yr * yr + yi * yi), sum = uk + vk;
-        u[k - k0] = uk, v[k] = vk;
-        if (X != NULL) X[2 * k] = xr, X[2 * k + 1] = xi;
-        /* |X|^2 - |Y|^2 = Re(D conj(X + Y)): every term of the size of D. Not fmaxf, which
-         * does not vectorise (its NaN rule): a NaN sum stays NaN */
-        d[k] = ((yr + xr) * dr + (yi + xi) * di) / (sum < FLT_MIN ? FLT_MIN : sum);
+        float xr, xi;
+        bin_values(S[2 * k], S[2 * k + 1], D[2 * k], D[2 * k + 1], to_x, to_y, &xr, &xi, u + k - k0, v + k, d + k);
+        if (store_x) X[2 * k] = xr, X[2 * k + 1] = xi;
     }
 }
 
-/* Pass 1 over one row: X (unless it is S itself: the base is x and S was transformed into the
- * saved X), v, d, and the weighted band sums of u, v, d into acc (K x 3 x LANES). A block at a
- * time, its u in `block_u`. */
-static void row_values(int64_t bins, const float *S, const float *D, int base_is_x, float *X, float *restrict v,
-                       float *restrict d, const int32_t *restrict band, const float *restrict weight,
-                       const int32_t *restrict chunk_band, doubles *restrict acc) {
+/* The sums of one band, one row: the weighted sums of (u, v, d) - shift, and of the products
+ * (u - shift)^2, (v - shift)^2, (u - shift)(v - shift), (d - shift)^2, LANES lanes each. */
+enum { SUM_U, SUM_V, SUM_D, SUM_UU, SUM_VV, SUM_UV, SUM_DD, NSUMS };
+
+/* Adds bins [k, k + LANES) of one band (whole vectors) or bin k alone (lane l) into `a`. */
+static inline void add_chunk(doubles *restrict a, doubles w, doubles u, doubles v, doubles d, const double *shift) {
+    const doubles su = u - shift[0], sv = v - shift[1], sd = d - shift[2];
+    const doubles wu = w * su, wv = w * sv, wd = w * sd;
+    a[SUM_U] += wu, a[SUM_V] += wv, a[SUM_D] += wd;
+    a[SUM_UU] += wu * su, a[SUM_VV] += wv * sv, a[SUM_UV] += wu * sv, a[SUM_DD] += wd * sd;
+}
+
+static inline void add_bin(doubles *restrict a, int l, double w, float u, float v, float d, const double *shift) {
+    const double su = u - shift[0], sv = v - shift[1], sd = d - shift[2];
+    const double wu = w * su, wv = w * sv, wd = w * sd;
+    a[SUM_U][l] += wu, a[SUM_V][l] += wv, a[SUM_D][l] += wd;
+    a[SUM_UU][l] += wu * su, a[SUM_VV][l] += wv * sv, a[SUM_UV][l] += wu * sv, a[SUM_DD][l] += wd * sd;
+}
+
+/* One row: X (unless it is S itself: the base is x and S was transformed into the saved X), v,
+ * d, and each band's sums (NSUMS x LANES per band) into acc, about a shift per band: the u, v, d
+ * of its first bin in the row, (3 per band) in `shift`, set where `seen` (per band) is 0. A block
+ * at a time, its u in `block_u`. */
+static void row_sums(int64_t bins, const float *S, const float *D, int base_is_x, float *X, float *restrict v,
+                     float *restrict d, const int32_t *restrict band, const float *restrict weight,
+                     const int32_t *restrict chunk_band, doubles *restrict acc, double *restrict shift,
+                     uint8_t *restrict seen) {
     const float to_x = base_is_x ? 0.0f : 1.0f, to_y = 1.0f - to_x;
-    float block_u[BLOCK];
+    float u[BLOCK]; /* u of bin k at k - k0 */
     for (int64_t k0 = 0; k0 < bins; k0 += BLOCK) {
         const int64_t k1 = k0 + BLOCK < bins ? k0 + BLOCK : bins;
-        float *restrict u = block_u; /* u of bin k at k - k0 */
         if (X == S) /* two copies of the loop, each vectorised on its own */
-            block_values(k0, k1, S, D, to_x, to_y, NULL, u, v, d);
+            block_values(k0, k1, S, D, to_x, to_y, 0, NULL, u, v, d);
         else
-            block_values(k0, k1, S, D, to_x, to_y, X, u, v, d);
+            block_values(k0, k1, S, D, to_x, to_y, 1, X, u, v, d);
         for (int64_t k = k0; k < k1; k += LANES) {
             const int32_t j = chunk_band[k / LANES];
             if (j >= 0) {
-                doubles *restrict a = acc + 3 * j;
-                const doubles w = widen(load(weight + k));
-                a[0] += w * widen(load(u + k - k0)), a[1] += w * widen(load(v + k)), a[2] += w * widen(load(d + k));
+                double *at = shift + 3 * j;
+                if (!seen[j]) seen[j] = 1, at[0] = u[k - k0], at[1] = v[k], at[2] = d[k];
+                add_chunk(acc + NSUMS * j, widen(load(weight + k)), widen(load(u + k - k0)), widen(load(v + k)),
+                          widen(load(d + k)), at);
             } else {
                 for (int l = 0; l < LANES && k + l < k1; ++l) {
-                    const double w = weight[k + l];
-                    doubles *restrict a = acc + 3 * band[k + l];
-                    a[0][l] += w * u[k - k0 + l], a[1][l] += w * v[k + l], a[2][l] += w * d[k + l];
+                    const int32_t b = band[k + l];
+                    double *at = shift + 3 * b;
+                    if (!seen[b]) seen[b] = 1, at[0] = u[k + l - k0], at[1] = v[k + l], at[2] = d[k + l];
+                    add_bin(acc + NSUMS * b, l, weight[k + l], u[k + l - k0], v[k + l], d[k + l], at);
                 }
             }
         }
     }
 }
 
-/* Pass 2 over one row: v and d centred in place about their band means (K x 3), and the weighted
- * band sums of the centred moments uu, vv, uv, dd into acc (K x 4 x LANES). A block at a time,
- * its u = |X| in `block_u`. */
-static void row_moments(int64_t bins, const float *restrict X, float *restrict v, float *restrict d,
-                        const int32_t *restrict band, const float *restrict weight,
-                        const int32_t *restrict chunk_band, const float *restrict means, doubles *restrict acc) {
-    float u[BLOCK]; /* u of bin k at k % BLOCK */
-    for (int64_t k = 0; k < bins; k += LANES) {
-        if (k % BLOCK == 0) amplitudes(k, k + BLOCK < bins ? k + BLOCK : bins, X, u);
-        const int32_t j = chunk_band[k / LANES];
-        if (j >= 0) {
-            const floats du = load(u + k % BLOCK) - means[3 * j], dv = load(v + k) - means[3 * j + 1];
-            const floats dc = load(d + k) - means[3 * j + 2];
-            store(v + k, dv), store(d + k, dc);
-            const doubles w = widen(load(weight + k)), du2 = widen(du), dv2 = widen(dv), dc2 = widen(dc);
-            doubles *restrict a = acc + 4 * j;
-            a[0] += w * du2 * du2, a[1] += w * dv2 * dv2, a[2] += w * du2 * dv2, a[3] += w * dc2 * dc2;
-        } else {
-            for (int l = 0; l < LANES && k + l < bins; ++l) {
-                const int32_t b = band[k + l];
-                const double w = weight[k + l];
-                const float du = u[(k + l) % BLOCK] - means[3 * b], dv = v[k + l] - means[3 * b + 1];
-                const float dc = d[k + l] - means[3 * b + 2];
-                doubles *restrict a = acc + 4 * b;
-                v[k + l] = dv, d[k + l] = dc;
-                a[0][l] += w * du * du, a[1][l] += w * dv * dv, a[2][l] += w * du * dv, a[3][l] += w * dc * dc;
-            }
-        }
+/* A band's STATS (count, means, centred moments) from its sums about `shift` and its count n:
+ * mean = shift + S/n, m2 = S2 - S S'/n. Each difference from the shift is exact in double, and
+ * the shift is one of the band's own values, so (mean - shift)^2 <= m2 and S2 <= (n + 1) m2: the
+ * subtraction loses at most log2(n + 1) of double's 53 bits, where float32 values carry 24. */
+static void band_stats(const doubles *restrict a, const double *restrict shift, double n, float *restrict out) {
+    double sum[NSUMS];
+    for (int q = 0; q < NSUMS; ++q) sum[q] = lanes_sum(a[q]);
+    out[0] = (float)n;
+    if (n <= 0) {
+        for (int q = 1; q < NSTATS; ++q) out[q] = 0.0f;
+        return;
     }
+    for (int q = 0; q < 3; ++q) out[1 + q] = (float)(shift[q] + sum[SUM_U + q] / n);
+    const double uu = sum[SUM_UU] - sum[SUM_U] * sum[SUM_U] / n, vv = sum[SUM_VV] - sum[SUM_V] * sum[SUM_V] / n;
+    const double uv = sum[SUM_UV] - sum[SUM_U] * sum[SUM_V] / n, dd = sum[SUM_DD] - sum[SUM_D] * sum[SUM_D] / n;
+    /* a square's sum is >= 0 (an ulp under it is rounding); not fmax, which would hide a NaN */
+    out[4] = (float)(uu < 0 ? 0 : uu), out[5] = (float)(vv < 0 ? 0 : vv), out[6] = (float)uv;
+    out[7] = (float)(dd < 0 ? 0 : dd);
 }
 
 /* Forward of `rows` slices of `bins` half-grid bins each.
- * S, D: (rows, bins) complex, interleaved, made Hermitian in place (pass 0); base_is_x: (rows,) 0/1, or NULL (the base is x in
- * every row); X: (rows, bins) complex out, or S itself (then not written); v, d: (rows, bins)
- * out, centred; counts: (K,) full-spectrum bins per band; stats: (rows, K, 8) out in
- * _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
+ * S, D: (rows, bins) complex, interleaved, made Hermitian in place (pass 0); base_is_x: (rows,)
+ * 0/1, or NULL (the base is x in every row); X: (rows, bins) complex out, or S itself (then not
+ * written); v, d: (rows, bins) out; counts: (K,) full-spectrum bins per band; stats: (rows, K, 8)
+ * out in _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
 int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, const uint8_t *base_is_x, float *X,
                               float *v, float *d, const int32_t *band, const float *weight,
                               const int32_t *chunk_band, const int64_t *mirror_pairs, int64_t n_pairs,
@@ -164,35 +179,26 @@ int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, co
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        /* pass 1: K x 3 lanes, pass 2: K x 4 (aligned as the vector type) */
-        doubles *acc = aligned_alloc(sizeof(doubles), 7 * num_bands * sizeof(doubles));
-        float *means = malloc(3 * num_bands * sizeof(float));
-        failed = acc == NULL || means == NULL;
+        doubles *acc = aligned_alloc(sizeof(doubles), NSUMS * num_bands * sizeof(doubles)); /* aligned as the type */
+        double *shift = malloc(3 * num_bands * sizeof(double));
+        uint8_t *seen = malloc(num_bands);
+        failed = acc == NULL || shift == NULL || seen == NULL;
 #pragma omp for schedule(static)
         for (int64_t row = 0; row < rows; ++row) {
             if (failed) continue;
             const int64_t at = row * bins;
-            float *out = stats + row * num_bands * NSTATS;
-            memset(acc, 0, 7 * num_bands * sizeof(doubles));
+            memset(acc, 0, NSUMS * num_bands * sizeof(doubles));
+            memset(seen, 0, num_bands);
             make_hermitian(S + 2 * at, mirror_pairs, n_pairs);
             make_hermitian(D + 2 * at, mirror_pairs, n_pairs);
-            row_values(bins, S + 2 * at, D + 2 * at, base_is_x == NULL || base_is_x[row], X + 2 * at, v + at, d + at,
-                       band, weight, chunk_band, acc);
-            for (int64_t j = 0; j < num_bands; ++j) {
-                out[NSTATS * j] = (float)counts[j];
-                for (int q = 0; q < 3; ++q) { /* the mean as float32, as the moments are taken about it */
-                    const double sum = lanes_sum(acc[3 * j + q]);
-                    means[3 * j + q] = (float)(counts[j] > 0 ? sum / counts[j] : 0.0);
-                    out[NSTATS * j + 1 + q] = means[3 * j + q];
-                }
-            }
-            doubles *moments = acc + 3 * num_bands;
-            row_moments(bins, X + 2 * at, v + at, d + at, band, weight, chunk_band, means, moments);
+            row_sums(bins, S + 2 * at, D + 2 * at, base_is_x == NULL || base_is_x[row], X + 2 * at, v + at, d + at,
+                     band, weight, chunk_band, acc, shift, seen);
             for (int64_t j = 0; j < num_bands; ++j)
-                for (int q = 0; q < 4; ++q) out[NSTATS * j + 4 + q] = (float)lanes_sum(moments[4 * j + q]);
+                band_stats(acc + NSUMS * j, shift + 3 * j, counts[j], stats + (row * num_bands + j) * NSTATS);
         }
         free(acc);
-        free(means);
+        free(shift);
+        free(seen);
     }
     return failed ? -1 : 0;
 }
@@ -202,12 +208,12 @@ int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, co
 static inline __attribute__((always_inline)) void band_gradient(int64_t k, int64_t end, const float *restrict x,
                                                                 const float *restrict v, const float *restrict d,
                                                                 const float *restrict c, float *restrict out) {
-    const float c_mean = c[0], c_uu = c[1], c_uv = c[2], c_dd = c[3], mean_u = c[4];
+    const float c_mean = c[0], c_uu = c[1], c_uv = c[2], c_dd = c[3], mean_u = c[4], mean_v = c[5], mean_d = c[6];
     for (int64_t i = k; i < end; ++i) {
         const float u = sqrtf(x[2 * i] * x[2 * i] + x[2 * i + 1] * x[2 * i + 1]);
         float g = c_mean + (u - mean_u) * c_uu;
-        g = g + v[i] * c_uv;
-        g = g + d[i] * c_dd;
+        g = g + (v[i] - mean_v) * c_uv;
+        g = g + (d[i] - mean_d) * c_dd;
         const float scale = u == 0.0f ? 0.0f : g / u; /* d|X|/dX = X/|X|, and 0 at X = 0 (SPEC §4) */
         out[2 * i] = x[2 * i] * scale;
         out[2 * i + 1] = x[2 * i + 1] * scale;

@@ -18,6 +18,7 @@ from scc_kernels._options import make_options
 from scc_kernels.backends import _cpu_kernels, torch_backend
 from scc_kernels.backends._spectra import base_is_prediction, make_hermitian
 from scc_kernels.backends.registry import Problem
+from scc_kernels.bands import half_grid_tables
 
 needs_kernels = pytest.mark.usefixtures("kernels")  # tests/conftest.py
 
@@ -129,6 +130,45 @@ def test_the_kernels_results_do_not_depend_on_the_number_of_threads():
         torch.set_num_threads(threads)
     for result in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
+
+
+@needs_kernels
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_pass_statistics_are_the_centred_statistics_of_the_values_it_stores(seed):
+    """The forward's one pass sums about a shift in double (docs/cpu-kernels.md): its statistics
+    are those of its own float32 u = |X|, v and d, centred in float64, to float32's rounding,
+    where the amplitudes sit at 1e4 and spread by 1e-2 (raw sums lose every digit there: in
+    double, Σu² − (Σu)²/n keeps about 4)."""
+    spatial, rows, bands = (31, 34), 4, 3
+    bins = 31 * 18
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.rand(rows, bins, generator=generator) * 6.283
+    radius = 1e4 + 1e-2 * torch.randn(rows, bins, generator=generator)
+    S = torch.stack([radius * phase.cos(), radius * phase.sin()], -1)
+    D = 1e-2 * torch.randn(rows, bins, 2, generator=generator)
+    pairs = _cpu_kernels.mirror_pairs(spatial)
+    own = pairs[pairs[:, 0] == pairs[:, 1], 0]
+    for Z in (S, D):  # Hermitian already, so that the forward's projection leaves them as they are
+        Z[:, pairs[:, 1]] = Z[:, pairs[:, 0]] * torch.tensor([1.0, -1.0])
+        Z[:, own] = torch.stack([Z[:, own].norm(dim=-1), torch.zeros(rows, len(own))], -1)
+    flags = torch.tensor([True, False, True, False])
+    X, planes = torch.empty_like(S), torch.empty(2, rows, bins)
+    stats = _cpu_kernels.amplitude_forward(S.clone(), D, flags, X, planes, spatial, bands)
+    tables = half_grid_tables(spatial, bands, torch.device("cpu"))
+    # the kernel's |X|: float32 products and sum, correctly rounded sqrt (torch's float32 sqrt
+    # is not, on some CPUs; the double sqrt rounded to float32 is)
+    u = (X[..., 0] * X[..., 0] + X[..., 1] * X[..., 1]).double().sqrt().float().double()
+    values = torch.stack([u, planes[0].double(), planes[1].double()])  # (3, rows, M)
+    weight = tables.weight.double()
+    for j in range(bands):
+        in_band = tables.band == j
+        w, part = weight[in_band], values[..., in_band]
+        count = w.sum()
+        means = (part * w).sum(-1) / count
+        u, v, d = part - means.unsqueeze(-1)
+        m2 = [(w * a * b).sum(-1) for a, b in [(u, u), (v, v), (u, v), (d, d)]]
+        expected = torch.stack([count.expand(rows), *means, *m2], -1).float()
+        torch.testing.assert_close(stats[:, j], expected, rtol=3e-6, atol=0, msg=f"seed {seed}, band {j}")
 
 
 @needs_kernels

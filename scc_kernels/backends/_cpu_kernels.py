@@ -1,7 +1,7 @@
 """The torch backend's compiled CPU kernels (csrc/cpu_kernels.c): build, load, call.
 
 Forward: `label_sums` and `label_signals` (a label map's class counts, energies and the signals
-to transform), `amplitude_forward` (X, v, d and the band statistics, two passes). Backward:
+to transform), `amplitude_forward` (X, v, d and the band statistics, one pass). Backward:
 `amplitude_backward` (each bin's gradient, one pass), `softmax_backward`. Plain C through ctypes,
 built only on request (`python -m scc_kernels build-cpu`, or `build()`), never by a loss call:
 where it is not built, the torch backend's pure-torch "fft" path runs (planning.resolve decides).
@@ -226,7 +226,7 @@ def amplitude_forward(
 ) -> torch.Tensor:
     """STATS (rows, K, 8) of the amplitude spectrum from S, D (rows, M, 2) float32 (_spectra.py),
     which it makes Hermitian in place (_spectra.make_hermitian);
-    X (rows, M, 2) out, planes (2, rows, M) out: v and d, centred (u = |X| is not stored)."""
+    X (rows, M, 2) out, planes (2, rows, M) out: v and d (u = |X| is not stored)."""
     rows, bins = S.shape[:2]
     tables = half_grid_tables(spatial, num_bands, torch.device("cpu"))
     flags = None if base_is_x is None else base_is_x.reshape(rows).to(torch.uint8).contiguous()

@@ -451,7 +451,8 @@ def _fused_stats(
     problem: Problem,
 ) -> torch.Tensor:
     """`_bin_values` and `_centred_stats` of the amplitude spectrum in the CPU kernels: STATS
-    (rows, K, 8), the saved tensors' rows written as there."""
+    (rows, K, 8), the saved tensors' rows written as there, but v and d not centred (the
+    backward kernel centres them)."""
     rows = S.shape[0] * S.shape[1]
     planes = saved[1][(slice(None), *chunk)].flatten(1, 2)
     S, D = torch.view_as_real(S.reshape(rows, -1)), torch.view_as_real(D.reshape(rows, -1))
