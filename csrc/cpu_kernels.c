@@ -319,21 +319,41 @@ void scc_cpu_label_signals(int64_t batch, int64_t classes, int64_t offset, int64
     }
 }
 
+/* The Parseval path's gradient w.r.t. x of samples [i0, i0 + count) of one (b, c) into out:
+ * to_x x + to_y y with y = [label == c] (torch_backend._parseval_backward's rounding), and at the
+ * origin root_n c_mean. */
+static inline void parseval_gradient(int64_t i0, int64_t count, const float *restrict x,
+                                     const int64_t *restrict label, int64_t c, const float *restrict coefficient,
+                                     float root_n, float *restrict out) {
+    const float to_x = coefficient[1] + coefficient[3], to_y = coefficient[2] - coefficient[3];
+    for (int64_t i = 0; i < count; ++i) out[i] = to_x * x[i0 + i] + (label[i0 + i] == c ? to_y : 0.0f);
+    if (i0 == 0) out[0] = root_n * coefficient[0];
+}
+
 /* The softmax's backward over the channels: out (batch, classes, n) = g p - p s with s = the sum
  * over the channels of g p (torch_backend._activation_backward's rounding), from p (batch, classes,
- * n) and g (batch, classes - offset, n), the gradient of channels offset.. (0 below offset). A
- * block of BLOCK samples at a time: its g p and s stay in L1 between the two loops. */
-void scc_cpu_softmax_backward(int64_t batch, int64_t classes, int64_t offset, int64_t n, const float *p,
-                              const float *g, float *out, int threads) {
+ * n) and the gradient g of channels offset.. (0 below offset): g (batch, classes - offset, n), or,
+ * where g is NULL, the Parseval path's from the labels (batch, n) and its coefficients
+ * (batch, classes - offset, 7) (`parseval_gradient`). A block of BLOCK samples at a time: its g,
+ * g p and s stay in L1 between the loops. */
+static void softmax_backward(int64_t batch, int64_t classes, int64_t offset, int64_t n, const float *p,
+                             const float *g, const int64_t *labels, const float *coefficients, float root_n,
+                             float *out, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < batch; ++b) {
-        float sum[BLOCK];
+        float sum[BLOCK], computed[BLOCK];
         for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
             const int64_t count = i0 + BLOCK < n ? BLOCK : n - i0;
             for (int64_t i = 0; i < count; ++i) sum[i] = 0.0f;
             for (int64_t c = offset; c < classes; ++c) {
                 const float *restrict pc = p + (b * classes + c) * n + i0;
-                const float *restrict gc = g + (b * (classes - offset) + c - offset) * n + i0;
+                const int64_t row = b * (classes - offset) + c - offset;
+                const float *restrict gc = g + row * n + i0;
+                if (g == NULL) {
+                    parseval_gradient(i0, count, p + (b * classes + c) * n, labels + b * n, c,
+                                      coefficients + row * NCOEF, root_n, computed);
+                    gc = computed;
+                }
                 float *restrict oc = out + (b * classes + c) * n + i0;
                 for (int64_t i = 0; i < count; ++i) sum[i] += oc[i] = gc[i] * pc[i];
             }
@@ -347,4 +367,65 @@ void scc_cpu_softmax_backward(int64_t batch, int64_t classes, int64_t offset, in
             }
         }
     }
+}
+
+void scc_cpu_softmax_backward(int64_t batch, int64_t classes, int64_t offset, int64_t n, const float *p,
+                              const float *g, float *out, int threads) {
+    softmax_backward(batch, classes, offset, n, p, g, NULL, NULL, 0.0f, out, threads);
+}
+
+/* The complex spectrum with one band (path "fused-parseval"), a label map: per (b, c) with c in
+ * offset..classes-1, _stats.PARSEVAL_SUMS into sums (batch, classes - offset, 6) double: x[0],
+ * y[0], and over the samples but the origin, sum x^2, y^2, x y, (x - y)^2; x = p (batch, classes,
+ * n), y = [label == c], x - y rounded to float32 as torch_backend._parseval_stats forms it. A block
+ * of BLOCK samples at a time: y first (a plain loop, vectorised), then the sums in LANES lanes. */
+void scc_cpu_label_parseval_sums(int64_t batch, int64_t classes, int64_t offset, int64_t n, const float *p,
+                                 const int64_t *labels, double *sums, int threads) {
+    const int64_t channels = classes - offset;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t row = 0; row < batch * channels; ++row) {
+        const int64_t b = row / channels, c = offset + row % channels;
+        const float *restrict x = p + (b * classes + c) * n;
+        const int64_t *restrict label = labels + b * n;
+        doubles xx = {0}, yy = {0}, xy = {0}, dd = {0};
+        float y[BLOCK];
+        for (int64_t i0 = 1; i0 < n; i0 += BLOCK) { /* the origin apart */
+            const int64_t count = i0 + BLOCK < n ? BLOCK : n - i0;
+            for (int64_t i = 0; i < count; ++i) y[i] = label[i0 + i] == c ? 1.0f : 0.0f;
+            int64_t i = 0;
+            for (; i + LANES <= count; i += LANES) {
+                const floats xf = load(x + i0 + i), yf = load(y + i);
+                const doubles xd = widen(xf), yd = widen(yf), dif = widen(xf - yf);
+                xx += xd * xd, yy += yd, xy += xd * yd, dd += dif * dif;
+            }
+            for (int l = 0; i < count; ++i, ++l) {
+                const double xd = x[i0 + i], yd = y[i], dif = x[i0 + i] - y[i];
+                xx[l] += xd * xd, yy[l] += yd, xy[l] += xd * yd, dd[l] += dif * dif;
+            }
+        }
+        double *out = sums + row * 6;
+        out[0] = x[0], out[1] = label[0] == c ? 1.0 : 0.0;
+        out[2] = lanes_sum(xx), out[3] = lanes_sum(yy), out[4] = lanes_sum(xy), out[5] = lanes_sum(dd);
+    }
+}
+
+/* Its gradient w.r.t. p of channels offset.. into g (batch, classes - offset, n)
+ * (`parseval_gradient`), from coefficients (batch, classes - offset, 7) (_stats.COEFFICIENTS). */
+void scc_cpu_label_parseval_gradient(int64_t batch, int64_t classes, int64_t offset, int64_t n, const float *p,
+                                     const int64_t *labels, const float *coefficients, float root_n, float *g,
+                                     int threads) {
+    const int64_t channels = classes - offset;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t row = 0; row < batch * channels; ++row) {
+        const int64_t b = row / channels, c = offset + row % channels;
+        parseval_gradient(0, n, p + (b * classes + c) * n, labels + b * n, c, coefficients + row * NCOEF, root_n,
+                          g + row * n);
+    }
+}
+
+/* The Parseval gradient and the softmax's backward in one pass: out (batch, classes, n). */
+void scc_cpu_label_parseval_softmax_backward(int64_t batch, int64_t classes, int64_t offset, int64_t n,
+                                             const float *p, const int64_t *labels, const float *coefficients,
+                                             float root_n, float *out, int threads) {
+    softmax_backward(batch, classes, offset, n, p, NULL, labels, coefficients, root_n, out, threads);
 }

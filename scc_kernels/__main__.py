@@ -70,7 +70,8 @@ def build_cpu(args) -> int:
         return 1
     print(
         f"CPU kernels: {path} ({time.perf_counter() - start:.1f} s). On a CPU, the torch backend now runs the "
-        f"amplitude spectrum's per-bin work in them (float32; {_cpu_kernels.SWITCH}=0 turns them off)"
+        f"amplitude spectrum's per-bin work and a label map's complex sums in them (float32; "
+        f"{_cpu_kernels.SWITCH}=0 turns them off)"
     )
     return 0
 
@@ -126,8 +127,8 @@ def bench(args) -> int:
         "after warm-up; speed-up = reference fwd+bwd / fwd+bwd (medians)"
     )
     if device.type == "cpu" and "torch" in names:  # which of its paths the torch rows time
-        path = "the fused path" if _cpu_kernels.available() else "pure torch"
-        print(f"torch backend, amplitude spectrum: {path} (CPU kernels: {_cpu_kernels.status()})")
+        paths = '"fused" and "fused-parseval"' if _cpu_kernels.available() else '"fft" and "parseval" (pure torch)'
+        print(f"torch backend, paths {paths} (CPU kernels: {_cpu_kernels.status()})")
     floors = None
     if args.floors and device.type == "cuda":
         floors = bench.Floors.measure(device)

@@ -66,20 +66,21 @@ def resolve(name: str, input: torch.Tensor, opts: SCCOptions) -> Route:
         return Route(*_planned(shape, opts.spectrum, opts.num_bands, input.dtype, opts.include_background))
     if backend == "auto":  # a CPU graph stays shape-generic
         backend = "torch"
+    fused = backend == "torch" and _cpu_kernels_apply(input)
     if parseval:
-        return Route(backend, "parseval")
+        return Route(backend, "fused-parseval" if fused else "parseval")
     if backend == "triton":
         return Route(backend, _triton_path(input, opts))
-    if backend == "torch" and _fused_applies(input, opts):
+    if fused and opts.spectrum == "amplitude":
         return Route(backend, "fused")
     return Route(backend, "fft")
 
 
-def _fused_applies(input: torch.Tensor, opts: SCCOptions) -> bool:
-    """The torch backend's "fused" path: the amplitude spectrum in float32 on a CPU, where the CPU
-    kernels are built (_cpu_kernels: only on request, never by a loss call)."""
+def _cpu_kernels_apply(input: torch.Tensor) -> bool:
+    """The torch backend's CPU kernels (paths "fused" and "fused-parseval"): float32 on a CPU,
+    where they are built (_cpu_kernels: only on request, never by a loss call)."""
     computed_in_float32 = input.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    return opts.spectrum == "amplitude" and input.device.type == "cpu" and computed_in_float32 and _cpu_kernels_built()
+    return input.device.type == "cpu" and computed_in_float32 and _cpu_kernels_built()
 
 
 @assume_constant_result  # decided once when torch.compile traces

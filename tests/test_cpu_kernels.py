@@ -1,4 +1,4 @@
-"""The torch backend's fused CPU kernels (csrc/cpu_kernels.c, path "fused"): when they run, that
+"""The torch backend's fused CPU kernels (csrc/cpu_kernels.c, paths "fused" and "fused-parseval"): when they run, that
 they compute what the pure-torch path and the reference compute, and their build.
 
 Values against the float64 reference are also in test_torch_backend.py and test_precision.py,
@@ -40,7 +40,8 @@ def test_resolve_takes_the_fused_path_for_float32_amplitude_on_a_cpu():
     assert planning.resolve("auto", x, make_options()).path == "fused"
     assert _route(x.double()).path == "fft"
     assert _route(x, spectrum="complex", bands=3).path == "fft"
-    assert _route(x, spectrum="complex").path == "parseval"
+    assert _route(x, spectrum="complex").path == "fused-parseval"
+    assert _route(x.double(), spectrum="complex").path == "parseval"
     assert _route(torch.randn(2, 3, 4, 4)).path == "tiny"
 
 
@@ -69,7 +70,18 @@ FUSED_CASES = [  # (batch, channels, spatial, options, label_map); odd sizes, 1D
     (3, 3, (12, 13), dict(softmax=True, batch=True, bands=2), True),
     (2, 2, (11, 9), dict(include_background=False), False),  # no activation: the base by magnitude
     (1, 3, (7, 8, 9), dict(softmax=True, bands=64), True),  # many narrow bands: chunks of several bands
+    # path "fused-parseval": the complex spectrum, one band
+    (2, 3, (61,), dict(softmax=True, spectrum="complex"), True),
+    (3, 4, (19, 17), dict(softmax=True, spectrum="complex", include_background=False), True),
+    (2, 3, (5, 6, 7), dict(sigmoid=True, spectrum="complex"), True),
+    (3, 2, (11, 9), dict(spectrum="complex", batch=True), True),  # no activation: nothing saved
+    (2, 3, (13, 14), dict(softmax=True, spectrum="complex", ignore_index=255), True),  # torch's sums
+    (2, 3, (15, 16), dict(softmax=True, spectrum="complex"), False),  # a dense target: torch's sums
 ]
+
+
+def _kernel_path(options):
+    return "fused-parseval" if options.get("spectrum") == "complex" else "fused"
 
 
 @needs_kernels
@@ -80,7 +92,7 @@ def test_fused_path_matches_the_reference(batch, channels, spatial, options, lab
         batch, channels, spatial, label_map=label_map, ignore_index=options.get("ignore_index"),
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
-    assert _route(logits, **options).path == "fused"
+    assert _route(logits, **options).path == _kernel_path(options)
     assert_matches_reference("torch", logits, target, seed=seed, **options)
 
 
@@ -172,15 +184,16 @@ def test_one_pass_statistics_are_the_centred_statistics_of_the_values_it_stores(
 
 
 @needs_kernels
+@pytest.mark.parametrize("spectrum", ["amplitude", "complex"])
 @pytest.mark.parametrize("where", ["input", "target"])
-def test_nan_gives_nan_loss_and_gradient(where):
+def test_nan_gives_nan_loss_and_gradient(where, spectrum):
     logits, target = random_problem(2, 3, (10, 11), label_map=where == "input")
     if where == "input":
         logits[1, 2, 7, 3] = float("nan")
     else:
         target = target.clone()
         target[0, 1, 4, 9] = float("nan")
-    loss, gradient = _loss_and_gradient(logits, target, softmax=True)
+    loss, gradient = _loss_and_gradient(logits, target, softmax=True, spectrum=spectrum)
     assert loss.isnan().any() and gradient.isnan().any()
 
 

@@ -145,6 +145,12 @@ def _load(path: Path) -> ctypes.CDLL | None:
         "scc_cpu_label_sums": ([i64, i64, i64, *[ptr] * 5, threads], ctypes.c_int),
         "scc_cpu_label_signals": ([i64, i64, i64, i64, *[ptr] * 5, threads], None),
         "scc_cpu_softmax_backward": ([i64, i64, i64, i64, ptr, ptr, ptr, threads], None),
+        "scc_cpu_label_parseval_sums": ([i64, i64, i64, i64, ptr, ptr, ptr, threads], None),
+        "scc_cpu_label_parseval_gradient": ([i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ptr, threads], None),
+        "scc_cpu_label_parseval_softmax_backward": (
+            [i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ptr, threads],
+            None,
+        ),
     }
     for name, (argtypes, restype) in functions.items():
         function = getattr(library, name)
@@ -294,3 +300,31 @@ def softmax_backward(p: torch.Tensor, grad_p: torch.Tensor, offset: int, out: to
     gradient of channels offset: (B, C − offset, *S) (0 below offset)."""
     batch, classes = p.shape[:2]
     _call("scc_cpu_softmax_backward", batch, classes, offset, p[0, 0].numel(), *map(_pointer, (p, grad_p, out)))
+
+
+def label_parseval_sums(p: torch.Tensor, labels: torch.Tensor, offset: int) -> torch.Tensor:
+    """_stats.PARSEVAL_SUMS (B, C − offset, 6) float64 of channels offset: of the activated
+    prediction p (B, C, *S) float32 and a checked label map (B, N) int64."""
+    batch, classes = p.shape[:2]
+    sums = p.new_empty((batch, classes - offset, 6), dtype=torch.float64)
+    pointers = map(_pointer, (p, labels, sums))
+    _call("scc_cpu_label_parseval_sums", batch, classes, offset, p[0, 0].numel(), *pointers)
+    return sums
+
+
+def label_parseval_backward(
+    p: torch.Tensor, labels: torch.Tensor, coefficients: torch.Tensor, softmax: bool
+) -> torch.Tensor:
+    """The Parseval sums' gradient from COEFFICIENTS (B, C', 7) float32, p (B, C, *S) and the label
+    map (B, N) of `label_parseval_sums`: w.r.t. the logits (B, C, *S) through the softmax whose
+    output p is (`softmax`, one pass), else w.r.t. p of channels C − C' onwards, (B, C', *S)."""
+    batch, classes, *spatial = p.shape
+    channels = coefficients.shape[1]
+    n = math.prod(spatial)
+    if softmax:
+        name, out = "scc_cpu_label_parseval_softmax_backward", torch.empty_like(p)
+    else:
+        name, out = "scc_cpu_label_parseval_gradient", p.new_empty((batch, channels, *spatial))
+    pointers = [_pointer(p), _pointer(labels), _pointer(coefficients)]
+    _call(name, batch, classes, classes - channels, n, *pointers, math.sqrt(n), _pointer(out))
+    return out

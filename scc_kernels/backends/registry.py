@@ -19,6 +19,7 @@ PATHS = {
     "fft": "rfftn of the signals, band statistics over the half spectrum, irfftn in the backward",
     "dft": "Triton's DFT-as-matmul kernels, fused end to end, no spectrum in memory (2D, 3D; dft_tiles)",
     "fused": "the fft path with the amplitude's per-bin work in compiled CPU kernels (float32; built on request)",
+    "fused-parseval": "the parseval path with a label map's sums and gradient in the same CPU kernels",
     "tiny": "the fft path in float64, for slices of at most torch_backend.TINY_BINS half-spectrum bins",
 }
 _HALF_AND_SINGLE = frozenset({torch.float16, torch.bfloat16, torch.float32})
@@ -47,7 +48,7 @@ class Problem:
     @property
     def parseval(self) -> bool:
         """Complex spectrum, one band: SPEC's transform-free closed form (one pass, no transform)."""
-        return self.path == "parseval"
+        return self.path in ("parseval", "fused-parseval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ BACKENDS = (
         "pip install scc_kernels",
         _HALF_AND_SINGLE | {torch.float64},
         None,
-        ("parseval", "fft", "fused", "tiny"),
+        ("parseval", "fft", "fused", "fused-parseval", "tiny"),
     ),
 )
 BY_NAME = {backend.name: backend for backend in BACKENDS}

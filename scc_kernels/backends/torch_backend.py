@@ -2,11 +2,11 @@
 
 Forward: path "parseval": SPEC §3's Parseval sums in one pass, no transform; path "fft": rfftn of
 x − y and of the base (_spectra.py), then the band statistics as segment sums in two passes
-(means, then centred moments); path "fused": the same with the amplitude's per-bin work in the
-compiled CPU kernels (_cpu_kernels.py); path "tiny" (`is_tiny`): the fft path in float64 throughout.
-Backward: per-bin coefficients (_stats.gradient_coefficients), irfftn, and the activation's
-Jacobian (the activation recomputed; saved by the forward on the "fused" path). Design:
-docs/numerics.md, docs/cpu-kernels.md.
+(means, then centred moments); paths "fused" and "fused-parseval": the same with the amplitude's
+per-bin work, or a label map's Parseval sums, in the compiled CPU kernels (_cpu_kernels.py); path
+"tiny" (`is_tiny`): the fft path in float64 throughout. Backward: per-bin coefficients
+(_stats.gradient_coefficients), irfftn, and the activation's Jacobian (the activation recomputed;
+saved by the forward on the CPU kernels' paths). Design: docs/numerics.md, docs/cpu-kernels.md.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def _tiny_float64(input: torch.Tensor, target: torch.Tensor, problem: Problem) -
 
 def band_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
     if problem.parseval:
-        return [_parseval_stats(input, target, problem)]
+        return _parseval_stats(input, target, problem)
     return _spectral_stats(*_tiny_float64(input, target, problem), problem)
 
 
@@ -125,10 +125,10 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     channels -= problem.offset
     dtype = compute_dtype(_tiny_float64(input, target, problem)[0].dtype)
     stats = input.new_empty((batch, channels, problem.num_bands, len(STATS)), dtype=dtype)
-    if problem.parseval:
-        return [stats]
-    bins = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
-    saved = _new_saved(input.new_empty(()), problem, batch, channels, bins, dtype)
+    saved = []
+    if not problem.parseval:
+        bins = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
+        saved = _new_saved(input.new_empty(()), problem, batch, channels, bins, dtype)
     if _saves_activation(problem):
         saved.append(input.new_empty(input.shape, dtype=dtype))
     return [stats, *saved]
@@ -151,6 +151,14 @@ def band_stats_backward(
             p = activate(work, problem)
     if problem.path == "fused":
         return _fused_backward(coefficients, p, target, saved, problem).to(input.dtype)
+    if _kernel_labels(p, target, problem) and problem.parseval:
+        with _step("scc::gradient and activation backward (fused)"):
+            labels, softmax = target.reshape(p.shape[0], -1).long().contiguous(), problem.activation == "softmax"
+            coefficient = coefficients[:, :, 0].to(p.dtype).contiguous()
+            grad = _cpu_kernels.label_parseval_backward(p.contiguous(), labels, coefficient, softmax)
+            if not softmax:
+                grad = _activation_backward_into(p.new_empty(p.shape), grad, p, problem)
+            return grad.to(input.dtype)
     if problem.parseval:
         grad_x = _parseval_backward(coefficients[:, :, 0], p, target, problem)
     else:
@@ -171,12 +179,21 @@ def _finish_backward(grad_x: torch.Tensor, p: torch.Tensor, target: torch.Tensor
 # complex spectrum, one band: sums over the samples but the origin (_stats.parseval_stats)
 
 
-def _parseval_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> torch.Tensor:
-    """PARSEVAL_SUMS per (b, c) → STATS (B, C', 1, 8). x − y is formed exactly, sample by sample
-    (never a difference of sums), in place of x once x's own sums are taken."""
+def _parseval_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> list[torch.Tensor]:
+    """PARSEVAL_SUMS per (b, c) → [STATS (B, C', 1, 8)], and the activation's output where the
+    backward reads it (`_saves_activation`). x − y is formed exactly, sample by sample (never a
+    difference of sums), in place of x once x's own sums are taken, unless x is kept; on the
+    "fused-parseval" path, a label map's sums in the CPU kernels, in one pass, in double."""
     p = activate(input, problem)
+    kept = [p] if _saves_activation(problem) else []
+    if _kernel_labels(input, target, problem):
+        p = p.contiguous()
+        labels = target.reshape(p.shape[0], -1).long().contiguous()
+        sums = _cpu_kernels.label_parseval_sums(p, labels, problem.offset)
+        return [parseval_stats(sums, p[0, 0].numel()).to(p.dtype).unsqueeze(2), *kept]
     x = p.flatten(2)
-    owned = x.untyped_storage().data_ptr() != input.untyped_storage().data_ptr()  # not the caller's input
+    # x − y may replace x: not the caller's input, nor the saved activation
+    owned = x.untyped_storage().data_ptr() != input.untyped_storage().data_ptr() and not kept
     rest = x[..., 1:]
     if is_label_map(input, target):  # per class, straight from the labels (never one-hot)
         labels, valid = _labels(target.flatten(1), problem)
@@ -198,7 +215,7 @@ def _parseval_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
         difference = x.sub_(y) if owned else x - y
     sum_dd = torch.linalg.vecdot(difference[..., 1:], difference[..., 1:])
     sums = torch.stack([origin_x, origin_y, sum_xx, sum_yy, sum_xy, sum_dd], dim=-1)  # PARSEVAL_SUMS
-    return parseval_stats(sums[:, problem.offset :], x.shape[-1]).unsqueeze(2)  # (B, C', 1, 8)
+    return [parseval_stats(sums[:, problem.offset :], x.shape[-1]).unsqueeze(2), *kept]  # (B, C', 1, 8)
 
 
 def _parseval_backward(
@@ -271,8 +288,7 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     compute the bins' values and statistics (`_fused_stats`)."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     label_map = is_label_map(input, target)
-    # the CPU kernels take a label map's classes from the labels (not with ignore_index: torch masks)
-    kernel_labels = problem.path == "fused" and label_map and problem.ignore_index is None
+    kernel_labels = _kernel_labels(input, target, problem)
     with _step("scc::activation"):
         p = activate(input, problem)
         owned = p.untyped_storage().data_ptr() != input.untyped_storage().data_ptr()  # not the caller's input
@@ -360,9 +376,16 @@ def _base_from_labels(p: torch.Tensor, labels: torch.Tensor, problem: Problem) -
 
 def _saves_activation(problem: Problem) -> bool:
     """Whether the forward saves the activation's output for the backward (the last saved
-    tensor): on the "fused" path, where the CPU kernels form x − y apart from it; elsewhere the
+    tensor): on the CPU kernels' paths, where they form x − y apart from it; elsewhere the
     backward takes it again (x − y is formed in place of it)."""
-    return problem.path == "fused" and problem.activation != "none"
+    return problem.path in ("fused", "fused-parseval") and problem.activation != "none"
+
+
+def _kernel_labels(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> bool:
+    """Whether the CPU kernels read a label map's classes from the labels themselves (on their
+    paths, without ignore_index: torch masks the ignored samples)."""
+    on_kernel_path = problem.path in ("fused", "fused-parseval")
+    return on_kernel_path and is_label_map(input, target) and problem.ignore_index is None
 
 
 def _per_slice(flags: torch.Tensor, spatial_dims: int) -> torch.Tensor:
@@ -575,13 +598,21 @@ def _fused_backward(
             if valid is not None:
                 grad_p.mul_(valid[chunk])
         with _step("scc::activation backward"):
-            if problem.activation == "softmax":
-                _cpu_kernels.softmax_backward(p[chunk], grad_p, problem.offset, out=grad[chunk])
-            else:
-                grad[chunk, : problem.offset] = 0
-                grad[chunk, problem.offset :] = grad_p
-                _activation_backward(grad[chunk], p[chunk], problem)
+            _activation_backward_into(grad[chunk], grad_p, p[chunk], problem)
     return grad
+
+
+def _activation_backward_into(
+    out: torch.Tensor, grad_p: torch.Tensor, p: torch.Tensor, problem: Problem
+) -> torch.Tensor:
+    """The gradient w.r.t. the input into out (B, C, *S) from grad_p of channels offset: and the
+    activation's output p: for softmax in the CPU kernels, in one pass."""
+    if problem.activation == "softmax":
+        _cpu_kernels.softmax_backward(p, grad_p, problem.offset, out=out)
+        return out
+    out[:, : problem.offset] = 0
+    out[:, problem.offset :] = grad_p
+    return _activation_backward(out, p, problem)
 
 
 def _spectral_backward(
