@@ -114,8 +114,8 @@ static inline void add_bin(doubles *restrict a, int l, double w, float u, float 
 
 /* One row: X (unless it is S itself: the base is x and S was transformed into the saved X), v,
  * d, and each band's sums (NSUMS x LANES per band) into acc, about a shift per band: the u, v, d
- * of its first bin in the row, (3 per band) in `shift`, set where `seen` (per band) is 0. A block
- * at a time, its u in `block_u`. */
+ * of its first bin in the row (3 per band in `shift`, set where `seen`, per band, is 0). A block
+ * at a time, its u in `u`. */
 static void row_sums(int64_t bins, const float *S, const float *D, int base_is_x, float *X, float *restrict v,
                      float *restrict d, const int32_t *restrict band, const float *restrict weight,
                      const int32_t *restrict chunk_band, doubles *restrict acc, double *restrict shift,
