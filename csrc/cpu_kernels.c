@@ -348,12 +348,12 @@ static void softmax_backward(int64_t batch, int64_t classes, int64_t offset, int
             for (int64_t c = offset; c < classes; ++c) {
                 const float *restrict pc = p + (b * classes + c) * n + i0;
                 const int64_t row = b * (classes - offset) + c - offset;
-                const float *restrict gc = g + row * n + i0;
-                if (g == NULL) {
+                const float *restrict gc = computed; /* no arithmetic on a NULL g */
+                if (g != NULL)
+                    gc = g + row * n + i0;
+                else
                     parseval_gradient(i0, count, p + (b * classes + c) * n, labels + b * n, c,
                                       coefficients + row * NCOEF, root_n, computed);
-                    gc = computed;
-                }
                 float *restrict oc = out + (b * classes + c) * n + i0;
                 for (int64_t i = 0; i < count; ++i) sum[i] += oc[i] = gc[i] * pc[i];
             }
