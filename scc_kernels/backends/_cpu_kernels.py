@@ -1,10 +1,12 @@
 """The torch backend's compiled CPU kernels (csrc/cpu_kernels.c): build, load, call.
 
-Forward: `label_sums` and `label_signals` (a label map's class counts, energies and the signals
-to transform), `amplitude_forward` (X, v, d and the band statistics, one pass). Backward:
-`amplitude_backward` (each bin's gradient, one pass), `softmax_backward`. Plain C through ctypes,
-built only on request (`python -m scc_kernels build-cpu`, or `build()`), never by a loss call:
-where it is not built, the torch backend's pure-torch "fft" path runs (planning.resolve decides).
+Path "fused" (amplitude): forward `label_sums` and `label_signals` (a label map's class counts,
+energies and the signals to transform), `amplitude_forward` (X, v, d and the band statistics, one
+pass); backward `amplitude_backward` (each bin's gradient, one pass), `softmax_backward`. Path
+"fused-parseval" (complex, one band): `label_parseval_sums`, `label_parseval_backward`. Plain C
+through ctypes, built only on request (`python -m scc_kernels build-cpu`, or `build()`), never by
+a loss call: where it is not built, the torch backend's pure-torch paths run (planning.resolve
+decides).
 The build is one `cc` call of about a second into a folder keyed by the source, the compiler and
 this CPU (-march=native), so a copy built on another machine is never loaded. docs/cpu-kernels.md.
 """

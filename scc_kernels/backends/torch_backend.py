@@ -153,9 +153,9 @@ def band_stats_backward(
         return _fused_backward(coefficients, p, target, saved, problem).to(input.dtype)
     if _kernel_labels(p, target, problem) and problem.parseval:
         with _step("scc::gradient and activation backward (fused)"):
-            labels, softmax = target.reshape(p.shape[0], -1).long().contiguous(), problem.activation == "softmax"
+            softmax = problem.activation == "softmax"
             coefficient = coefficients[:, :, 0].to(p.dtype).contiguous()
-            grad = _cpu_kernels.label_parseval_backward(p.contiguous(), labels, coefficient, softmax)
+            grad = _cpu_kernels.label_parseval_backward(p.contiguous(), _kernel_label_map(target), coefficient, softmax)
             if not softmax:
                 grad = _activation_backward_into(p.new_empty(p.shape), grad, p, problem)
             return grad.to(input.dtype)
@@ -188,8 +188,7 @@ def _parseval_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     kept = [p] if _saves_activation(problem) else []
     if _kernel_labels(input, target, problem):
         p = p.contiguous()
-        labels = target.reshape(p.shape[0], -1).long().contiguous()
-        sums = _cpu_kernels.label_parseval_sums(p, labels, problem.offset)
+        sums = _cpu_kernels.label_parseval_sums(p, _kernel_label_map(target), problem.offset)
         return [parseval_stats(sums, p[0, 0].numel()).to(p.dtype).unsqueeze(2), *kept]
     x = p.flatten(2)
     # x − y may replace x: not the caller's input, nor the saved activation
@@ -293,7 +292,7 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
         p = activate(input, problem)
         owned = p.untyped_storage().data_ptr() != input.untyped_storage().data_ptr()  # not the caller's input
         if kernel_labels:
-            p, labels = p.contiguous(), target.reshape(input.shape[0], -1).long().contiguous()
+            p, labels = p.contiguous(), _kernel_label_map(target)
         x = p[:, problem.offset :]
         if label_map and problem.ignore_index is not None:
             x = x * _valid(target, problem.ignore_index).unsqueeze(1)
@@ -374,18 +373,25 @@ def _base_from_labels(p: torch.Tensor, labels: torch.Tensor, problem: Problem) -
     return choose_base(x_max, y_max, x_energy[:, problem.offset :], y_energy, problem.offset)
 
 
+KERNEL_PATHS = ("fused", "fused-parseval")  # the paths that call the CPU kernels (_cpu_kernels.py)
+
+
 def _saves_activation(problem: Problem) -> bool:
     """Whether the forward saves the activation's output for the backward (the last saved
     tensor): on the CPU kernels' paths, where they form x − y apart from it; elsewhere the
     backward takes it again (x − y is formed in place of it)."""
-    return problem.path in ("fused", "fused-parseval") and problem.activation != "none"
+    return problem.path in KERNEL_PATHS and problem.activation != "none"
 
 
 def _kernel_labels(input: torch.Tensor, target: torch.Tensor, problem: Problem) -> bool:
     """Whether the CPU kernels read a label map's classes from the labels themselves (on their
     paths, without ignore_index: torch masks the ignored samples)."""
-    on_kernel_path = problem.path in ("fused", "fused-parseval")
-    return on_kernel_path and is_label_map(input, target) and problem.ignore_index is None
+    return problem.path in KERNEL_PATHS and is_label_map(input, target) and problem.ignore_index is None
+
+
+def _kernel_label_map(target: torch.Tensor) -> torch.Tensor:
+    """A label map (B, *S) as the CPU kernels read it: (B, N) int64, contiguous."""
+    return target.reshape(target.shape[0], -1).long().contiguous()
 
 
 def _per_slice(flags: torch.Tensor, spatial_dims: int) -> torch.Tensor:
