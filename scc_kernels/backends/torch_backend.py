@@ -309,9 +309,6 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     half = (channels, *spatial[:-1], spatial[-1] // 2 + 1)
     stats = x.new_empty((batch, channels, problem.num_bands, len(STATS)))
     saved = _new_saved(x, problem, batch, channels, tables.band.numel(), x.dtype)
-    if all_x and problem.path == "fused":  # X = F(x) of the whole batch is the saved tensor itself
-        with _step("scc::rfftn"):
-            saved[0] = torch.view_as_real(torch.fft.rfftn(x, dim=dims, norm="ortho")).view(saved[0].shape)
     for chunk in _chunks(batch, channels * tables.band.numel(), input.device):
         x_c = x[chunk]
         with _step("scc::signals"):
@@ -325,13 +322,10 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
                 y_c = _dense_target(input[chunk], target[chunk], problem, x.dtype)
                 base = x_c if all_x else torch.where(_per_slice(base_is_x[chunk], len(dims)), x_c, y_c)
         with _step("scc::rfftn"):
-            if all_x and problem.path == "fused":
-                S = torch.view_as_complex(saved[0][chunk]).view(-1, *half)
-            else:
-                out = None  # X straight into the saved tensor where it is S
-                if all_x and problem.spectrum == "amplitude":
-                    out = torch.view_as_complex(saved[0][chunk]).view(-1, *half)
-                S = torch.fft.rfftn(base, dim=dims, norm="ortho", out=out)
+            out = None  # X straight into the saved tensor where it is S; the CPU kernels copy it
+            if all_x and problem.spectrum == "amplitude" and problem.path != "fused":
+                out = torch.view_as_complex(saved[0][chunk]).view(-1, *half)
+            S = torch.fft.rfftn(base, dim=dims, norm="ortho", out=out)
             if problem.path != "fused":  # the CPU kernels make S and D Hermitian as they read them
                 make_hermitian(S, spatial[-1])
         del base
