@@ -80,16 +80,14 @@ static inline __attribute__((always_inline)) void bin_values(float sr, float si,
     *d = ((yr + *xr) * dr + (yi + *xi) * di) / (sum < FLT_MIN ? FLT_MIN : sum);
 }
 
-/* Bins [k0, k1) of one row: u (at k - k0), v, d, and X where store_x (a constant after inlining:
- * a test of X inside the loop keeps GCC from vectorising it). */
-static inline __attribute__((always_inline)) void block_values(int64_t k0, int64_t k1, const float *restrict S,
-                                                               const float *restrict D, float to_x, float to_y,
-                                                               int store_x, float *restrict X, float *restrict u,
-                                                               float *restrict v, float *restrict d) {
+/* Bins [k0, k1) of one row: X, u (at k - k0), v, d. */
+static inline void block_values(int64_t k0, int64_t k1, const float *restrict S, const float *restrict D, float to_x,
+                                float to_y, float *restrict X, float *restrict u, float *restrict v,
+                                float *restrict d) {
     for (int64_t k = k0; k < k1; ++k) {
         float xr, xi;
         bin_values(S[2 * k], S[2 * k + 1], D[2 * k], D[2 * k + 1], to_x, to_y, &xr, &xi, u + k - k0, v + k, d + k);
-        if (store_x) X[2 * k] = xr, X[2 * k + 1] = xi;
+        X[2 * k] = xr, X[2 * k + 1] = xi;
     }
 }
 
@@ -112,8 +110,7 @@ static inline void add_bin(doubles *restrict a, int l, double w, float u, float 
     a[SUM_UU][l] += wu * su, a[SUM_VV][l] += wv * sv, a[SUM_UV][l] += wu * sv, a[SUM_DD][l] += wd * sd;
 }
 
-/* One row: X (unless it is S itself: the base is x and S was transformed into the saved X), v,
- * d, and each band's sums (NSUMS x LANES per band) into acc, about a shift per band: the u, v, d
+/* One row: X, v, d, and each band's sums (NSUMS x LANES per band) into acc, about a shift per band: the u, v, d
  * of its first bin in the row (3 per band in `shift`, set where `seen`, per band, is 0). A block
  * at a time, its u in `u`. */
 static void row_sums(int64_t bins, const float *S, const float *D, int base_is_x, float *X, float *restrict v,
@@ -124,10 +121,7 @@ static void row_sums(int64_t bins, const float *S, const float *D, int base_is_x
     float u[BLOCK]; /* u of bin k at k - k0 */
     for (int64_t k0 = 0; k0 < bins; k0 += BLOCK) {
         const int64_t k1 = k0 + BLOCK < bins ? k0 + BLOCK : bins;
-        if (X == S) /* two copies of the loop, each vectorised on its own */
-            block_values(k0, k1, S, D, to_x, to_y, 0, NULL, u, v, d);
-        else
-            block_values(k0, k1, S, D, to_x, to_y, 1, X, u, v, d);
+        block_values(k0, k1, S, D, to_x, to_y, X, u, v, d);
         for (int64_t k = k0; k < k1; k += LANES) {
             const int32_t j = chunk_band[k / LANES];
             if (j >= 0) {
@@ -169,9 +163,8 @@ static void band_stats(const doubles *restrict a, const double *restrict shift, 
 
 /* Forward of `rows` slices of `bins` half-grid bins each.
  * S, D: (rows, bins) complex, interleaved, made Hermitian in place (pass 0); base_is_x: (rows,)
- * 0/1, or NULL (the base is x in every row); X: (rows, bins) complex out, or S itself (then not
- * written); v, d: (rows, bins) out; counts: (K,) full-spectrum bins per band; stats: (rows, K, 8)
- * out in _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
+ * 0/1, or NULL (the base is x in every row); X, v, d: (rows, bins) out (X complex); counts: (K,)
+ * full-spectrum bins per band; stats: (rows, K, 8) out in _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
 int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, const uint8_t *base_is_x, float *X,
                               float *v, float *d, const int32_t *band, const float *weight,
                               const int32_t *chunk_band, const int64_t *mirror_pairs, int64_t n_pairs,
@@ -246,77 +239,101 @@ void scc_cpu_amplitude_backward(int64_t rows, int64_t bins, const float *X, cons
     }
 }
 
-/* A label map's sums for _spectra.base_is_prediction, per batch element b (labels checked in
- * [0, classes)): counts (batch, classes), how many samples hold each class; energy (batch,
- * classes), sum of p^2 per channel, in double; absmax (batch, classes), max |p| (NaN if p holds
- * one), or NULL when not wanted. p NULL: the counts alone. Returns 0, or -1 if the per-thread counts could not be allocated. */
-int scc_cpu_label_sums(int64_t batch, int64_t classes, int64_t n, const float *p, const int64_t *labels,
-                       int64_t *counts, double *energy, float *absmax, int threads) {
+/* The class counts of one label map (labels checked in [0, classes)) into counts (classes,), in
+ * LANES lanes (`lanes`: classes x LANES scratch): sample i adds to lane i % LANES of its class. */
+static void count_labels(const int64_t *restrict label, int64_t n, int64_t classes, int64_t *restrict lanes,
+                         int64_t *restrict counts) {
+    memset(lanes, 0, classes * LANES * sizeof(int64_t));
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; ++l) ++lanes[label[i + l] * LANES + l];
+    for (int l = 0; i < n; ++i, ++l) ++lanes[label[i] * LANES + l];
+    for (int64_t c = 0; c < classes; ++c) {
+        counts[c] = 0;
+        for (int l = 0; l < LANES; ++l) counts[c] += lanes[c * LANES + l];
+    }
+}
+
+/* counts (batch, classes): how many samples of each label map hold each class (for
+ * functional._flat_target_bands). Returns 0, or -1 if the per-thread lanes could not be allocated. */
+int scc_cpu_label_counts(int64_t batch, int64_t classes, int64_t n, const int64_t *labels, int64_t *counts,
+                         int threads) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        int64_t *lanes = malloc(classes * LANES * sizeof(int64_t)); /* class c, lane l at c * LANES + l */
+        int64_t *lanes = malloc(classes * LANES * sizeof(int64_t));
         failed = lanes == NULL;
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < batch; ++b) {
-            if (failed) continue;
-            const int64_t *restrict label = labels + b * n;
-            memset(lanes, 0, classes * LANES * sizeof(int64_t));
-            int64_t i = 0;
-            for (; i + LANES <= n; i += LANES)
-                for (int l = 0; l < LANES; ++l) ++lanes[label[i + l] * LANES + l];
-            for (int l = 0; i < n; ++i, ++l) ++lanes[label[i] * LANES + l];
-            for (int64_t c = 0; c < classes; ++c) {
-                int64_t count = 0;
-                for (int l = 0; l < LANES; ++l) count += lanes[c * LANES + l];
-                counts[b * classes + c] = count;
-                if (p == NULL) continue;
-                const float *restrict x = p + (b * classes + c) * n;
-                doubles sum = {0};
-                for (i = 0; i + LANES <= n; i += LANES) {
-                    const doubles value = widen(load(x + i));
-                    sum += value * value;
-                }
-                double total = lanes_sum(sum);
-                for (; i < n; ++i) total += (double)x[i] * x[i];
-                energy[b * classes + c] = total;
-                if (absmax != NULL) {
-                    float largest = 0.0f;
-                    for (i = 0; i < n; ++i) {
-                        const float magnitude = fabsf(x[i]);
-                        largest = magnitude > largest || magnitude != magnitude ? magnitude : largest;
-                    }
-                    absmax[b * classes + c] = largest;
-                }
-            }
-        }
+        for (int64_t b = 0; b < batch; ++b)
+            if (!failed) count_labels(labels + b * n, n, classes, lanes, counts + b * classes);
         free(lanes);
     }
     return failed ? -1 : 0;
 }
 
-/* The signals to transform for `batch` elements of a label map, channels offset..classes-1:
- * difference = x - y and, unless base is NULL, base = x where base_is_x (batch, classes - offset)
- * says so, else y; x = p, y = [label == c], each (batch, classes - offset, n). */
-void scc_cpu_label_signals(int64_t batch, int64_t classes, int64_t offset, int64_t n, const float *p,
-                           const int64_t *labels, const uint8_t *base_is_x, float *base, float *difference,
-                           int threads) {
+/* Whether one slice's base is the prediction x: _spectra.base_is_prediction's rule (choose_base)
+ * for a label map, x_max <= y_max and sum x^2 <= 4 sum y^2, with y_max = min(count, 1), sum y^2 =
+ * count; x_max is 1 after an activation (bounded), else max |x| (NaN if x holds one). Sum x^2 in
+ * double, LANES lanes. A NaN fails both comparisons there as in torch: base y. */
+static int base_is_x(const float *restrict x, int64_t n, int64_t count, int bounded) {
+    doubles lanes = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        const doubles value = widen(load(x + i));
+        lanes += value * value;
+    }
+    double energy = lanes_sum(lanes);
+    for (; i < n; ++i) energy += (double)x[i] * x[i];
+    float largest = 1.0f;
+    if (!bounded) {
+        largest = 0.0f;
+        for (i = 0; i < n; ++i) {
+            const float magnitude = fabsf(x[i]);
+            largest = magnitude > largest || magnitude != magnitude ? magnitude : largest;
+        }
+    }
+    return (double)largest <= (count < 1 ? 0.0 : 1.0) && energy <= 4.0 * (double)count;
+}
+
+/* The signals to transform for `batch` elements of a label map, channels offset..classes-1, and
+ * their bases: base_is_x (batch, classes - offset) out, per slice (`base_is_x`); difference = x - y;
+ * and, where some slice's base is y, base = x or y per slice, every row (else base is not
+ * written). x = p, y = [label == c], each (batch, classes - offset, n). Returns 1 where base was
+ * written, 0 where every base is x, -1 where the per-thread counts could not be allocated. */
+int scc_cpu_label_signals(int64_t batch, int64_t classes, int64_t offset, int64_t n, const float *p,
+                          const int64_t *labels, int bounded, uint8_t *base_is_x_out, float *base, float *difference,
+                          int threads) {
     const int64_t channels = classes - offset;
+    int64_t *counts = malloc(batch * classes * sizeof(int64_t));
+    if (counts == NULL || scc_cpu_label_counts(batch, classes, n, labels, counts, threads) != 0) {
+        free(counts);
+        return -1;
+    }
+    int some_y = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(| : some_y)
+    for (int64_t row = 0; row < batch * channels; ++row) {
+        const int64_t b = row / channels, c = offset + row % channels;
+        const float *restrict x = p + (b * classes + c) * n;
+        const int64_t *restrict label = labels + b * n;
+        base_is_x_out[row] = (uint8_t)base_is_x(x, n, counts[b * classes + c], bounded);
+        some_y |= !base_is_x_out[row];
+        float *restrict out = difference + row * n; /* x is still in cache */
+        for (int64_t i = 0; i < n; ++i) out[i] = x[i] - (label[i] == c ? 1.0f : 0.0f);
+    }
+    free(counts);
+    if (!some_y) return 0;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t row = 0; row < batch * channels; ++row) {
         const int64_t b = row / channels, c = offset + row % channels;
         const float *restrict x = p + (b * classes + c) * n;
         const int64_t *restrict label = labels + b * n;
-        float *restrict out = difference + row * n;
-        for (int64_t i = 0; i < n; ++i) out[i] = x[i] - (label[i] == c ? 1.0f : 0.0f);
-        if (base != NULL) {
-            float *restrict chosen = base + row * n;
-            if (base_is_x[row])
-                memcpy(chosen, x, n * sizeof(float));
-            else
-                for (int64_t i = 0; i < n; ++i) chosen[i] = label[i] == c ? 1.0f : 0.0f;
-        }
+        float *restrict chosen = base + row * n;
+        if (base_is_x_out[row])
+            memcpy(chosen, x, n * sizeof(float));
+        else
+            for (int64_t i = 0; i < n; ++i) chosen[i] = label[i] == c ? 1.0f : 0.0f;
     }
+    return 1;
 }
 
 /* The Parseval path's gradient w.r.t. x of samples [i0, i0 + count) of one (b, c) into out:

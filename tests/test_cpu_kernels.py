@@ -15,7 +15,7 @@ from utils import assert_matches_reference, random_problem
 import scc_kernels
 from scc_kernels import planning, scc_loss
 from scc_kernels._options import make_options
-from scc_kernels.backends import _cpu_kernels, torch_backend
+from scc_kernels.backends import _cpu_kernels
 from scc_kernels.backends._spectra import base_is_prediction, make_hermitian
 from scc_kernels.backends.registry import Problem
 from scc_kernels.bands import half_grid_tables
@@ -198,26 +198,46 @@ def test_nan_gives_nan_loss_and_gradient(where, spectrum):
 
 
 @needs_kernels
-@pytest.mark.parametrize("activation, scale", [("softmax", 1.0), ("none", 1e15)])
+@pytest.mark.parametrize("activation, scale", [("softmax", 1.0), ("none", 1e15), ("none", 0.25)])
 @pytest.mark.parametrize("include_background", [True, False])
-def test_the_kernels_base_choice_is_base_is_prediction(activation, scale, include_background):
-    """From the kernels' label sums, the base _spectra.base_is_prediction chooses from torch's:
-    with absent classes (base y), a class on one pixel, huge inputs without activation."""
+def test_the_kernels_signals_and_base_choice_are_base_is_prediction(activation, scale, include_background):
+    """label_signals chooses each slice's base as _spectra.base_is_prediction does, and forms x − y
+    and the base: absent classes (base y), a class on one pixel, huge inputs without activation;
+    without, the rule's edges too: Σx² exactly 4x the class's count (x) and just over (y), an
+    all-zero slice of an absent class (x), a NaN (y)."""
     generator = torch.Generator().manual_seed(11)
     x = torch.randn(3, 4, 9, 8, generator=generator) * 4 * scale
     labels = torch.randint(0, 2, (3, 9, 8), generator=generator)  # classes 2 and 3 absent
     labels[0, 4, 4] = 3  # a one-pixel class
+    if activation == "none":
+        labels[2] = 0
+        labels[2, :2, :2] = 1  # class 1 on 4 samples
+        labels[1, 0, 0] = 3  # class 3 on 1
+        x[1:] = 0
+        x[2, 1].view(-1)[:64] = 0.5  # Σx² = 16 = 4 · 4: x
+        x[1, 3].view(-1)[:17] = 0.5  # 4.25 > 4 · 1: y
+        x[2, 2].view(-1)[0] = 0.5  # absent class: y; x[2, 3] = 0, absent: x
+        x[0, 1, 3, 3] = float("nan")
     problem = Problem("amplitude", 1, activation, None, include_background, "fused")
     p = torch.softmax(x, 1) if activation == "softmax" else x
-    counts, energy, absmax = _cpu_kernels.label_sums(p, labels.reshape(3, -1), activation == "none")
-    assert torch.equal(counts, torch.nn.functional.one_hot(labels, 4).sum((1, 2)))
-    torch.testing.assert_close(energy, p.double().square().sum((2, 3)))
+    offset = problem.offset
+    flags, base, difference = _cpu_kernels.label_signals(p, labels.reshape(3, -1), offset, activation != "none")
+    expected = base_is_prediction(x, labels, problem)
+    assert torch.equal(flags, expected), (flags, expected)
     if activation == "none":
-        assert torch.equal(absmax, p.abs().amax((2, 3)))
-    chosen = torch_backend._base_from_labels(p, labels.reshape(3, -1), problem)
-    assert torch.equal(chosen, base_is_prediction(x, labels, problem))
-    # softmax: x where the class is present and not one pixel; huge inputs: y everywhere
-    assert (chosen.any() and not chosen.all()) if activation == "softmax" else not chosen.any()
+        assert expected[2, 1 - offset] and expected[2, 3 - offset], expected
+        assert not expected[1, 3 - offset] and not expected[2, 2 - offset] and not expected[0, 1 - offset]
+    elif activation == "softmax":  # x where the class is present and not one pixel
+        assert expected.any() and not expected.all()
+    y = torch.nn.functional.one_hot(labels, 4).movedim(-1, 1).float()[:, offset:]
+    exact = dict(rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(difference, p[:, offset:] - y, **exact)
+    assert base is not None
+    torch.testing.assert_close(base, torch.where(expected[..., None, None], p[:, offset:], y), **exact)
+    # every slice's base x (each class on 18 of 72 samples, p = 1/4): no base written
+    every_class = torch.arange(72).remainder(4).expand(3, 72).contiguous()
+    flags, base, _ = _cpu_kernels.label_signals(torch.full_like(p, 0.25), every_class, 0, True)
+    assert flags.all() and base is None
 
 
 @needs_kernels

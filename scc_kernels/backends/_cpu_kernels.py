@@ -1,7 +1,7 @@
 """The torch backend's compiled CPU kernels (csrc/cpu_kernels.c): build, load, call.
 
-Path "fused" (amplitude): forward `label_sums` and `label_signals` (a label map's class counts,
-energies and the signals to transform), `amplitude_forward` (X, v, d and the band statistics, one
+Path "fused" (amplitude): forward `label_signals` (from a label map, the signals to transform
+and each slice's base), `amplitude_forward` (X, v, d and the band statistics, one
 pass); backward `amplitude_backward` (each bin's gradient, one pass), `softmax_backward`. Path
 "fused-parseval" (complex, one band): `label_parseval_sums`, `label_parseval_backward`. Plain C
 through ctypes, built only on request (`python -m scc_kernels build-cpu`, or `build()`), never by
@@ -144,8 +144,8 @@ def _load(path: Path) -> ctypes.CDLL | None:
     functions = {  # name: (argument types, result type)
         "scc_cpu_amplitude_forward": ([i64, i64, *[ptr] * 10, i64, i64, ptr, ptr, threads], ctypes.c_int),
         "scc_cpu_amplitude_backward": ([i64, i64, *[ptr] * 5, i64, ptr, ptr, threads], None),
-        "scc_cpu_label_sums": ([i64, i64, i64, *[ptr] * 5, threads], ctypes.c_int),
-        "scc_cpu_label_signals": ([i64, i64, i64, i64, *[ptr] * 5, threads], None),
+        "scc_cpu_label_counts": ([i64, i64, i64, ptr, ptr, threads], ctypes.c_int),
+        "scc_cpu_label_signals": ([i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr, ptr, ptr, threads], ctypes.c_int),
         "scc_cpu_softmax_backward": ([i64, i64, i64, i64, ptr, ptr, ptr, threads], None),
         "scc_cpu_label_parseval_sums": ([i64, i64, i64, i64, ptr, ptr, ptr, threads], None),
         "scc_cpu_label_parseval_gradient": ([i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ptr, threads], None),
@@ -207,13 +207,15 @@ def mirror_pairs(spatial: tuple[int, ...]) -> torch.Tensor:
     return pairs[pairs[:, 0] <= pairs[:, 1]].contiguous()
 
 
-def _call(name: str, *args: object) -> None:
-    """The kernel `name` with `args` and the thread count; MemoryError where it reports that its
-    per-thread scratch could not be allocated (a non-zero status)."""
+def _call(name: str, *args: object) -> int | None:
+    """The kernel `name` with `args` and the thread count: its status (None for a void kernel);
+    MemoryError where it reports that its scratch could not be allocated (a negative status)."""
     library = _library()
     assert library is not None, "the CPU kernels are not loaded"
-    if getattr(library, name)(*args, torch.get_num_threads()):
-        raise MemoryError(f"{name}: the CPU kernels could not allocate their per-thread scratch")
+    status: int | None = getattr(library, name)(*args, torch.get_num_threads())
+    if status is not None and status < 0:
+        raise MemoryError(f"{name}: the CPU kernels could not allocate their scratch")
+    return status
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:
@@ -260,41 +262,27 @@ def amplitude_backward(
     _call("scc_cpu_amplitude_backward", rows, bins, *pointers, num_bands, _pointer(coefficients), _pointer(out))
 
 
-def label_sums(
-    p: torch.Tensor, labels: torch.Tensor, with_absmax: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(counts (B, C) int64, energy Σ p² (B, C) float64, max |p| (B, C) float32 or None) of the
-    activated prediction p (B, C, *S) float32 and a checked label map (B, *S) int64."""
-    batch, classes = p.shape[:2]
-    counts = labels.new_empty((batch, classes))
-    energy = p.new_empty((batch, classes), dtype=torch.float64)
-    absmax = p.new_empty((batch, classes)) if with_absmax else None
-    pointers = map(_pointer, (p, labels, counts, energy, absmax))
-    _call("scc_cpu_label_sums", batch, classes, p[0, 0].numel(), *pointers)
-    return counts, energy, absmax
-
-
 def label_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
     """(B, C) int64: how many samples of each label map (B, N) int64 (checked) hold each class."""
     counts = labels.new_empty((labels.shape[0], classes))
-    pointers = (None, _pointer(labels), _pointer(counts), None, None)  # no p: the counts alone
-    _call("scc_cpu_label_sums", labels.shape[0], classes, labels.shape[1], *pointers)
+    _call("scc_cpu_label_counts", labels.shape[0], classes, labels.shape[1], _pointer(labels), _pointer(counts))
     return counts
 
 
 def label_signals(
-    p: torch.Tensor, labels: torch.Tensor, offset: int, base_is_x: torch.Tensor | None
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(base, x − y) of channels offset: of p (n, C, *S) float32 and a label map (n, *S) int64,
-    each (n, C − offset, *S); base None where `base_is_x` is None (the base is x everywhere),
-    else x or y per slice as it says ((n, C − offset) bool)."""
+    p: torch.Tensor, labels: torch.Tensor, offset: int, bounded: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(base is x, base, x − y) for channels offset: of p (n, C, *S) float32, the activation's
+    output (`bounded`, in [0, 1]) or the input, and a checked label map (n, N) int64: per slice
+    (n, C − offset) bool, _spectra.base_is_prediction's choice; the base (n, C − offset, *S), or
+    None where it is x in every slice; x − y, (n, C − offset, *S)."""
     batch, classes, *spatial = p.shape
+    base_is_x = torch.empty((batch, classes - offset), dtype=torch.uint8)
     difference = p.new_empty((batch, classes - offset, *spatial))
-    base = None if base_is_x is None else torch.empty_like(difference)
-    flags = None if base_is_x is None else base_is_x.to(torch.uint8).contiguous()
-    pointers = map(_pointer, (p, labels, flags, base, difference))
-    _call("scc_cpu_label_signals", batch, classes, offset, math.prod(spatial), *pointers)
-    return base, difference
+    base = torch.empty_like(difference)  # not touched unless some slice's base is y: no pages mapped
+    pointers = (_pointer(p), _pointer(labels), int(bounded), *map(_pointer, (base_is_x, base, difference)))
+    written = _call("scc_cpu_label_signals", batch, classes, offset, math.prod(spatial), *pointers)
+    return base_is_x.bool(), base if written else None, difference
 
 
 def softmax_backward(p: torch.Tensor, grad_p: torch.Tensor, offset: int, out: torch.Tensor) -> None:

@@ -24,7 +24,7 @@ from .._options import compute_dtype, is_label_map
 from .._stats import STATS, gradient_coefficients, parseval_stats
 from ..bands import SPREAD, HalfGridTables, half_grid_tables
 from . import _cpu_kernels
-from ._spectra import activate, base_is_prediction, choose_base, label_energy, make_hermitian
+from ._spectra import activate, base_is_prediction, make_hermitian
 from .registry import Problem
 
 
@@ -296,12 +296,11 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
         x = p[:, problem.offset :]
         if label_map and problem.ignore_index is not None:
             x = x * _valid(target, problem.ignore_index).unsqueeze(1)
-    with _step("scc::base choice"):
-        if kernel_labels:
-            base_is_x = _base_from_labels(p, labels, problem)
-        else:
+    base_is_x, all_x = None, False  # on the kernels' labels, chosen with each chunk's signals
+    if not kernel_labels:
+        with _step("scc::base choice"):
             base_is_x = base_is_prediction(input, target, problem, x)
-        all_x = input.device.type == "cpu" and bool(base_is_x.all())
+            all_x = input.device.type == "cpu" and bool(base_is_x.all())
     # x − y formed in place of x (the activation's own output), unless the backward reads it
     in_place = all_x and owned and label_map and problem.ignore_index is None and not _saves_activation(problem)
     tables = half_grid_tables(spatial, problem.num_bands, input.device)
@@ -312,15 +311,16 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     for chunk in _chunks(batch, channels * tables.band.numel(), input.device):
         x_c = x[chunk]
         with _step("scc::signals"):
+            flags = None if base_is_x is None or all_x else base_is_x[chunk]
             if kernel_labels:
-                flags = None if all_x else base_is_x[chunk]
-                base, difference = _cpu_kernels.label_signals(p[chunk], labels[chunk], problem.offset, flags)
+                bounded = problem.activation != "none"
+                flags, base, difference = _cpu_kernels.label_signals(p[chunk], labels[chunk], problem.offset, bounded)
                 base = x_c if base is None else base
             elif in_place:
                 base = x_c
             else:
                 y_c = _dense_target(input[chunk], target[chunk], problem, x.dtype)
-                base = x_c if all_x else torch.where(_per_slice(base_is_x[chunk], len(dims)), x_c, y_c)
+                base = x_c if flags is None else torch.where(_per_slice(flags, len(dims)), x_c, y_c)
         with _step("scc::rfftn"):
             out = None  # X straight into the saved tensor where it is S; the CPU kernels copy it
             if all_x and problem.spectrum == "amplitude" and problem.path != "fused":
@@ -344,27 +344,20 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
                 make_hermitian(D, spatial[-1])
         del difference
         for group in _channel_groups(S.shape[0], channels, tables.band.numel(), input.device, problem):
-            flags = None if all_x else base_is_x[chunk, group]
+            group_flags = None if flags is None else flags[:, group]
             if problem.path == "fused":
                 with _step("scc::bin values and band stats (fused)"):
-                    group_stats = _fused_stats(S[:, group], D[:, group], flags, saved, (chunk, group), spatial, problem)
+                    group_stats = _fused_stats(
+                        S[:, group], D[:, group], group_flags, saved, (chunk, group), spatial, problem
+                    )
             else:
                 with _step("scc::bin values"):
-                    values, real = _bin_values(S[:, group], D[:, group], flags, saved, (chunk, group))
+                    values, real = _bin_values(S[:, group], D[:, group], group_flags, saved, (chunk, group))
                 with _step("scc::band stats"):
                     group_stats = _centred_stats(values, real, tables, spatial, problem.num_bands)
             stats[chunk, group] = group_stats.view(S.shape[0], -1, problem.num_bands, len(STATS))
         del S, D
     return [stats, *saved, p] if _saves_activation(problem) else [stats, *saved]
-
-
-def _base_from_labels(p: torch.Tensor, labels: torch.Tensor, problem: Problem) -> torch.Tensor:
-    """`base_is_prediction` from the CPU kernels' sums of the activation's output p (B, C, *S) and
-    a label map (B, N): one pass over each."""
-    counts, x_energy, x_max = _cpu_kernels.label_sums(p, labels, problem.activation == "none")
-    y_energy, y_max = label_energy(counts)
-    x_max = torch.ones_like(y_max) if x_max is None else x_max.double()
-    return choose_base(x_max, y_max, x_energy[:, problem.offset :], y_energy, problem.offset)
 
 
 KERNEL_PATHS = ("fused", "fused-parseval")  # the paths that call the CPU kernels (_cpu_kernels.py)
