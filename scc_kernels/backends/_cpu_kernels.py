@@ -239,7 +239,7 @@ def amplitude_forward(
     X (rows, M, 2) out, planes (2, rows, M) out: v and d (u = |X| is not stored)."""
     rows, bins = S.shape[:2]
     tables = half_grid_tables(spatial, num_bands, torch.device("cpu"))
-    flags = None if base_is_x is None else base_is_x.reshape(rows).to(torch.uint8).contiguous()
+    flags = None if base_is_x is None else base_is_x.reshape(rows).contiguous().view(torch.uint8)  # bool: 0 or 1
     stats = S.new_empty((rows, num_bands, 8))
     pairs = mirror_pairs(spatial)
     band_tables = (tables.band32, tables.weight, chunk_bands(spatial, num_bands), pairs)
@@ -282,7 +282,7 @@ def label_signals(
     base = torch.empty_like(difference)  # not touched unless some slice's base is y: no pages mapped
     pointers = (_pointer(p), _pointer(labels), int(bounded), *map(_pointer, (base_is_x, base, difference)))
     written = _call("scc_cpu_label_signals", batch, classes, offset, math.prod(spatial), *pointers)
-    return base_is_x.bool(), base if written else None, difference
+    return base_is_x.view(torch.bool), base if written else None, difference  # 0 or 1: valid bools
 
 
 def softmax_backward(p: torch.Tensor, grad_p: torch.Tensor, offset: int, out: torch.Tensor) -> None:
