@@ -8,7 +8,9 @@ The old checkout's `scc_kernels` is copied to a temporary folder as package `scc
 renamed `scc_old::`), so both versions load in this process and share its load, cache and clock:
 on a shared machine, times taken in separate processes minutes apart differ by more than the
 change being measured. One thread; softmax logits and an int64 label map, float32, fwd+bwd.
-Prints the medians, each as a multiple of the floor, and the speed-ups over the reference. Where
+Prints the medians, each as a multiple of the floor's median and as the median of its per-round
+multiples ("paired": each round's time over the floor's in the same round, so that a slow minute
+of the machine, which moves both, cancels), and the speed-ups over the reference. Where
 the new version's CPU kernels are built (`python -m scc_kernels build-cpu`), its torch backend
 runs twice: on its "fused" path and, with the kernels switched off for the call, on its "fft" path.
 """
@@ -118,10 +120,16 @@ def main() -> None:
                 loads.append(os.getloadavg()[0])
             median = {name: statistics.median(values) for name, values in times.items()}
             floor = median["floor"]
+            paired = {  # each round's time over that round's floor, then the median: drift cancels
+                name: statistics.median(ms / floor_ms for ms, floor_ms in zip(values, times["floor"]))
+                for name, values in times.items()
+            }
             print(
                 f"{text} {args.spectrum}, {bands or 1} band(s): floor {floor:.1f} ms | "
                 + " | ".join(
-                    f"{name} {ms:.1f} ms = {ms / floor:.2f}x floor" for name, ms in median.items() if name != "floor"
+                    f"{name} {ms:.1f} ms = {ms / floor:.2f}x floor (paired {paired[name]:.2f}x)"
+                    for name, ms in median.items()
+                    if name != "floor"
                 )
                 + f" | speed-up over the reference: old {median['reference'] / median['old torch']:.2f}x, "
                 f"new {median['reference'] / median[new]:.2f}x | load {min(loads):.1f}-{max(loads):.1f}",
