@@ -3,6 +3,7 @@ and the CPU floor (`bench.transform_floor`), interleaved in a shuffled order eve
 
     python benchmarks/side_by_side_versions.py --old /path/to/old/checkout
     python benchmarks/side_by_side_versions.py --old ../main --problems 8x4x256x256:1 2x4x64x64x64:8 --rounds 31
+    python benchmarks/side_by_side_versions.py --old ../main --problems 8x4x256x256:1 --rounds 7 --loop 10
 
 The old checkout's `scc_kernels` is copied to a temporary folder as package `scc_old` (its custom ops
 renamed `scc_old::`), so both versions load in this process and share its load, cache and clock:
@@ -22,6 +23,7 @@ import importlib
 import os
 import pathlib
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -75,6 +77,13 @@ def main() -> None:
     parser.add_argument("--problems", nargs="+", default=["8x4x256x256:1", "2x4x64x64x64:1", "8x4x256x256:4"])
     parser.add_argument("--spectrum", default="amplitude", choices=["amplitude", "complex"])
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument(
+        "--loop",
+        type=int,
+        default=1,
+        help="calls of each step in a row per round, timed together (> 1: the regime of a loop calling the "
+        "loss alone, where each call's allocations meet the last call's frees; page faults per call shown)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     import scc_kernels
@@ -110,13 +119,16 @@ def main() -> None:
             for run in steps.values():
                 run()
             times: dict[str, list[float]] = {name: [] for name in steps}
+            faults: dict[str, list[float]] = {name: [] for name in steps}
             order, rng, loads = list(steps.items()), random.Random(0), []
             for _ in range(args.rounds):
                 rng.shuffle(order)
                 for name, run in order:
-                    start = time.perf_counter()
-                    run()
-                    times[name].append((time.perf_counter() - start) * 1e3)
+                    start, faulted = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                    for _ in range(args.loop):
+                        run()
+                    times[name].append((time.perf_counter() - start) * 1e3 / args.loop)
+                    faults[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted) / args.loop)
                 loads.append(os.getloadavg()[0])
             median = {name: statistics.median(values) for name, values in times.items()}
             floor = median["floor"]
@@ -132,7 +144,13 @@ def main() -> None:
                     if name != "floor"
                 )
                 + f" | speed-up over the reference: old {median['reference'] / median['old torch']:.2f}x, "
-                f"new {median['reference'] / median[new]:.2f}x | load {min(loads):.1f}-{max(loads):.1f}",
+                f"new {median['reference'] / median[new]:.2f}x | load {min(loads):.1f}-{max(loads):.1f}"
+                + (
+                    " | page faults per call: "
+                    + ", ".join(f"{name} {statistics.median(values):.0f}" for name, values in faults.items())
+                    if args.loop > 1
+                    else ""
+                ),
                 flush=True,
             )
 

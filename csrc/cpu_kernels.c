@@ -4,8 +4,8 @@
  *
  * Forward: the self-mirrored columns of S = F(base) and D = F(x - y) are made exactly Hermitian
  * (_spectra.make_hermitian), then one pass forms X, Y from S and D, u = |X|, v = |Y|,
- * d = Re(D conj(X + Y)) / (u + v), stores X, v, d and sums each band's u, v, d and their products
- * about a shift (`band_stats`: as exact as centring first, without a second pass). Backward: each
+ * d = Re(D conj(X + Y)) / (u + v), stores X (in place of S), v, d and sums each band's u, v, d
+ * and their products about a shift (`band_stats`: as exact as centring first, without a second pass). Backward: each
  * bin's gradient X g / |X|, g = dL/du, centring v and d about the forward's band means there.
  * u is not stored: the backward takes |X| again (the same operations, the same value), which
  * costs less than writing and reading it (saved memory is freshly mapped on every call).
@@ -80,14 +80,16 @@ static inline __attribute__((always_inline)) void bin_values(float sr, float si,
     *d = ((yr + *xr) * dr + (yi + *xi) * di) / (sum < FLT_MIN ? FLT_MIN : sum);
 }
 
-/* Bins [k0, k1) of one row: X, u (at k - k0), v, d. */
-static inline void block_values(int64_t k0, int64_t k1, const float *restrict S, const float *restrict D, float to_x,
-                                float to_y, float *restrict X, float *restrict u, float *restrict v,
-                                float *restrict d) {
+/* Bins [k0, k1) of one row: u (at k - k0), v, d, and X in place of S where store_x (the base is
+ * y; a constant after inlining: a test inside the loop keeps GCC from vectorising it). */
+static inline __attribute__((always_inline)) void block_values(int64_t k0, int64_t k1, float *restrict S,
+                                                               const float *restrict D, float to_x, float to_y,
+                                                               int store_x, float *restrict u, float *restrict v,
+                                                               float *restrict d) {
     for (int64_t k = k0; k < k1; ++k) {
         float xr, xi;
         bin_values(S[2 * k], S[2 * k + 1], D[2 * k], D[2 * k + 1], to_x, to_y, &xr, &xi, u + k - k0, v + k, d + k);
-        X[2 * k] = xr, X[2 * k + 1] = xi;
+        if (store_x) S[2 * k] = xr, S[2 * k + 1] = xi;
     }
 }
 
@@ -110,10 +112,10 @@ static inline void add_bin(doubles *restrict a, int l, double w, float u, float 
     a[SUM_UU][l] += wu * su, a[SUM_VV][l] += wv * sv, a[SUM_UV][l] += wu * sv, a[SUM_DD][l] += wd * sd;
 }
 
-/* One row: X, v, d, and each band's sums (NSUMS x LANES per band) into acc, about a shift per band: the u, v, d
+/* One row: X in place of S (where the base is y; else S is X), v, d, and each band's sums (NSUMS x LANES per band) into acc, about a shift per band: the u, v, d
  * of its first bin in the row (3 per band in `shift`, set where `seen`, per band, is 0). A block
  * at a time, its u in `u`. */
-static void row_sums(int64_t bins, const float *S, const float *D, int base_is_x, float *X, float *restrict v,
+static void row_sums(int64_t bins, float *S, const float *D, int base_is_x, float *restrict v,
                      float *restrict d, const int32_t *restrict band, const float *restrict weight,
                      const int32_t *restrict chunk_band, doubles *restrict acc, double *restrict shift,
                      uint8_t *restrict seen) {
@@ -121,7 +123,10 @@ static void row_sums(int64_t bins, const float *S, const float *D, int base_is_x
     float u[BLOCK]; /* u of bin k at k - k0 */
     for (int64_t k0 = 0; k0 < bins; k0 += BLOCK) {
         const int64_t k1 = k0 + BLOCK < bins ? k0 + BLOCK : bins;
-        block_values(k0, k1, S, D, to_x, to_y, X, u, v, d);
+        if (base_is_x) /* two copies of the loop, each vectorised on its own */
+            block_values(k0, k1, S, D, to_x, to_y, 0, u, v, d);
+        else
+            block_values(k0, k1, S, D, to_x, to_y, 1, u, v, d);
         for (int64_t k = k0; k < k1; k += LANES) {
             const int32_t j = chunk_band[k / LANES];
             if (j >= 0) {
@@ -163,9 +168,9 @@ static void band_stats(const doubles *restrict a, const double *restrict shift, 
 
 /* Forward of `rows` slices of `bins` half-grid bins each.
  * S, D: (rows, bins) complex, interleaved, made Hermitian in place (pass 0); base_is_x: (rows,)
- * 0/1, or NULL (the base is x in every row); X, v, d: (rows, bins) out (X complex); counts: (K,)
- * full-spectrum bins per band; stats: (rows, K, 8) out in _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
-int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, const uint8_t *base_is_x, float *X,
+ * 0/1, or NULL (the base is x in every row), and S becomes X in place (X = S + D where the base
+ * is y); v, d: (rows, bins) out; counts: (K,) full-spectrum bins per band; stats: (rows, K, 8) out in _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
+int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, const uint8_t *base_is_x,
                               float *v, float *d, const int32_t *band, const float *weight,
                               const int32_t *chunk_band, const int64_t *mirror_pairs, int64_t n_pairs,
                               int64_t num_bands, const double *counts, float *stats, int threads) {
@@ -184,7 +189,7 @@ int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, co
             memset(seen, 0, num_bands);
             make_hermitian(S + 2 * at, mirror_pairs, n_pairs);
             make_hermitian(D + 2 * at, mirror_pairs, n_pairs);
-            row_sums(bins, S + 2 * at, D + 2 * at, base_is_x == NULL || base_is_x[row], X + 2 * at, v + at, d + at,
+            row_sums(bins, S + 2 * at, D + 2 * at, base_is_x == NULL || base_is_x[row], v + at, d + at,
                      band, weight, chunk_band, acc, shift, seen);
             for (int64_t j = 0; j < num_bands; ++j)
                 band_stats(acc + NSUMS * j, shift + 3 * j, counts[j], stats + (row * num_bands + j) * NSTATS);

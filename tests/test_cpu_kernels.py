@@ -134,8 +134,8 @@ def test_the_kernels_results_do_not_depend_on_the_number_of_threads():
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            X, planes, gradient = torch.empty_like(S), torch.empty(2, rows, S.shape[1]), torch.empty_like(S)
-            stats = _cpu_kernels.amplitude_forward(S.clone(), D.clone(), flags, X, planes, spatial, bands)
+            X, planes, gradient = S.clone(), torch.empty(2, rows, S.shape[1]), torch.empty_like(S)
+            stats = _cpu_kernels.amplitude_forward(X, D.clone(), flags, planes, spatial, bands)  # S becomes X
             _cpu_kernels.amplitude_backward(coefficients, X, planes, spatial, gradient)
             results.append((stats, X, planes, gradient))
     finally:
@@ -164,8 +164,8 @@ def test_one_pass_statistics_are_the_centred_statistics_of_the_values_it_stores(
         Z[:, pairs[:, 1]] = Z[:, pairs[:, 0]] * torch.tensor([1.0, -1.0])
         Z[:, own] = torch.stack([Z[:, own].norm(dim=-1), torch.zeros(rows, len(own))], -1)
     flags = torch.tensor([True, False, True, False])
-    X, planes = torch.empty_like(S), torch.empty(2, rows, bins)
-    stats = _cpu_kernels.amplitude_forward(S.clone(), D, flags, X, planes, spatial, bands)
+    X, planes = S.clone(), torch.empty(2, rows, bins)
+    stats = _cpu_kernels.amplitude_forward(X, D, flags, planes, spatial, bands)  # S becomes X
     tables = half_grid_tables(spatial, bands, torch.device("cpu"))
     # the kernel's |X|: float32 products and sum, correctly rounded sqrt (torch's float32 sqrt
     # is not, on some CPUs; the double sqrt rounded to float32 is)

@@ -142,7 +142,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
         return None
     i64, ptr, threads = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     functions = {  # name: (argument types, result type)
-        "scc_cpu_amplitude_forward": ([i64, i64, *[ptr] * 10, i64, i64, ptr, ptr, threads], ctypes.c_int),
+        "scc_cpu_amplitude_forward": ([i64, i64, *[ptr] * 9, i64, i64, ptr, ptr, threads], ctypes.c_int),
         "scc_cpu_amplitude_backward": ([i64, i64, *[ptr] * 5, i64, ptr, ptr, threads], None),
         "scc_cpu_label_counts": ([i64, i64, i64, ptr, ptr, threads], ctypes.c_int),
         "scc_cpu_label_signals": ([i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr, ptr, ptr, threads], ctypes.c_int),
@@ -229,14 +229,13 @@ def amplitude_forward(
     S: torch.Tensor,
     D: torch.Tensor,
     base_is_x: torch.Tensor | None,
-    X: torch.Tensor,
     planes: torch.Tensor,
     spatial: tuple[int, ...],
     num_bands: int,
 ) -> torch.Tensor:
     """STATS (rows, K, 8) of the amplitude spectrum from S, D (rows, M, 2) float32 (_spectra.py),
-    which it makes Hermitian in place (_spectra.make_hermitian);
-    X (rows, M, 2) out, planes (2, rows, M) out: v and d (u = |X| is not stored)."""
+    which it makes Hermitian in place (_spectra.make_hermitian), and S becomes X in place (S + D
+    where the base is y); planes (2, rows, M) out: v and d (u = |X| is not stored)."""
     rows, bins = S.shape[:2]
     tables = half_grid_tables(spatial, num_bands, torch.device("cpu"))
     flags = None if base_is_x is None else base_is_x.reshape(rows).contiguous().view(torch.uint8)  # bool: 0 or 1
@@ -244,7 +243,7 @@ def amplitude_forward(
     pairs = mirror_pairs(spatial)
     band_tables = (tables.band32, tables.weight, chunk_bands(spatial, num_bands), pairs)
     _call(
-        "scc_cpu_amplitude_forward", rows, bins, *map(_pointer, (S, D, flags, X, *planes, *band_tables)), len(pairs),
+        "scc_cpu_amplitude_forward", rows, bins, *map(_pointer, (S, D, flags, *planes, *band_tables)), len(pairs),
         num_bands, _pointer(tables.counts), _pointer(stats),
     )  # fmt: skip
     return stats

@@ -127,8 +127,13 @@ def band_stats_fake(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     stats = input.new_empty((batch, channels, problem.num_bands, len(STATS)), dtype=dtype)
     saved = []
     if not problem.parseval:
-        bins = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
+        half = (*spatial[:-1], spatial[-1] // 2 + 1)
+        bins = math.prod(half)
         saved = _new_saved(input.new_empty(()), problem, batch, channels, bins, dtype)
+        if problem.path == "fused":  # each chunk's X (`_spectral_stats`)
+            for chunk in _chunks(batch, channels * bins, input.device):
+                n = len(range(*chunk.indices(batch)))
+                saved.append(input.new_empty((n, channels, *half), dtype=_complex(dtype)))
     if _saves_activation(problem):
         saved.append(input.new_empty(input.shape, dtype=dtype))
     return [stats, *saved]
@@ -284,9 +289,9 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
     label map's x − y is formed in place of x (the activation's own output) after that transform:
     no dense target, no base tensor, no copy of X. On the "fused" path the CPU kernels choose a
     label map's bases and form x − y (and the base) apart, chunk by chunk; the activation's output
-    is saved for the backward; and they compute the bins' values and statistics (`_fused_stats`),
-    copying X into the saved tensor (a whole-batch rfftn straight into it ran 2x slower than the
-    chunks at 8x4x256x256, its output being fresh memory)."""
+    is saved for the backward; they compute the bins' values and statistics (`_fused_stats`); and
+    X is saved chunk by chunk, as the transform wrote it (a whole-batch rfftn ran 2x slower than
+    the chunks at 8x4x256x256 where its output was fresh memory, and a copy costs a pass)."""
     spatial, dims = tuple(input.shape[2:]), tuple(range(2, input.dim()))
     label_map = is_label_map(input, target)
     kernel_labels = _kernel_labels(input, target, problem)
@@ -358,6 +363,8 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
                 with _step("scc::band stats"):
                     group_stats = _centred_stats(values, real, tables, spatial, problem.num_bands)
             stats[chunk, group] = group_stats.view(S.shape[0], -1, problem.num_bands, len(STATS))
+        if problem.path == "fused":  # S is now X: saved as it is, chunk by chunk (no copy)
+            saved.append(S)
         del S, D
     return [stats, *saved, p] if _saves_activation(problem) else [stats, *saved]
 
@@ -391,12 +398,13 @@ def _per_slice(flags: torch.Tensor, spatial_dims: int) -> torch.Tensor:
 def _new_saved(
     like: torch.Tensor, problem: Problem, batch: int, channels: int, bins: int, dtype: torch.dtype
 ) -> list[torch.Tensor]:
-    """The tensors the backward reads (PLANES), uninitialised: [planes] for the complex
-    spectrum, [X interleaved, planes] for the amplitude."""
+    """The tensors the backward reads (PLANES), uninitialised: [planes] for the complex spectrum
+    and on the "fused" path (where `_spectral_stats` appends each chunk's X, the transform itself),
+    [X interleaved, planes] for the amplitude."""
     planes = like.new_empty(
         (PLANES["fused" if problem.path == "fused" else problem.spectrum], batch, channels, bins), dtype=dtype
     )
-    if problem.spectrum == "complex":
+    if problem.spectrum == "complex" or problem.path == "fused":
         return [planes]
     return [like.new_empty((batch, channels, bins, 2), dtype=dtype), planes]
 
@@ -469,13 +477,12 @@ def _fused_stats(
     problem: Problem,
 ) -> torch.Tensor:
     """`_bin_values` and `_centred_stats` of the amplitude spectrum in the CPU kernels: STATS
-    (rows, K, 8), the saved tensors' rows written as there, but v and d not centred (the
-    backward kernel centres them)."""
+    (rows, K, 8), v and d written into the saved planes' rows but not centred (the backward kernel
+    centres them), and X in place of S (the caller saves it)."""
     rows = S.shape[0] * S.shape[1]
-    planes = saved[1][(slice(None), *chunk)].flatten(1, 2)
+    planes = saved[0][(slice(None), *chunk)].flatten(1, 2)
     S, D = torch.view_as_real(S.reshape(rows, -1)), torch.view_as_real(D.reshape(rows, -1))
-    X = saved[0][chunk].flatten(0, 1)
-    return _cpu_kernels.amplitude_forward(S, D, base_is_x, X, planes, spatial, problem.num_bands)
+    return _cpu_kernels.amplitude_forward(S, D, base_is_x, planes, spatial, problem.num_bands)
 
 
 def _complex(dtype: torch.dtype) -> torch.dtype:
@@ -575,21 +582,21 @@ def _fused_backward(
     each bin's gradient in the CPU kernels, irfftn, and the activation's backward, for softmax in
     the kernels straight from irfftn's output (no copy of it into a gradient w.r.t. p)."""
     spatial, dims = tuple(p.shape[2:]), tuple(range(2, p.dim()))
-    X, planes = saved[0], saved[1]  # `_new_saved`
+    planes = saved[0]  # then each chunk's X (`_spectral_stats`)
     channels, bins = planes.shape[2:]
-    half = (-1, channels, *spatial[:-1], spatial[-1] // 2 + 1)
     valid = None
     if is_label_map(p, target) and problem.ignore_index is not None:
         valid = _valid(target, problem.ignore_index).unsqueeze(1)
     grad = torch.empty_like(p)
-    for chunk in _chunks(p.shape[0], channels * bins, p.device):
-        grad_X = torch.empty(X[chunk].shape[:-1], dtype=_complex(p.dtype), device=p.device)
+    chunks = _chunks(p.shape[0], channels * bins, p.device)
+    for chunk, X in zip(chunks, saved[1 : 1 + len(chunks)]):
+        grad_X = torch.empty_like(X)
         with _step("scc::bin gradient (fused)"):
             coefficient = coefficients[chunk].to(p.dtype).flatten(0, 1).contiguous()
-            rows = (X[chunk].flatten(0, 1), planes[:, chunk].flatten(1, 2))
-            _cpu_kernels.amplitude_backward(coefficient, *rows, spatial, torch.view_as_real(grad_X).flatten(0, 1))
+            rows = (torch.view_as_real(X).view(-1, bins, 2), planes[:, chunk].flatten(1, 2))
+            _cpu_kernels.amplitude_backward(coefficient, *rows, spatial, torch.view_as_real(grad_X).view(-1, bins, 2))
         with _step("scc::irfftn"):
-            grad_p = torch.fft.irfftn(grad_X.view(half), s=spatial, dim=dims, norm="ortho")
+            grad_p = torch.fft.irfftn(grad_X, s=spatial, dim=dims, norm="ortho")
             if valid is not None:
                 grad_p.mul_(valid[chunk])
         with _step("scc::activation backward"):
