@@ -329,7 +329,7 @@ def _spectral_stats(input: torch.Tensor, target: torch.Tensor, problem: Problem)
                 y_c = _dense_target(input[chunk], target[chunk], problem, x.dtype)
                 base = x_c if flags is None else torch.where(_per_slice(flags, len(dims)), x_c, y_c)
         with _step("scc::rfftn"):
-            out = None  # X straight into the saved tensor where it is S; the CPU kernels copy it
+            out = None  # X straight into the saved tensor where it is S (the fused path saves S itself)
             if all_x and problem.spectrum == "amplitude" and problem.path != "fused":
                 out = torch.view_as_complex(saved[0][chunk]).view(-1, *half)
             S = torch.fft.rfftn(base, dim=dims, norm="ortho", out=out)
