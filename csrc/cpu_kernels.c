@@ -5,8 +5,9 @@
  * Forward: the self-mirrored columns of S = F(base) and D = F(x - y) are made exactly Hermitian
  * (_spectra.make_hermitian), then one pass forms X, Y from S and D, u = |X|, v = |Y|,
  * d = Re(D conj(X + Y)) / (u + v), stores X (in place of S), v, d and sums each band's u, v, d
- * and their products about a shift (`band_stats`: as exact as centring first, without a second pass). Backward: each
- * bin's gradient X g / |X|, g = dL/du, centring v and d about the forward's band means there.
+ * and their products about a shift (`band_stats`: as exact as centring first, without a second
+ * pass). Backward: each bin's gradient X g / |X|, g = dL/du, centring v and d about the
+ * forward's band means there.
  * u is not stored: the backward takes |X| again (the same operations, the same value), which
  * costs less than writing and reading it (saved memory is freshly mapped on every call).
  * The formulas are torch_backend._bin_values' and _spectral_backward's.
@@ -112,9 +113,9 @@ static inline void add_bin(doubles *restrict a, int l, double w, float u, float 
     a[SUM_UU][l] += wu * su, a[SUM_VV][l] += wv * sv, a[SUM_UV][l] += wu * sv, a[SUM_DD][l] += wd * sd;
 }
 
-/* One row: X in place of S (where the base is y; else S is X), v, d, and each band's sums (NSUMS x LANES per band) into acc, about a shift per band: the u, v, d
- * of its first bin in the row (3 per band in `shift`, set where `seen`, per band, is 0). A block
- * at a time, its u in `u`. */
+/* One row: X in place of S (where the base is y; else S is X), v, d, and each band's sums (NSUMS
+ * x LANES per band) into acc, about a shift per band: the u, v, d of its first bin in the row (3
+ * per band in `shift`, set where `seen`, per band, is 0). A block at a time, its u in `u`. */
 static void row_sums(int64_t bins, float *S, const float *D, int base_is_x, float *restrict v,
                      float *restrict d, const int32_t *restrict band, const float *restrict weight,
                      const int32_t *restrict chunk_band, doubles *restrict acc, double *restrict shift,
@@ -169,7 +170,8 @@ static void band_stats(const doubles *restrict a, const double *restrict shift, 
 /* Forward of `rows` slices of `bins` half-grid bins each.
  * S, D: (rows, bins) complex, interleaved, made Hermitian in place (pass 0); base_is_x: (rows,)
  * 0/1, or NULL (the base is x in every row), and S becomes X in place (X = S + D where the base
- * is y); v, d: (rows, bins) out; counts: (K,) full-spectrum bins per band; stats: (rows, K, 8) out in _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
+ * is y); v, d: (rows, bins) out; counts: (K,) full-spectrum bins per band; stats: (rows, K, 8)
+ * out in _stats.STATS order. Returns 0, or -1 if the per-thread sums could not be allocated. */
 int scc_cpu_amplitude_forward(int64_t rows, int64_t bins, float *S, float *D, const uint8_t *base_is_x,
                               float *v, float *d, const int32_t *band, const float *weight,
                               const int32_t *chunk_band, const int64_t *mirror_pairs, int64_t n_pairs,
